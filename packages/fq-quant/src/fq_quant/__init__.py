@@ -1,1 +1,34 @@
-"""Placeholder until the package lands."""
+"""fq-quant: scopes, straight-through fake-quantizers, model wrapping and packed low-bit export.
+
+The one way in::
+
+    from fq_quant import Granularity, ScopeLayout, BitAssignment, quantize_model
+"""
+
+from ._assignment import ALLOWED_BITS, BitAssignment
+from ._granularity import Granularity
+from ._importance_map import ImportanceMap
+from ._layers import quantizable_layers
+from ._layout import LayerScopes, ScopeLayout
+from ._model import current_assignment, is_quantized, quantize_model, strip_quantization
+from ._quantizer import FixedBitsQuantizer, RoundSTE, fake_quantize, q_levels, round_ste, scope_view
+
+__all__ = [
+    "ALLOWED_BITS",
+    "BitAssignment",
+    "FixedBitsQuantizer",
+    "Granularity",
+    "ImportanceMap",
+    "LayerScopes",
+    "RoundSTE",
+    "ScopeLayout",
+    "current_assignment",
+    "fake_quantize",
+    "is_quantized",
+    "q_levels",
+    "quantizable_layers",
+    "quantize_model",
+    "round_ste",
+    "scope_view",
+    "strip_quantization",
+]
