@@ -1,0 +1,139 @@
+"""Torch helpers (optional extra ``fq-fairmetrics[torch]``): measuring a model's layer costs.
+
+``layer_costs`` runs one forward pass with hooks on every ``nn.Conv2d`` and ``nn.Linear`` and turns
+the real input/output shapes into MACs, so a Linear applied to 197 tokens counts 197 times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:  # pragma: no cover - exercised in the clean-venv test
+    raise ImportError(
+        'fq_fairmetrics.torch needs PyTorch: pip install "fq-fairmetrics[torch]"'
+    ) from exc
+
+from ._cost import FLOAT_BITS, LayerCost
+
+__all__ = ["layer_costs"]
+
+_LAYER_TYPES = (nn.Conv2d, nn.Linear)
+
+
+def _macs(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> int:
+    """MACs of one call over the whole batch.
+
+    Conv: ``numel(output) * (C_in/groups) * kh * kw`` = ``B * H_out * W_out * C_out * (C_in/groups)
+    * kh * kw``. Linear: ``numel(input) / in_features * in_features * out_features``.
+    """
+    if isinstance(module, nn.Conv2d):
+        return output.numel() * int(np.prod(module.weight.shape[1:]))
+    x = inputs[0]
+    return (x.numel() // module.in_features) * module.in_features * module.out_features
+
+
+def _scopes(name: str, weight_shape: tuple[int, ...], bits: Any) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """Bits ``[S]``, params per scope ``[S]`` and the scale count for one layer's bit tensor.
+
+    Scope shape ``(1,)`` = per tensor, ``(O,)`` = per output channel, the weight shape = per
+    parameter (scales shared per (output channel, bit-width) pair with ``1 <= b < 32``).
+    """
+    b = np.asarray(bits.detach().cpu() if isinstance(bits, torch.Tensor) else bits).astype(np.int64)
+    n = int(np.prod(weight_shape))
+    out_ch = weight_shape[0]
+    if b.shape == tuple(weight_shape):
+        rows = b.reshape(out_ch, -1)
+        quantized = (rows >= 1) & (rows < FLOAT_BITS)
+        pairs = np.unique(
+            (np.arange(out_ch)[:, None] * 64 + rows)[quantized]
+        )  # one scale per (channel, bit) pair present
+        return b.reshape(-1), np.ones(n, dtype=np.int64), int(pairs.size)
+    if b.size in (1, out_ch) and b.ndim <= 1:
+        return b.reshape(-1), np.full(b.size, n // b.size, dtype=np.int64), None
+    raise ValueError(
+        f"assignment bits for layer {name!r} have shape {tuple(b.shape)}; expected (1,) per tensor, "
+        f"({out_ch},) per channel or {tuple(weight_shape)} per parameter"
+    )
+
+
+def layer_costs(
+    model: nn.Module, example_input: torch.Tensor | tuple[Any, ...], assignment: Any = None
+) -> list[LayerCost]:
+    """One :class:`LayerCost` per ``nn.Conv2d`` / ``nn.Linear`` (subclasses too), in module order.
+
+    MACs are per sample: measured by forward hooks on one pass of ``example_input`` (batch on dim
+    0 of its first tensor) and divided by the batch size. Conv: ``H_out*W_out*(C_in/groups)*C_out
+    *kh*kw``; Linear: ``(numel(input)/in_features) * in * out`` (every token counts). A layer used
+    twice counts twice; a layer never called (or called through ``F.linear`` by its parent, as
+    ``nn.MultiheadAttention`` does with ``out_proj``) gets 0 MACs. Attention matmuls are not
+    layers and are not counted.
+
+    The pass runs under ``torch.no_grad()`` in eval mode; each module's training flag is
+    restored afterwards. The model and input stay on the caller's device.
+
+    Args:
+        model: the network.
+        example_input: a tensor ``[B, ...]`` or a tuple of positional inputs.
+        assignment: ``None`` (every layer float: one 32-bit scope), a mapping layer name ->
+            bit tensor, or any object with such a ``.bits`` mapping (e.g. fq-quant's
+            ``BitAssignment``). Bit tensor shapes: ``(1,)`` per tensor, ``(O,)`` per channel,
+            the weight shape per parameter. Layers missing from it stay float (32 bits).
+
+    Raises:
+        ValueError: the model has no Conv2d/Linear, the assignment names an unknown layer or has
+            a bit tensor of the wrong shape.
+    """
+    layers = {n: m for n, m in model.named_modules() if n and isinstance(m, _LAYER_TYPES)}
+    if not layers:
+        raise ValueError(f"model {type(model).__name__} has no nn.Conv2d or nn.Linear layer")
+    bits_map: Mapping[str, Any] = {}
+    if assignment is not None:
+        bits_map = assignment.bits if hasattr(assignment, "bits") else assignment
+        if not isinstance(bits_map, Mapping):
+            raise TypeError(
+                "assignment must be None, a Mapping of layer name -> bits, or have a .bits Mapping; "
+                f"got {type(assignment).__name__}"
+            )
+        unknown = sorted(set(bits_map) - set(layers))
+        if unknown:
+            raise ValueError(f"assignment names layers not in the model: {unknown[:5]}")
+
+    inputs = example_input if isinstance(example_input, tuple | list) else (example_input,)
+    batch = int(inputs[0].shape[0])
+    macs = dict.fromkeys(layers, 0)
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+            macs[name] += _macs(module, args, output)
+
+        return hook
+
+    modes = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in layers.items()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode  # per module: submodules may have had mixed modes
+
+    costs = []
+    for name, module in layers.items():
+        shape = tuple(module.weight.shape)
+        if name in bits_map:
+            bits, pps, n_scales = _scopes(name, shape, bits_map[name])
+        else:
+            bits, pps, n_scales = np.array([FLOAT_BITS]), np.array([int(np.prod(shape))]), None
+        costs.append(
+            LayerCost(name=name, macs=macs[name] // batch, bits=bits, params_per_scope=pps, n_scales=n_scales)
+        )
+    return costs
