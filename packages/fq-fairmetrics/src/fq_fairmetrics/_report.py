@@ -208,8 +208,8 @@ def group_report(
         ValueError: mismatched lengths, empty input, NaN scores, negative or out-of-range labels,
             ``n_classes`` smaller than a label present, a label or group missing from the names.
     """
-    g_codes, g_names = encode_groups(sensitive_features, group_names)
     t, p, c, c_names = encode_classes(y_true, y_pred, n_classes, class_names)
+    g_codes, g_names = encode_groups(sensitive_features, group_names)
     if g_codes.shape[0] != t.shape[0]:
         raise ValueError(
             f"sensitive_features has {g_codes.shape[0]} samples but y_true has {t.shape[0]}; "
@@ -265,8 +265,8 @@ class FairnessAccumulator:
                 "string labels in a stream need class_names, so that every batch codes them alike"
             )
         fixed = self._group_names if self._fixed_groups else None
-        g_codes, g_names = encode_groups(sensitive_features, fixed)
         t, p, c, names = encode_classes(y_true, y_pred, self._n_classes, self._class_names)
+        g_codes, g_names = encode_groups(sensitive_features, fixed)
         if g_codes.shape[0] != t.shape[0]:
             raise ValueError(
                 f"sensitive_features has {g_codes.shape[0]} samples but y_true has {t.shape[0]}; "
