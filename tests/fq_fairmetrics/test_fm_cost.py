@@ -9,10 +9,9 @@ import pytest
 import timm
 import torch
 import torchvision
-from torch import nn
-
 from fq_fairmetrics import LayerCost, cost_report
 from fq_fairmetrics.torch import layer_costs
+from torch import nn
 
 
 def test_hand_worked_cost_report():
@@ -34,7 +33,9 @@ def test_hand_worked_cost_report():
     assert r.macs == 1500 and r.n_params == 35
     assert r.to_polars()["size_bytes"].to_list() == [49, 6]
     # explicit scale count overrides the default of one per quantized scope
-    shared = LayerCost(name="p", macs=0, bits=np.full((2, 3), 2), params_per_scope=np.array(1), n_scales=2)
+    shared = LayerCost(
+        name="p", macs=0, bits=np.full((2, 3), 2), params_per_scope=np.array(1), n_scales=2
+    )
     assert cost_report([shared]).size_bytes == math.ceil(12 / 8) + 2 * 4
 
 
@@ -51,7 +52,12 @@ def test_hand_worked_cost_report():
     ],
 )
 def test_layer_cost_validation(kwargs, match):
-    args = {"name": "l", "macs": 1, "bits": np.array([8]), "params_per_scope": np.array([4])} | kwargs
+    args = {
+        "name": "l",
+        "macs": 1,
+        "bits": np.array([8]),
+        "params_per_scope": np.array([4]),
+    } | kwargs
     with pytest.raises(ValueError, match=match):
         LayerCost(**args)
 
@@ -69,7 +75,7 @@ def test_cost_report_validation():
 
 
 class Tiny(nn.Module):
-    """conv 3->4 (3x3, pad 1) on 6x6, grouped conv 4->4 (groups 2, 3x3, no pad), linear on tokens."""
+    """conv 3->4 (3x3, pad 1) on 6x6, grouped conv 4->4 (groups 2, 3x3), linear on tokens."""
 
     def __init__(self):
         super().__init__()

@@ -6,9 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
-
 from fq_fairmetrics import METRICS, bootstrap_ci, group_report, seed_summary
+from scipy import stats
 
 
 def _data(n=600, c=4, seed=1):
@@ -62,7 +61,9 @@ def test_reproducible_ordered_and_validated():
     a = bootstrap_ci(y_true, y_pred, sensitive_features=groups, n_resamples=300, seed=5)
     b = bootstrap_ci(y_true, y_pred, sensitive_features=groups, n_resamples=300, seed=5)
     assert a.low == b.low and a.high == b.high
-    narrow = bootstrap_ci(y_true, y_pred, sensitive_features=groups, n_resamples=300, confidence=0.5)
+    narrow = bootstrap_ci(
+        y_true, y_pred, sensitive_features=groups, n_resamples=300, confidence=0.5
+    )
     for m in METRICS:
         assert a.low[m] <= a.high[m]
         assert narrow.high[m] - narrow.low[m] <= a.high[m] - a.low[m] + 1e-12

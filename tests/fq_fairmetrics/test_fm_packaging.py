@@ -36,13 +36,17 @@ def test_installs_into_a_clean_venv_without_torch(tmp_path):
     env = _clean_env()
     uv = shutil.which("uv")
     if uv:
-        subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, env=env)
+        subprocess.run(
+            [uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, env=env
+        )
         subprocess.run(
             [uv, "pip", "install", "-q", "--python", str(python), str(PACKAGE)], check=True, env=env
         )
     else:  # plain pip works too
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", str(PACKAGE)], check=True, env=env)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", str(PACKAGE)], check=True, env=env
+        )
     code = (
         "import importlib.util, sys\n"
         "assert importlib.util.find_spec('torch') is None, 'torch got installed'\n"

@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from fq_fairmetrics import METRICS, FairnessAccumulator, group_report
 from hypothesis import given
 from hypothesis import strategies as st
-
-from fq_fairmetrics import METRICS, FairnessAccumulator, group_report
 
 
 def naive_metrics(y_true, y_pred, groups, n_classes, group_names):
@@ -66,10 +65,14 @@ def problems(draw):
     n_classes = draw(st.integers(1, 20))
     n = draw(st.integers(1, 60))
     # draw labels from a random subset of classes so that empty class cells are common
-    used = draw(st.lists(st.integers(0, n_classes - 1), min_size=1, max_size=n_classes, unique=True))
+    used = draw(
+        st.lists(st.integers(0, n_classes - 1), min_size=1, max_size=n_classes, unique=True)
+    )
     labels = st.sampled_from(used)
     y_true = draw(st.lists(labels, min_size=n, max_size=n))
-    y_pred = draw(st.lists(st.one_of(labels, st.integers(0, n_classes - 1)), min_size=n, max_size=n))
+    y_pred = draw(
+        st.lists(st.one_of(labels, st.integers(0, n_classes - 1)), min_size=n, max_size=n)
+    )
     groups = draw(st.lists(st.integers(0, n_groups - 1), min_size=n, max_size=n))
     return y_true, y_pred, groups, n_classes, list(range(n_groups))
 
@@ -97,7 +100,9 @@ def test_accumulator_over_batches_equals_one_shot(problem, n_batches):
     cuts = np.array_split(np.arange(len(y_true)), n_batches)
     for idx in reversed(cuts):  # reversed: groups appear in a different order than sorted
         if idx.size:
-            acc.update(np.take(y_true, idx), np.take(y_pred, idx), sensitive_features=np.take(groups, idx))
+            acc.update(
+                np.take(y_true, idx), np.take(y_pred, idx), sensitive_features=np.take(groups, idx)
+            )
     streamed = acc.compute()
     assert streamed.group_names == one_shot.group_names
     np.testing.assert_array_equal(streamed.counts, one_shot.counts)
@@ -127,7 +132,10 @@ def test_invariances(problem, rnd):
     perm = list(range(n_classes))
     rnd.shuffle(perm)
     renamed_classes = group_report(
-        [perm[t] for t in y_true], [perm[p] for p in y_pred], sensitive_features=groups, n_classes=n_classes
+        [perm[t] for t in y_true],
+        [perm[p] for p in y_pred],
+        sensitive_features=groups,
+        n_classes=n_classes,
     ).metrics()
 
     for other in (permuted, renamed_groups, renamed_classes):
@@ -139,7 +147,16 @@ def test_invariances(problem, rnd):
 def test_bounds(problem):
     y_true, y_pred, groups, n_classes, _ = problem
     r = group_report(y_true, y_pred, sensitive_features=groups, n_classes=n_classes)
-    for name in ("gap", "eopp0", "eopp1", "dp_gap", "overall_acc", "avg_acc", "worst_acc", "best_acc"):
+    for name in (
+        "gap",
+        "eopp0",
+        "eopp1",
+        "dp_gap",
+        "overall_acc",
+        "avg_acc",
+        "worst_acc",
+        "best_acc",
+    ):
         assert 0.0 <= getattr(r, name) <= 1.0, name
     assert 0.0 <= r.eodd <= 2.0
     assert r.worst_acc <= r.avg_acc <= r.best_acc

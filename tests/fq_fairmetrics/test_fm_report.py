@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-
 from fq_fairmetrics import FairnessAccumulator, FairnessReport, group_report
 
 # Two groups, three classes; (true, pred) per sample:
@@ -21,7 +20,13 @@ GROUPS = ["A"] * 4 + ["B"] * 4
 def test_hand_worked_three_classes():
     r = group_report(Y_TRUE, Y_PRED, sensitive_features=GROUPS)
     # Acc_A = 3/4, Acc_B = 2/4; overall 5/8; avg (0.75 + 0.5) / 2; gap 0.25.
-    assert (r.overall_acc, r.avg_acc, r.worst_acc, r.best_acc, r.gap) == (0.625, 0.625, 0.5, 0.75, 0.25)
+    assert (r.overall_acc, r.avg_acc, r.worst_acc, r.best_acc, r.gap) == (
+        0.625,
+        0.625,
+        0.5,
+        0.75,
+        0.25,
+    )
     # One-vs-rest per group:
     #   A: c0 TPR 1/2 TNR 2/2 | c1 TPR 1/1 TNR 2/3 (FP: (0,1)) | c2 TPR 1/1 TNR 3/3
     #   B: c0 TPR 1/1 TNR 2/3 (FP: (1,0)) | c1 TPR 1/2 TNR 1/2 (FP: (2,1)) | c2 TPR 0/1 TNR 3/3
@@ -57,9 +62,7 @@ def test_hand_worked_undefined_rate_is_skipped():
     #      TNR^1 = 2/2; TNR^2 = 1/2 (FP: (0,2)).
     # gapTPR: c0 max(.5,1,.5)-min = .5; c1 over A,B = .5; c2 over A,B = 1     -> eopp1 = 2/3
     # gapTNR: c0 over A,B = 1/3; c1 max(2/3,.5,1)-.5 = .5; c2 1-.5 = .5        -> eopp0 = 4/9
-    r = group_report(
-        Y_TRUE + [0, 0], Y_PRED + [0, 2], sensitive_features=GROUPS + ["C", "C"]
-    )
+    r = group_report(Y_TRUE + [0, 0], Y_PRED + [0, 2], sensitive_features=GROUPS + ["C", "C"])
     assert np.isnan(r.tpr[2, 1]) and np.isnan(r.tnr[2, 0])
     assert r.eopp1 == pytest.approx(2 / 3)
     assert r.eopp0 == pytest.approx(4 / 9)
@@ -128,20 +131,68 @@ def test_report_from_counts_by_hand_and_exports():
         ({"y_true": [0, 1], "y_pred": [0], "sensitive_features": [0, 0]}, "y_pred"),
         ({"y_true": [0, 1], "y_pred": [0, 1], "sensitive_features": [0]}, "sensitive_features"),
         ({"y_true": [], "y_pred": [], "sensitive_features": []}, "y_true is empty"),
-        ({"y_true": [0, 1], "y_pred": [[0.1, np.nan], [1, 0]], "sensitive_features": [0, 0]}, "NaN"),
-        ({"y_true": [0, -1], "y_pred": [0, 1], "sensitive_features": [0, 0]}, "y_true contains negative"),
-        ({"y_true": [0, 1], "y_pred": [0, -2], "sensitive_features": [0, 0]}, "y_pred contains negative"),
-        ({"y_true": [0, 5], "y_pred": [0, 1], "sensitive_features": [0, 0], "n_classes": 3}, "y_true.*n_classes"),
-        ({"y_true": [0, 1], "y_pred": [0, 3], "sensitive_features": [0, 0], "n_classes": 2}, "y_pred.*n_classes"),
+        (
+            {"y_true": [0, 1], "y_pred": [[0.1, np.nan], [1, 0]], "sensitive_features": [0, 0]},
+            "NaN",
+        ),
+        (
+            {"y_true": [0, -1], "y_pred": [0, 1], "sensitive_features": [0, 0]},
+            "y_true contains negative",
+        ),
+        (
+            {"y_true": [0, 1], "y_pred": [0, -2], "sensitive_features": [0, 0]},
+            "y_pred contains negative",
+        ),
+        (
+            {"y_true": [0, 5], "y_pred": [0, 1], "sensitive_features": [0, 0], "n_classes": 3},
+            "y_true.*n_classes",
+        ),
+        (
+            {"y_true": [0, 1], "y_pred": [0, 3], "sensitive_features": [0, 0], "n_classes": 2},
+            "y_pred.*n_classes",
+        ),
         ({"y_true": [0, 2], "y_pred": np.zeros((2, 2)), "sensitive_features": [0, 0]}, "y_true"),
-        ({"y_true": [0, 1], "y_pred": np.zeros((2, 2)), "sensitive_features": [0, 0], "n_classes": 3}, "n_classes"),
-        ({"y_true": [0, 1], "y_pred": [0, 1], "sensitive_features": [0, 0], "n_classes": 0}, "n_classes"),
+        (
+            {
+                "y_true": [0, 1],
+                "y_pred": np.zeros((2, 2)),
+                "sensitive_features": [0, 0],
+                "n_classes": 3,
+            },
+            "n_classes",
+        ),
+        (
+            {"y_true": [0, 1], "y_pred": [0, 1], "sensitive_features": [0, 0], "n_classes": 0},
+            "n_classes",
+        ),
         ({"y_true": [0.5, 1], "y_pred": [0, 1], "sensitive_features": [0, 0]}, "y_true"),
         ({"y_true": ["a", "b"], "y_pred": [0, 1], "sensitive_features": [0, 0]}, "y_true"),
-        ({"y_true": ["a", "b"], "y_pred": ["a", "c"], "sensitive_features": [0, 0], "class_names": ["a", "b"]}, "class_names"),
-        ({"y_true": [0, 1], "y_pred": [0, 1], "sensitive_features": ["u", "v"], "group_names": ["u"]}, "group_names"),
-        ({"y_true": [0, 1], "y_pred": [0, 1], "sensitive_features": [0.0, np.nan]}, "sensitive_features"),
-        ({"y_true": [[0, 1]], "y_pred": [0, 1], "sensitive_features": [0, 0]}, "y_true must be 1-D"),
+        (
+            {
+                "y_true": ["a", "b"],
+                "y_pred": ["a", "c"],
+                "sensitive_features": [0, 0],
+                "class_names": ["a", "b"],
+            },
+            "class_names",
+        ),
+        (
+            {
+                "y_true": [0, 1],
+                "y_pred": [0, 1],
+                "sensitive_features": ["u", "v"],
+                "group_names": ["u"],
+            },
+            "group_names",
+        ),
+        (
+            {"y_true": [0, 1], "y_pred": [0, 1], "sensitive_features": [0.0, np.nan]},
+            "sensitive_features",
+        ),
+        (
+            {"y_true": [[0, 1]], "y_pred": [0, 1], "sensitive_features": [0, 0]},
+            "y_true must be 1-D",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, match):
@@ -185,3 +236,12 @@ def test_large_input_is_vectorized_and_exact():
     np.testing.assert_array_equal(r.counts, ref)
     assert r.group_names == tuple(range(1, g + 1))
     assert r.overall_acc == pytest.approx(np.mean(t == p))
+
+
+@pytest.mark.parametrize("col", [0, 1, 2])
+@pytest.mark.parametrize("row", [0, 3])
+def test_nan_score_anywhere_is_rejected(row, col):
+    scores = np.arange(12, dtype=np.float32).reshape(4, 3)
+    scores[row, col] = np.nan
+    with pytest.raises(ValueError, match="y_pred contains NaN"):
+        group_report([0, 1, 2, 0], scores, sensitive_features=[0, 0, 1, 1])

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import is_int
 from ._engine import METRICS, MetricName, derive
 from ._report import FairnessReport, group_report
 
@@ -72,7 +73,7 @@ def bootstrap_ci(
     Args: as :func:`group_report`, plus ``n_resamples`` (>= 1), ``confidence`` in (0, 1) and
     ``seed`` for ``numpy.random.default_rng``. Returns a :class:`BootstrapCI`.
     """
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer) or n_resamples < 1:
+    if not is_int(n_resamples) or n_resamples < 1:
         raise ValueError(f"n_resamples must be an int >= 1; got {n_resamples!r}")
     if not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must be in (0, 1); got {confidence!r}")
@@ -103,7 +104,7 @@ def bootstrap_ci(
 def _resample_metrics(
     counts: np.ndarray, n_resamples: int, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
-    """Every metric on ``n_resamples`` within-group multinomial resamples of ``counts [G, C, C]``."""
+    """Every metric on ``n_resamples`` within-group resamples of ``counts [G, C, C]``."""
     g, c, _ = counts.shape
     flat = counts.reshape(g, c * c)
     chunk = max(1, min(n_resamples, _CELLS_PER_CHUNK // flat.size))

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import is_int
+
 #: Bit-widths a scope may take (METHOD.md section 2): 0 pruned, 1 binary, 2..16 integer, 32 float.
 ALLOWED_BITS: frozenset[int] = frozenset([0, 1, *range(2, 17), 32])
 FLOAT_BITS = 32
@@ -41,7 +43,7 @@ class LayerCost:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty str; got {self.name!r}")
-        if isinstance(self.macs, bool) or not isinstance(self.macs, int | np.integer) or self.macs < 0:
+        if not is_int(self.macs) or self.macs < 0:
             raise ValueError(f"macs of layer {self.name!r} must be an int >= 0; got {self.macs!r}")
         bits = np.asarray(self.bits).reshape(-1)
         if bits.size == 0 or bits.dtype.kind not in "iuf" or not np.all(bits == np.round(bits)):
@@ -54,7 +56,9 @@ class LayerCost:
             )
         pps = np.asarray(self.params_per_scope)
         if pps.dtype.kind not in "iu":
-            raise ValueError(f"params_per_scope of layer {self.name!r} must be integers; got {pps.dtype}")
+            raise ValueError(
+                f"params_per_scope of layer {self.name!r} must be integers; got {pps.dtype}"
+            )
         if pps.ndim == 0:
             pps = np.full(bits.shape, int(pps), dtype=np.int64)
         pps = pps.reshape(-1).astype(np.int64)
@@ -65,10 +69,11 @@ class LayerCost:
             )
         if (pps < 1).any():
             raise ValueError(f"params_per_scope of layer {self.name!r} must be >= 1 in every scope")
-        if self.n_scales is not None and (
-            isinstance(self.n_scales, bool) or not isinstance(self.n_scales, int | np.integer) or self.n_scales < 0
-        ):
-            raise ValueError(f"n_scales of layer {self.name!r} must be an int >= 0 or None; got {self.n_scales!r}")
+        if self.n_scales is not None and (not is_int(self.n_scales) or self.n_scales < 0):
+            raise ValueError(
+                f"n_scales of layer {self.name!r} must be an int >= 0 or None; "
+                f"got {self.n_scales!r}"
+            )
         for key, value in (("macs", int(self.macs)), ("bits", bits), ("params_per_scope", pps)):
             if isinstance(value, np.ndarray):
                 value.setflags(write=False)
@@ -77,7 +82,9 @@ class LayerCost:
     @classmethod
     def uniform(cls, *, name: str, macs: int, n_params: int, bits: int = FLOAT_BITS) -> LayerCost:
         """A layer with one scope (per-tensor) of ``n_params`` weights at ``bits``."""
-        return cls(name=name, macs=macs, bits=np.array([bits]), params_per_scope=np.array([n_params]))
+        return cls(
+            name=name, macs=macs, bits=np.array([bits]), params_per_scope=np.array([n_params])
+        )
 
     @property
     def n_params(self) -> int:
@@ -146,7 +153,9 @@ class CostReport:
         try:
             import polars as pl
         except ImportError as exc:
-            raise ImportError('CostReport.to_polars needs polars: pip install "fq-fairmetrics[polars]"') from exc
+            raise ImportError(
+                'CostReport.to_polars needs polars: pip install "fq-fairmetrics[polars]"'
+            ) from exc
         return pl.DataFrame(self.to_dict()["layers"])
 
 
@@ -207,9 +216,9 @@ def cost_report(
     names = [layer.name for layer in layers]
     if len(set(names)) != len(names):
         raise ValueError(f"layer names must be unique; got duplicates in {names!r}")
-    if isinstance(extra_float_params, bool) or not isinstance(extra_float_params, int | np.integer) or extra_float_params < 0:
+    if not is_int(extra_float_params) or extra_float_params < 0:
         raise ValueError(f"extra_float_params must be an int >= 0; got {extra_float_params!r}")
-    if isinstance(act_bits, bool) or not isinstance(act_bits, int | np.integer) or not 1 <= act_bits <= 32:
+    if not is_int(act_bits) or not 1 <= act_bits <= 32:
         raise ValueError(f"act_bits must be an int in 1..32; got {act_bits!r}")
     rows = tuple(_layer_row(layer, int(act_bits)) for layer in layers)
     n_params = sum(r.n_params for r in rows)

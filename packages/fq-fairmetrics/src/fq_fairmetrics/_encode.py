@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import is_int
+
 #: Integer groups spanning at most this many values are encoded with ``np.bincount`` (O(N))
 #: instead of ``np.unique`` (a sort, O(N log N)).
 _DENSE_RANGE = 1 << 20
@@ -36,7 +38,9 @@ def _int_labels(arr: np.ndarray, name: str) -> np.ndarray:
         if np.isnan(arr).any():
             raise ValueError(f"{name} contains NaN; labels must be integers or strings")
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise ValueError(f"{name} contains non-integer values; labels must be integers or strings")
+            raise ValueError(
+                f"{name} contains non-integer values; labels must be integers or strings"
+            )
         return arr.astype(np.int64)
     raise ValueError(f"{name} has dtype {arr.dtype}; labels must be integers or strings")
 
@@ -111,7 +115,7 @@ def encode_classes(
     """
     t = as_1d(y_true, "y_true")
     p = np.asarray(y_pred)
-    if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int | np.integer)):
+    if n_classes is not None and not is_int(n_classes):
         raise ValueError(f"n_classes must be a positive int or None; got {n_classes!r}")
     if n_classes is not None and n_classes < 1:
         raise ValueError(f"n_classes must be >= 1; got {n_classes}")
@@ -124,23 +128,33 @@ def encode_classes(
     if p.ndim == 2:
         if p.shape[0] != t.shape[0]:
             raise ValueError(
-                f"y_pred has {p.shape[0]} rows but y_true has {t.shape[0]} samples; lengths must match"
+                f"y_pred has {p.shape[0]} rows but y_true has {t.shape[0]} samples; "
+                "lengths must match"
             )
         if p.dtype.kind not in "fiub":
             raise ValueError(f"y_pred scores must be numeric; got dtype {p.dtype}")
         if p.shape[1] == 0:
             raise ValueError("y_pred scores have 0 columns; need one column per class")
-        if p.dtype.kind == "f" and np.isnan(p).any():
-            raise ValueError("y_pred contains NaN scores; argmax would be meaningless")
         n_cols = p.shape[1]
-        for arg, given in (("n_classes", n_classes), ("class_names", None if names is None else len(names))):
+        for arg, given in (
+            ("n_classes", n_classes),
+            ("class_names", None if names is None else len(names)),
+        ):
             if given is not None and given != n_cols:
-                raise ValueError(f"y_pred scores have {n_cols} columns but {arg} gives {given} classes")
+                raise ValueError(
+                    f"y_pred scores have {n_cols} columns but {arg} gives {given} classes"
+                )
         p_codes = p.argmax(axis=1).astype(np.int64)
+        # argmax returns the first NaN of a row that has one, so checking the winners finds
+        # every NaN row in O(N) instead of scanning all N*C scores
+        if p.dtype.kind == "f" and np.isnan(p[np.arange(p.shape[0]), p_codes]).any():
+            raise ValueError("y_pred contains NaN scores; argmax would be meaningless")
         if _is_text(t):
             if names is None:
-                raise ValueError("y_true holds string labels with y_pred scores: pass class_names "
-                                 "(class_names[j] is the label of score column j)")
+                raise ValueError(
+                    "y_true holds string labels with y_pred scores: pass class_names "
+                    "(class_names[j] is the label of score column j)"
+                )
             values, inverse = _unique_inverse(t, "y_true")
             return _lookup(values, names, "y_true", "class_names")[inverse], p_codes, n_cols, names
         t_codes = _int_labels(t, "y_true")
@@ -178,7 +192,8 @@ def _encode_text(
     if names is None:
         if n_classes is not None and n_classes != len(values):
             raise ValueError(
-                f"y_true/y_pred hold {len(values)} distinct string labels but n_classes={n_classes}; "
+                f"y_true/y_pred hold {len(values)} distinct string labels but "
+                f"n_classes={n_classes}; "
                 "pass class_names to declare classes that do not occur"
             )
         names = tuple(values)
@@ -195,5 +210,6 @@ def _check_range(codes: np.ndarray, name: str, n_classes: int, bound_arg: str) -
         raise ValueError(f"{name} contains negative label {lo}; labels must be in 0..C-1")
     if hi >= n_classes:
         raise ValueError(
-            f"{name} contains label {hi} but {bound_arg} allows only {n_classes} classes (0..{n_classes - 1})"
+            f"{name} contains label {hi} but {bound_arg} allows only {n_classes} classes "
+            f"(0..{n_classes - 1})"
         )

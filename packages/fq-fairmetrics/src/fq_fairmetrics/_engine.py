@@ -21,7 +21,7 @@ METRICS: tuple[MetricName, ...] = get_args(MetricName)
 def confusion_counts(
     t: np.ndarray, p: np.ndarray, g: np.ndarray, n_groups: int, n_classes: int
 ) -> np.ndarray:
-    """Counts ``[G, C, C]`` (int64) from integer codes ``[N]``: one ``np.bincount``, no Python loop."""
+    """Counts ``[G, C, C]`` (int64) from codes ``[N]``: one ``np.bincount``, no Python loop."""
     flat = (g * n_classes + t) * n_classes + p
     return np.bincount(flat, minlength=n_groups * n_classes * n_classes).reshape(
         n_groups, n_classes, n_classes
@@ -45,7 +45,7 @@ def spread_over_groups(x: np.ndarray) -> np.ndarray:
 
 
 def derive(counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-group tables and the scalar metrics of METHOD.md section 7 from counts ``[..., G, C, C]``.
+    """Per-group tables and the scalar metrics (METHOD.md section 7) of counts ``[..., G, C, C]``.
 
     Groups with no samples are NaN in the tables and ignored by every metric. Returns arrays:
     ``group_n, group_acc`` ``[..., G]``; ``tpr, tnr, fpr, pred_rate`` ``[..., G, C]``;

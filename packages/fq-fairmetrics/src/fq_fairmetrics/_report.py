@@ -44,7 +44,8 @@ class FairnessReport:
             In [0, 1]; 0 = equal opportunity.
         eopp0: ``mean_c gapTNR^c`` (the same with TNR, defined where the group has negatives of
             ``c``). In [0, 1].
-        eodd: ``mean_c (gapTPR^c + gapFPR^c)`` with ``FPR = 1 - TNR``. In [0, 2]; 0 = equalized odds.
+        eodd: ``mean_c (gapTPR^c + gapFPR^c)`` with ``FPR = 1 - TNR``. In [0, 2];
+            0 = equalized odds.
         dp_gap: ``mean_c (max_g P(y_hat=c | g) - min_g P(y_hat=c | g))`` over all ``C`` classes.
             In [0, 1]; 0 = demographic parity.
 
@@ -89,7 +90,10 @@ class FairnessReport:
             raise ValueError("counts are all zero; a report needs at least one sample")
         g, c = counts.shape[:2]
         names = {}
-        for arg, value, size in (("group_names", self.group_names, g), ("class_names", self.class_names, c)):
+        for arg, value, size in (
+            ("group_names", self.group_names, g),
+            ("class_names", self.class_names, c),
+        ):
             names[arg] = tuple(range(size)) if value is None else tuple(value)
             if len(names[arg]) != size:
                 raise ValueError(f"{arg} has {len(names[arg])} entries; counts need {size}")
@@ -189,7 +193,7 @@ def group_report(
     class_names: Sequence[Hashable] | None = None,
     group_names: Sequence[Hashable] | None = None,
 ) -> FairnessReport:
-    """Group fairness report of predictions (METHOD.md section 7; formulas on :class:`FairnessReport`).
+    """Group fairness of predictions (METHOD.md section 7; formulas on :class:`FairnessReport`).
 
     Args:
         y_true: ``[N]`` true labels, ints in ``0..C-1`` or strings.
@@ -220,7 +224,7 @@ def group_report(
 
 
 class FairnessAccumulator:
-    """Streaming form of :func:`group_report`: add batches with :meth:`update`, then :meth:`compute`.
+    """Streaming :func:`group_report`: add batches with :meth:`update`, then :meth:`compute`.
 
     Only the ``[G, C, C]`` counts are kept, so memory does not grow with the number of samples;
     the result equals ``group_report`` on the concatenated batches.
@@ -245,7 +249,9 @@ class FairnessAccumulator:
         self._class_names = None if class_names is None else tuple(class_names)
         self._fixed_groups = group_names is not None
         self._group_names: list[Hashable] = [] if group_names is None else list(group_names)
-        self._counts = np.zeros((len(self._group_names), self._n_classes, self._n_classes), np.int64)
+        self._counts = np.zeros(
+            (len(self._group_names), self._n_classes, self._n_classes), np.int64
+        )
 
     @property
     def n_samples(self) -> int:
@@ -256,7 +262,9 @@ class FairnessAccumulator:
         """Forget every batch (and, unless ``group_names`` was given, the groups seen)."""
         if not self._fixed_groups:
             self._group_names = []
-        self._counts = np.zeros((len(self._group_names), self._n_classes, self._n_classes), np.int64)
+        self._counts = np.zeros(
+            (len(self._group_names), self._n_classes, self._n_classes), np.int64
+        )
 
     def update(self, y_true: Any, y_pred: Any, *, sensitive_features: Any) -> None:
         """Add one batch (same argument conventions as :func:`group_report`)."""
@@ -298,4 +306,6 @@ class FairnessAccumulator:
             except TypeError as exc:
                 raise ValueError(f"group values cannot be sorted together: {names!r}") from exc
             counts, names = counts[order], [names[i] for i in order]
-        return FairnessReport(counts=counts, group_names=tuple(names), class_names=self._class_names)
+        return FairnessReport(
+            counts=counts, group_names=tuple(names), class_names=self._class_names
+        )

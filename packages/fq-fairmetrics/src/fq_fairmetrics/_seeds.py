@@ -28,7 +28,9 @@ def seed_summary(values: Iterable[float]) -> SeedSummary:
     freedom): ``std``, ``ci95_low`` and ``ci95_high`` are NaN rather than a misleading 0.
     Raises ``ValueError`` for no values or a non-finite value.
     """
-    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=np.float64)
+    arr = np.asarray(
+        list(values) if not isinstance(values, np.ndarray) else values, dtype=np.float64
+    )
     arr = arr.reshape(-1)
     if arr.size == 0:
         raise ValueError("values is empty; seed_summary needs at least one value")

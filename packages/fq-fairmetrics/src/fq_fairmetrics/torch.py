@@ -38,7 +38,9 @@ def _macs(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> i
     return (x.numel() // module.in_features) * module.in_features * module.out_features
 
 
-def _scopes(name: str, weight_shape: tuple[int, ...], bits: Any) -> tuple[np.ndarray, np.ndarray, int | None]:
+def _scopes(
+    name: str, weight_shape: tuple[int, ...], bits: Any
+) -> tuple[np.ndarray, np.ndarray, int | None]:
     """Bits ``[S]``, params per scope ``[S]`` and the scale count for one layer's bit tensor.
 
     Scope shape ``(1,)`` = per tensor, ``(O,)`` = per output channel, the weight shape = per
@@ -57,7 +59,8 @@ def _scopes(name: str, weight_shape: tuple[int, ...], bits: Any) -> tuple[np.nda
     if b.size in (1, out_ch) and b.ndim <= 1:
         return b.reshape(-1), np.full(b.size, n // b.size, dtype=np.int64), None
     raise ValueError(
-        f"assignment bits for layer {name!r} have shape {tuple(b.shape)}; expected (1,) per tensor, "
+        f"assignment bits for layer {name!r} have shape {tuple(b.shape)}; "
+        "expected (1,) per tensor, "
         f"({out_ch},) per channel or {tuple(weight_shape)} per parameter"
     )
 
@@ -97,7 +100,8 @@ def layer_costs(
         bits_map = assignment.bits if hasattr(assignment, "bits") else assignment
         if not isinstance(bits_map, Mapping):
             raise TypeError(
-                "assignment must be None, a Mapping of layer name -> bits, or have a .bits Mapping; "
+                "assignment must be None, a Mapping of layer name -> bits, or have a .bits "
+                "Mapping; "
                 f"got {type(assignment).__name__}"
             )
         unknown = sorted(set(bits_map) - set(layers))
@@ -134,6 +138,12 @@ def layer_costs(
         else:
             bits, pps, n_scales = np.array([FLOAT_BITS]), np.array([int(np.prod(shape))]), None
         costs.append(
-            LayerCost(name=name, macs=macs[name] // batch, bits=bits, params_per_scope=pps, n_scales=n_scales)
+            LayerCost(
+                name=name,
+                macs=macs[name] // batch,
+                bits=bits,
+                params_per_scope=pps,
+                n_scales=n_scales,
+            )
         )
     return costs
