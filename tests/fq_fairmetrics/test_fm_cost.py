@@ -182,3 +182,18 @@ def test_deit_tiny_counts_every_token():
     expected = 12 * 197 * (192 * 576 + 192 * 192 + 2 * 192 * 768) + 196 * 768 * 192 + 192 * 1000
     assert r.macs == expected
     assert r.macs / 1e9 == pytest.approx(1.07, abs=0.01)
+
+
+def test_fairness_inputs_may_be_cpu_torch_tensors():
+    # evaluation loops hand over tensors; numpy conversion happens without copying to a device
+    from fq_fairmetrics import FairnessAccumulator, group_report
+
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1, 1, 1])
+    g = torch.tensor([1, 1, 2, 2])
+    r = group_report(y, logits, sensitive_features=g)
+    # group 1: both right; group 2: (1 -> 0) wrong, (1 -> 1) right
+    assert (r.worst_acc, r.best_acc, r.group_names) == (0.5, 1.0, (1, 2))
+    acc = FairnessAccumulator(n_classes=2)
+    acc.update(y, logits, sensitive_features=g)
+    assert acc.compute().metrics() == r.metrics()
