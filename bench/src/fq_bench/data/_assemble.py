@@ -1,0 +1,174 @@
+"""From (raw images, metadata table) to the canonical ``DatasetDict``: check images, split, build.
+
+Every source (original layouts, hub/parquet, the semi-synthetic generator) ends here, so the
+canonical form, the skip list for bad images, and the split rules live in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import datasets
+import numpy as np
+import polars as pl
+from PIL import Image as PILImage
+
+from ._common import DataError, atomic_write_csv, default_cache_dir, quiet_datasets
+from ._split import read_split_file, stratified_split
+
+logger = logging.getLogger("fq_bench.data")
+
+
+def open_image(ref: dict | str, *, draft_size: int | None = None) -> PILImage.Image:
+    """Open and fully decode one image from a datasets ``Image(decode=False)`` value or a path.
+
+    ``draft_size`` lets JPEG decode at a reduced scale (much faster); a truncated or corrupt file
+    still raises, because the whole stream is read.
+    """
+    if isinstance(ref, dict):
+        data, path = ref.get("bytes"), ref.get("path")
+        src = io.BytesIO(data) if data is not None else path
+    else:
+        src = ref
+    if src is None:
+        raise FileNotFoundError("image has neither bytes nor path")
+    img = PILImage.open(src)
+    if draft_size is not None and img.format == "JPEG":
+        img.draft("RGB", (draft_size, draft_size))
+    img.load()
+    return img
+
+
+def _check_one(ref: dict | str | None) -> str | None:
+    if ref is None:
+        return "missing"
+    path = ref if isinstance(ref, str) else ref.get("path")
+    has_bytes = isinstance(ref, dict) and ref.get("bytes") is not None
+    if not has_bytes and (path is None or not os.path.exists(path)):
+        return "missing"
+    try:
+        open_image(ref, draft_size=32)
+    except Exception as exc:  # PIL raises many types for corrupt data; all mean "corrupt"
+        return f"corrupt: {type(exc).__name__}: {exc}"[:200]
+    return None
+
+
+@quiet_datasets()
+def check_images(images: datasets.Dataset, *, workers: int = 4) -> list[str | None]:
+    """For each row of a one-column ``image`` dataset: None if it decodes, else the reason."""
+    raw = images.cast_column("image", datasets.Image(decode=False))
+    reasons: list[str | None] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for batch in raw.iter(batch_size=256):
+            reasons.extend(pool.map(_check_one, batch["image"]))
+    return reasons
+
+
+def _skipped_path(name: str, source: str, skipped_out: str | os.PathLike[str] | None) -> Path:
+    if skipped_out is not None:
+        return Path(skipped_out)
+    digest = hashlib.sha1(source.encode()).hexdigest()[:10]
+    return default_cache_dir() / "skipped" / f"{name}-{digest}.csv"
+
+
+@quiet_datasets()
+def assemble(
+    *,
+    name: str,
+    source: str,
+    images: datasets.Dataset,
+    meta: pl.DataFrame,
+    class_names: Sequence[str],
+    group_names: Sequence[str],
+    given_split: np.ndarray | None = None,
+    split_file: str | os.PathLike[str] | None = None,
+    id_cols: Sequence[str] = ("id",),
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    strict: bool = False,
+    verify_images: bool = True,
+    skipped_out: str | os.PathLike[str] | None = None,
+    description: str = "",
+) -> datasets.DatasetDict:
+    """Build the canonical ``DatasetDict`` (splits ``train``/``test``).
+
+    ``images``: one column ``image`` (any ``Image`` feature), aligned with ``meta``, whose columns
+    are ``id`` (str), ``label`` and ``group`` (int indices into the names) and raw attributes.
+    ``given_split``: ``[N]`` codes 0 train / 1 test from the source, used when no ``split_file``.
+    Bad images are dropped, counted in a log line, and listed in a CSV (``skipped_out`` or a file in
+    the cache dir); under ``strict`` they raise :class:`DataError` instead. Nothing is returned
+    half-built: every check runs before any split is assembled.
+    """
+    if len(images) != meta.height:
+        raise ValueError(f"images ({len(images)}) and meta ({meta.height}) differ in length")
+    keep = np.ones(meta.height, dtype=bool)
+    if verify_images:
+        reasons = check_images(images)
+        bad = [(i, r) for i, r in enumerate(reasons) if r is not None]
+        if bad:
+            ids = meta["id"].to_list()
+            if strict:
+                listed = ", ".join(f"{ids[i]} ({r})" for i, r in bad[:10])
+                raise DataError(
+                    f"{name}: {len(bad)} missing or corrupt image(s) (strict=True): "
+                    f"{listed}{' ...' if len(bad) > 10 else ''}"
+                )
+            out = _skipped_path(name, source, skipped_out)
+            atomic_write_csv(out, ("id", "reason"), ((ids[i], r) for i, r in bad))
+            logger.warning(
+                "%s: skipped %d missing or corrupt image(s); list written to %s",
+                name,
+                len(bad),
+                out,
+            )
+            keep[[i for i, _ in bad]] = False
+
+    labels = meta["label"].to_numpy()
+    groups = meta["group"].to_numpy()
+    if split_file is not None:
+        code = read_split_file(split_file, meta["id"].to_list(), id_cols=id_cols)
+        unlisted = int(((code < 0) & keep).sum())
+        if unlisted:
+            logger.info(
+                "%s: %d row(s) not in split file %s dropped", name, unlisted, os.fspath(split_file)
+            )
+        keep &= code >= 0
+        is_test = code == 1
+    elif given_split is not None:
+        is_test = np.asarray(given_split) == 1
+    else:
+        is_test = np.zeros(meta.height, dtype=bool)
+        idx = np.flatnonzero(keep)
+        is_test[idx] = stratified_split(
+            labels[idx], groups[idx], test_fraction=test_fraction, seed=seed
+        )
+    parts = {"train": np.flatnonzero(keep & ~is_test), "test": np.flatnonzero(keep & is_test)}
+    for split, idx in parts.items():
+        if len(idx) == 0:
+            raise DataError(
+                f"{name}: split {split!r} is empty after filtering ({int(keep.sum())} usable rows)"
+            )
+
+    meta_feats = datasets.Features.from_arrow_schema(meta.to_arrow().schema)
+    meta_feats["id"] = datasets.Value("string")
+    meta_feats["label"] = datasets.ClassLabel(names=list(class_names))
+    meta_feats["group"] = datasets.ClassLabel(names=list(group_names))
+    out = {}
+    for split, idx in parts.items():
+        meta_ds = datasets.Dataset.from_dict(
+            meta[idx].to_dict(as_series=False), features=meta_feats
+        )
+        img_ds = images.select(idx).flatten_indices()
+        ds = datasets.concatenate_datasets([img_ds, meta_ds], axis=1)
+        ds = ds.cast_column("image", datasets.Image())
+        order = ["image", "label", "group", "id"]
+        ds = ds.select_columns(order + [c for c in ds.column_names if c not in order])
+        ds.info.description = description
+        out[split] = ds
+    return datasets.DatasetDict(out)
