@@ -119,14 +119,10 @@ class quiet_datasets(contextlib.ContextDecorator):
     """
 
     def __enter__(self) -> quiet_datasets:
-        from datasets.utils import tqdm as ds_tqdm
-
-        self._was_enabled = not ds_tqdm.are_progress_bars_disabled()
-        ds_tqdm.disable_progress_bars()
+        self._was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from datasets.utils import tqdm as ds_tqdm
-
         if self._was_enabled:
-            ds_tqdm.enable_progress_bars()
+            datasets.enable_progress_bars()

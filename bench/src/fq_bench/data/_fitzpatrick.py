@@ -68,9 +68,10 @@ def canonical_fitzpatrick_meta(
         logger.info("fitzpatrick17k: dropped %d row(s) with no %r", n_nolabel, label_col)
     class_names = sorted(set(labels.filter(pl.Series(keep)).to_list()))
     index = {c: i for i, c in enumerate(class_names)}
+    id_col = next((c for c in ("md5hash", "id") if c in raw.columns), None)
     ids = (
-        raw["md5hash"].cast(pl.String)
-        if "md5hash" in raw.columns
+        raw[id_col].cast(pl.String)
+        if id_col is not None
         else pl.Series([str(i) for i in range(raw.height)])
     )
     extras = raw

@@ -49,6 +49,8 @@ def diagnosis_from_onehot(gt: pl.DataFrame) -> pl.Series:
     require_columns(gt.columns, ("image", *ISIC_CLASSES), what=GT_NAME)
     onehot = gt.select([pl.col(c).cast(pl.Float64) for c in ISIC_CLASSES]).to_numpy()
     ok = (np.isclose(onehot.sum(axis=1), 1.0)) & np.isclose(onehot.max(axis=1), 1.0)
+    if "UNK" in gt.columns:  # UNK has no training image; a row marked UNK is not usable
+        ok &= np.isclose(gt["UNK"].cast(pl.Float64).fill_null(0.0).to_numpy(), 0.0)
     if not ok.all():
         bad = gt["image"].filter(pl.Series(~ok)).to_list()
         raise DataError(
