@@ -1,1 +1,14 @@
-"""Placeholder until the package lands."""
+"""fq-importance: group-conditioned calibration (importance per scope and group) and reducers.
+
+The one way in::
+
+    from fq_importance import calibrate, reduce, GroupImportance
+"""
+
+from fq_quant import ImportanceMap
+
+from ._calibrate import calibrate
+from ._group_importance import METRICS, GroupImportance
+from ._reduce import REDUCERS, reduce
+
+__all__ = ["METRICS", "REDUCERS", "GroupImportance", "ImportanceMap", "calibrate", "reduce"]

@@ -1,0 +1,282 @@
+"""Group-conditioned importance: one forward per batch, per-group gradients from the shared graph."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from fq_quant import Granularity, quantizable_layers
+from torch import nn
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+from ._batches import unpack
+from ._group_importance import METRICS, GroupImportance
+
+Metric = Literal["grape", "taylor", "gradient", "hessian"]
+#: How per-group gradients come out of the shared graph; "loop" measured faster (bench/results).
+Strategy = Literal["loop", "batched"]
+DEFAULT_STRATEGY: Strategy = "loop"
+
+
+def calibrate(
+    model: nn.Module,
+    loader: Iterable[object],
+    *,
+    metric: Metric = "grape",
+    granularity: Granularity | str = Granularity.CHANNEL,
+    batches: int | None = 50,
+    device: torch.device | str | None = None,
+    groups: Iterable[int] | None = None,
+    probes: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> GroupImportance:
+    """Per-group importance of every scope of every ``nn.Conv2d`` / ``nn.Linear`` weight.
+
+    For each batch: one forward pass; ``L_g`` = mean cross-entropy over the batch's samples of
+    group ``g``; the gradient of each ``L_g`` w.r.t. the float weights from the shared graph; per
+    element ``grape = (dL_g/dw * w)^2``, ``taylor = |dL_g/dw * w|``, ``gradient = |dL_g/dw|``,
+    ``hessian = |diag(H_g)| * w^2`` (Hutchinson, ``probes`` Rademacher vectors per group and batch,
+    seeded by ``seed``); averaged to scopes (channel: mean over all dims but 0; tensor: mean;
+    param: identity) and summed over batches (METHOD.md section 3).
+
+    The model is left untouched: it runs in eval mode (BatchNorm uses its running statistics,
+    Dropout is off: calibration measures the deployed model), no optimizer, no ``.grad`` written,
+    ``requires_grad`` flags and every module's train/eval mode restored on exit. On a model wrapped
+    by ``fq_quant.quantize_model``, gradients are taken w.r.t. the float weights
+    (``parametrizations.weight.original``) through the straight-through quantizer.
+
+    Args:
+        model: the classifier; logits ``[B, C]``.
+        loader: yields ``(x, y, g)`` tuples or mappings with keys ``image``, ``label``, ``group``;
+            ``g`` holds int group ids ``0..G-1`` (``[B]``).
+        metric: one of ``"grape"``, ``"taylor"``, ``"gradient"``, ``"hessian"``.
+        granularity: scope granularity of the result.
+        batches: number of batches to visit (``None``: the whole loader).
+        device: where to run; defaults to the model's device. Batches are moved there; the model
+            is never moved (a mismatch raises ``ValueError``).
+        groups: the expected group ids; default ``0..max seen``. A listed group that never appears
+            gets a warning, an all-zero map and count 0; a group seen but not listed is an error.
+        probes: Hutchinson probes per group and batch (``metric="hessian"`` only).
+        seed: seed of the Hutchinson probes.
+        progress: show a tqdm bar over batches.
+    """
+    return _calibrate(
+        model, loader, metric=metric, granularity=granularity, batches=batches, device=device,
+        groups=groups, probes=probes, seed=seed, progress=progress, strategy=DEFAULT_STRATEGY,
+    )
+
+
+def _calibrate(
+    model: nn.Module,
+    loader: Iterable[object],
+    *,
+    metric: str,
+    granularity: Granularity | str,
+    batches: int | None,
+    device: torch.device | str | None,
+    groups: Iterable[int] | None,
+    probes: int,
+    seed: int,
+    progress: bool,
+    strategy: Strategy,
+) -> GroupImportance:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
+    gran = Granularity.parse(granularity)
+    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
+        raise ValueError(f"batches must be an int >= 1 or None; got {batches!r}")
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+        raise ValueError(f"probes must be an int >= 1; got {probes!r}")
+    if strategy not in ("loop", "batched"):
+        raise ValueError(f"strategy must be 'loop' or 'batched'; got {strategy!r}")
+    expected = _expected_groups(groups)
+    weights = {name: _float_weight(layer) for name, layer in quantizable_layers(model).items()}
+    dev = _device(weights, device)
+    gen = torch.Generator().manual_seed(seed)
+    acc: dict[int, dict[str, torch.Tensor]] = {}
+    counts: dict[int, int] = {}
+    seen = 0
+    it = itertools.islice(loader, batches) if batches is not None else loader
+    total = batches if batches is not None else _len_or_none(loader)
+    with _frozen(model, list(weights.values())), torch.enable_grad():
+        for index, batch in enumerate(tqdm(it, total=total, desc="calibrate", unit="batch", disable=not progress)):
+            x, y, g = unpack(batch, index)
+            present, inverse, n = torch.unique(g, sorted=True, return_inverse=True, return_counts=True)
+            ids = present.tolist()
+            if ids[0] < 0 or (expected is not None and not set(ids) <= set(expected)):
+                raise ValueError(
+                    f"batch {index} has group ids {ids}; expected ids in "
+                    f"{list(expected) if expected is not None else '0, 1, ...'}"
+                )
+            x, y, inverse, n = x.to(dev), y.to(dev), inverse.to(dev), n.to(dev)
+            logits = model(x)
+            ce = F.cross_entropy(logits, y, reduction="none")  # [B]
+            # Row k: weight 1/n_k on the samples of the k-th present group, so losses[k] = L_g.
+            rows = F.one_hot(inverse, len(ids)).T.to(ce.dtype) / n[:, None].to(ce.dtype)
+            losses = rows @ ce  # [G_b]
+            if not bool(torch.isfinite(losses).all()):
+                raise ValueError(f"batch {index}: the loss is NaN or inf (per-group losses {losses.tolist()})")
+            per_group = _scores(metric, strategy, losses, weights, gran, probes, gen)
+            for k, gid in enumerate(ids):
+                dst = acc.setdefault(gid, {})
+                for name, s in per_group(k).items():
+                    if name in dst:
+                        dst[name] += s
+                    else:
+                        dst[name] = s.to(torch.promote_types(s.dtype, torch.float32)).clone()
+                counts[gid] = counts.get(gid, 0) + int(n[k])
+            seen += 1
+    if seen == 0:
+        raise ValueError("loader yielded no batches")
+    return _result(acc, counts, expected, weights, gran, metric, seen)
+
+
+def _scores(metric, strategy, losses, weights, gran, probes, gen):  # type: ignore[no-untyped-def]
+    """A function ``k -> {layer: scope-shaped score of the k-th present group}`` for this batch."""
+    ws = list(weights.values())
+    names = list(weights)
+    if metric == "hessian":
+        def hutchinson(k: int) -> dict[str, torch.Tensor]:
+            grads = _grad(losses[k], ws, create_graph=True)
+            diag = [torch.zeros_like(w) for w in ws]
+            for _ in range(probes):
+                vs = [_rademacher(w, gen) for w in ws]
+                hv = _grad(grads, ws, grad_outputs=vs, retain_graph=True)
+                for d, v, h in zip(diag, vs, hv):
+                    d += v * h.detach() / probes
+            return {n: _to_scopes(d.abs() * w.detach() ** 2, gran, 0) for n, d, w in zip(names, diag, ws)}
+        return hutchinson
+    if strategy == "batched":
+        eye = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
+        grads = _grad(losses, ws, grad_outputs=eye, is_grads_batched=True, retain_graph=True)
+        scores = {n: _to_scopes(_element(metric, gr, w.detach()), gran, 1) for n, gr, w in zip(names, grads, ws)}
+        return lambda k: {n: s[k] for n, s in scores.items()}
+
+    def loop(k: int) -> dict[str, torch.Tensor]:
+        grads = _grad(losses[k], ws, retain_graph=True)
+        return {n: _to_scopes(_element(metric, gr, w.detach()), gran, 0) for n, gr, w in zip(names, grads, ws)}
+    return loop
+
+
+def _grad(outputs, inputs, **kw):  # type: ignore[no-untyped-def]
+    """``torch.autograd.grad`` that returns zeros for weights the loss does not use."""
+    kw.setdefault("retain_graph", True)
+    grads = torch.autograd.grad(outputs, inputs, allow_unused=True, **kw)
+    batched = kw.get("is_grads_batched", False)
+    n = outputs.shape[0] if batched else None
+    return [
+        (torch.zeros((n, *w.shape) if batched else w.shape, dtype=w.dtype, device=w.device) if g is None else g)
+        for g, w in zip(grads, inputs)
+    ]
+
+
+def _element(metric: str, grad: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if metric == "grape":
+        return (grad * w) ** 2
+    if metric == "taylor":
+        return (grad * w).abs()
+    return grad.abs()
+
+
+def _to_scopes(t: torch.Tensor, gran: Granularity, lead: int) -> torch.Tensor:
+    """Average an element map (``lead`` leading batch dims, then the weight dims) to scopes."""
+    if gran is Granularity.PARAM:
+        return t
+    if gran is Granularity.CHANNEL:
+        return t.mean(dim=tuple(range(lead + 1, t.dim()))) if t.dim() > lead + 1 else t
+    return t.mean(dim=tuple(range(lead, t.dim()))).unsqueeze(-1)
+
+
+def _rademacher(w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    v = torch.randint(0, 2, w.shape, generator=gen).to(device=w.device, dtype=w.dtype)
+    return v * 2 - 1
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module, weights: list[torch.Tensor]) -> Iterator[None]:
+    """Eval mode and ``requires_grad`` on the weights for the duration; everything restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(w, w.requires_grad) for w in weights]
+    try:
+        model.eval()
+        for w in weights:
+            w.requires_grad_(True)
+        yield
+    finally:
+        for w, flag in flags:
+            w.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode  # per module: Module.train() would recurse and overwrite children
+
+
+def _float_weight(layer: nn.Module) -> torch.Tensor:
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations.weight.original
+    return layer.weight
+
+
+def _device(weights: dict[str, torch.Tensor], device: torch.device | str | None) -> torch.device:
+    devices = {w.device for w in weights.values()}
+    if len(devices) != 1:
+        raise ValueError(f"the model's quantizable weights are spread over devices {sorted(map(str, devices))}")
+    here = devices.pop()
+    if device is None:
+        return here
+    want = torch.device(device)
+    if want.type != here.type or (want.index is not None and want.index != here.index):
+        raise ValueError(
+            f"device={str(device)!r} but the model is on {here}; move the model yourself "
+            f"(calibrate never moves it)"
+        )
+    return here
+
+
+def _expected_groups(groups: Iterable[int] | None) -> tuple[int, ...] | None:
+    if groups is None:
+        return None
+    out = []
+    for g in groups:
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise ValueError(f"groups must be int ids >= 0; got {g!r}")
+        out.append(g)
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"groups must be a non-empty list of distinct ids; got {out}")
+    return tuple(sorted(out))
+
+
+def _len_or_none(loader: object) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _result(acc, counts, expected, weights, gran, metric, seen) -> GroupImportance:  # type: ignore[no-untyped-def]
+    wanted = expected if expected is not None else tuple(range(max(acc) + 1))
+    missing = [g for g in wanted if g not in acc]
+    if missing:
+        warnings.warn(
+            f"group(s) {missing} never appeared in the {seen} calibration batches; "
+            f"their importance is all zeros and their count 0",
+            UserWarning,
+            stacklevel=3,
+        )
+    template = next(iter(acc.values()))
+    importance = {}
+    for g in wanted:
+        maps = acc.get(g) or {n: torch.zeros_like(t) for n, t in template.items()}
+        importance[g] = {n: maps[n].detach().cpu() for n in weights}
+    return GroupImportance(
+        importance=importance,
+        counts={g: counts.get(g, 0) for g in wanted},
+        metric=metric,
+        granularity=gran,
+        batches=seen,
+    )
