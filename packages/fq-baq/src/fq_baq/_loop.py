@@ -1,0 +1,378 @@
+"""The one training loop behind BAQTrainer, QATTrainer and FP32Trainer, on HF accelerate.
+
+Host synchronization happens only every ``config.log_every`` batches and at epoch end: losses are
+summed on the device, the non-finite check records the first bad batch on the device, and the
+dual variable of ``target_avg_bits`` is a device scalar.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import GradientAccumulationPlugin, set_seed
+from fq_quant import BitAssignment
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import _checkpoint
+from ._config import BAQConfig
+from ._fairness import group_gap
+from ._wrap import Wrapping
+
+logger = logging.getLogger("fq_baq")
+
+#: Config fields that may differ between a checkpoint and the run resuming from it.
+_RESUMABLE_CHANGES = frozenset({"epochs", "progress", "log_every"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochRecord:
+    """Summary of one training epoch.
+
+    Attributes:
+        epoch: 1-based epoch number.
+        task_loss, fair_loss, bit_loss, loss: means over the epoch's batches (nats; ``bit_loss``
+            is the mean ``theta^2`` term; ``loss`` includes the lambda weights).
+        avg_bits: parameter-weighted average of the rounded bits at the epoch's end (bits per
+            weight); ``None`` for the FP32 trainer.
+        bit_histogram: bit-width -> number of scopes at the epoch's end (empty for FP32).
+        lambda_bits: the (dual-ascended, with ``target_avg_bits``) weight of ``L_bits`` at the end.
+        seconds: wall time of the epoch's training pass (eval excluded).
+        batches: batches seen in the epoch.
+        eval: what ``eval_fn`` returned after the epoch, or ``None``.
+    """
+
+    epoch: int
+    task_loss: float
+    fair_loss: float
+    bit_loss: float
+    loss: float
+    avg_bits: float | None
+    bit_histogram: Mapping[int, int]
+    lambda_bits: float
+    seconds: float
+    batches: int
+    eval: Mapping[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bit_histogram"] = [[int(k), int(v)] for k, v in self.bit_histogram.items()]
+        d["eval"] = None if self.eval is None else dict(self.eval)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EpochRecord:
+        d = dict(d)
+        d["bit_histogram"] = {int(k): int(v) for k, v in d["bit_histogram"]}
+        return cls(**d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BAQResult:
+    """What ``fit`` returns.
+
+    Attributes:
+        model: the trained model in eval mode. BAQ and QAT: wrapped by
+            :func:`fq_quant.quantize_model` with ``FixedBitsQuantizer`` at ``assignment`` (what
+            inference computes with); FP32: plain.
+        assignment: the final bits (BAQ: ``round(b_cont)``, projected onto ``target_avg_bits``
+            when set); ``None`` for the FP32 trainer.
+        history: one :class:`EpochRecord` per epoch, resumed epochs included.
+    """
+
+    model: nn.Module
+    assignment: BitAssignment | None
+    history: tuple[EpochRecord, ...]
+
+
+def make_accelerator(config: BAQConfig) -> Accelerator:
+    """An ``Accelerator`` for ``config``; resets accelerate's process-global state when an earlier
+    trainer in this (non-distributed) process initialized it with other settings."""
+    kwargs = dict(
+        mixed_precision=config.mixed_precision,
+        cpu=config.cpu,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=config.grad_accum_steps, sync_with_dataloader=True
+        ),
+    )
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as e:
+        if "already been initialized" not in str(e) or torch.distributed.is_initialized():
+            raise
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(**kwargs)
+
+
+def unpack_batch(
+    batch: Any, *, need_groups: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x, y, g)`` from a ``(x, y, g)`` / ``(x, y)`` tuple or an ``image/label/group`` dict."""
+    if isinstance(batch, Mapping):
+        try:
+            x, y = batch["image"], batch["label"]
+        except KeyError as e:
+            raise ValueError(
+                f"a dict batch needs keys 'image' and 'label' (and 'group'); missing {e}"
+            ) from None
+        g = batch.get("group")
+    elif isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+        x, y = batch[0], batch[1]
+        g = batch[2] if len(batch) == 3 else None
+    else:
+        raise ValueError(
+            "batches must be (image, label, group) or (image, label) tuples, or dicts with keys "
+            f"image/label/group; got {type(batch).__name__}"
+        )
+    if g is None and need_groups:
+        raise ValueError(
+            "lambda_fair > 0 needs sensitive groups: batches must be (image, label, group) "
+            "tuples or "
+            "dicts with a 'group' key (or set lambda_fair=0)"
+        )
+    return x, y, g
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed that depends on ``(seed, epoch)`` only."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _seed_epoch(seed: int, epoch: int, loaders: Iterable[Any]) -> None:
+    """Reseed global RNGs and the loaders' generators, and set the loaders' epoch."""
+    s = epoch_seed(seed, epoch)
+    set_seed(s)
+    for loader in loaders:
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        for obj in (
+            loader,
+            getattr(loader, "sampler", None),
+            batch_sampler,
+            getattr(batch_sampler, "sampler", None),
+        ):
+            gen = getattr(obj, "generator", None)
+            if isinstance(gen, torch.Generator):
+                gen.manual_seed(s)
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+
+
+class Session:
+    """One training session: the accelerator, the prepared model and optimizer, and the step."""
+
+    def __init__(self, model: nn.Module, wrapping: Wrapping, config: BAQConfig):
+        self.config, self.wrapping = config, wrapping
+        self.accelerator = make_accelerator(config)
+        bit_ids = {id(p) for p in wrapping.bit_params()}
+        weights = [p for p in model.parameters() if p.requires_grad and id(p) not in bit_ids]
+        groups = [{"params": weights, "lr": config.lr, "weight_decay": config.weight_decay}]
+        if wrapping.bit_params():
+            groups.append(
+                {"params": wrapping.bit_params(), "lr": config.lr_bits, "weight_decay": 0.0}
+            )
+        self.base_lrs = [g["lr"] for g in groups]
+        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.params = [p for g in groups for p in g["params"]]
+        dev = self.accelerator.device
+        self.lam = torch.tensor(float(config.lambda_bits), device=dev)
+        self._zero = torch.zeros((), device=dev)
+        self.sums = torch.zeros(4, device=dev)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
+        self.batch_t = torch.zeros((), dtype=torch.int64, device=dev)
+        self.opt_steps = 0
+        self.total_steps: int | None = None
+
+    def reset_epoch(self) -> None:
+        self.sums.zero_()
+        self.first_bad.fill_(-1)
+        self.batch_t.zero_()
+
+    def _lr_factor(self) -> float:
+        if self.config.lr_schedule == "constant" or not self.total_steps:
+            return 1.0
+        t = min(self.opt_steps / self.total_steps, 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def step(self, batch: Any) -> None:
+        """Forward, backward and (at the end of an accumulation window) an optimizer step."""
+        cfg, acc = self.config, self.accelerator
+        x, y, g = unpack_batch(batch, need_groups=cfg.lambda_fair > 0)
+        with acc.accumulate(self.model):
+            logits = self.model(x)
+            ce = F.cross_entropy(logits.float(), y, reduction="none")
+            task = ce.mean()
+            fair = group_gap(ce, g) if g is not None else self._zero
+            bits = self.wrapping.bit_loss()
+            loss = task + cfg.lambda_fair * fair if cfg.lambda_fair > 0 else task
+            if bits is None:
+                bits = self._zero
+            else:
+                loss = loss + self.lam * bits
+            acc.backward(loss)
+            if acc.sync_gradients:
+                if cfg.grad_clip is not None:
+                    acc.clip_grad_norm_(self.params, cfg.grad_clip)
+                f = self._lr_factor()
+                for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                    group["lr"] = base * f
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if acc.sync_gradients:
+                self.opt_steps += 1
+                if cfg.target_avg_bits is not None:
+                    excess = self.wrapping.avg_bits() - cfg.target_avg_bits
+                    self.lam = (self.lam + cfg.dual_lr * excess).clamp_(min=0.0)
+        with torch.no_grad():
+            self.sums += torch.stack([task.detach(), fair.detach(), bits.detach(), loss.detach()])
+            bad = ~torch.isfinite(loss.detach())
+            self.first_bad = torch.where(bad & (self.first_bad < 0), self.batch_t, self.first_bad)
+            self.batch_t += 1
+
+    def check_finite(self, epoch: int) -> None:
+        """Raise ``FloatingPointError`` naming the first non-finite-loss batch of ``epoch``."""
+        bad = int(self.first_bad)
+        if bad >= 0:
+            raise FloatingPointError(
+                f"non-finite loss at epoch {epoch + 1}, batch {bad} (0-based within the epoch); "
+                "training stopped, the last good checkpoint (end of the previous epoch) is kept"
+            )
+
+
+def _eval_dict(out: Any) -> dict[str, float]:
+    if not isinstance(out, Mapping):
+        raise TypeError(f"eval_fn must return a mapping of str -> number; got {type(out).__name__}")
+    return {str(k): float(v) for k, v in out.items()}
+
+
+def _resume(session: Session, ckpt: dict[str, Any], kind: str) -> tuple[int, list[EpochRecord]]:
+    if ckpt.get("kind") != kind:
+        raise ValueError(f"checkpoint was written by a {ckpt.get('kind')!r} trainer, not {kind!r}")
+    old, new = ckpt["config"], session.config.to_dict()
+    diff = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
+    if diff:
+        raise ValueError(
+            f"checkpoint config differs in {diff} (stored {[old.get(k) for k in diff]}, "
+            f"given {[new[k] for k in diff]}); use a fresh checkpoint_dir"
+        )
+    session.accelerator.unwrap_model(session.model).load_state_dict(ckpt["model"])
+    session.optimizer.load_state_dict(ckpt["optimizer"])
+    session.lam.copy_(ckpt["lambda_bits"])
+    session.opt_steps = int(ckpt["opt_steps"])
+    _checkpoint.set_rng_state(ckpt["rng"])
+    return int(ckpt["epoch"]), [EpochRecord.from_dict(h) for h in ckpt["history"]]
+
+
+def _save(
+    session: Session, directory: Path, epoch: int, history: list[EpochRecord], kind: str
+) -> None:
+    acc = session.accelerator
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        _checkpoint.save(
+            directory,
+            {
+                "kind": kind,
+                "epoch": epoch,
+                "opt_steps": session.opt_steps,
+                "config": session.config.to_dict(),
+                "model": {
+                    k: v.detach().cpu()
+                    for k, v in acc.unwrap_model(session.model).state_dict().items()
+                },
+                "optimizer": session.optimizer.state_dict(),
+                "lambda_bits": session.lam.detach().cpu(),
+                "rng": _checkpoint.rng_state(),
+                "history": [h.to_dict() for h in history],
+            },
+        )
+    acc.wait_for_everyone()
+
+
+def train(
+    model: nn.Module,
+    wrapping: Wrapping,
+    config: BAQConfig,
+    train_loader: Iterable[Any],
+    *,
+    eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> BAQResult:
+    """Run ``config.epochs`` epochs (resuming from ``checkpoint_dir``) and finalize the model."""
+    session = Session(model, wrapping, config)
+    acc = session.accelerator
+    loader = acc.prepare(train_loader)
+    try:
+        n_batches = len(loader)
+    except TypeError:
+        n_batches = None
+    if config.lr_schedule == "cosine":
+        if n_batches is None:
+            raise ValueError("lr_schedule='cosine' needs a train_loader with a length")
+        session.total_steps = config.epochs * max(n_batches // config.grad_accum_steps, 1)
+    start, history = 0, []
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None and (ckpt := _checkpoint.load(ckpt_dir)) is not None:
+        start, history = _resume(session, ckpt, wrapping.kind)
+        logger.info("resuming from %s after epoch %d", ckpt_dir, start)
+    show = config.progress and acc.is_local_main_process
+    for epoch in range(start, config.epochs):
+        _seed_epoch(config.seed, epoch, (train_loader, loader))
+        session.reset_epoch()
+        session.model.train()
+        t0 = time.perf_counter()
+        seen = 0
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show)
+        for batch in loader:
+            session.step(batch)
+            seen += 1
+            bar.update(1)
+            if seen % config.log_every == 0:
+                session.check_finite(epoch)
+                if show:
+                    bar.set_postfix(loss=f"{float(session.sums[3]) / seen:.4f}")
+        bar.close()
+        if seen == 0:
+            raise ValueError("train_loader yielded no batches")
+        session.check_finite(epoch)
+        sums = (session.sums / seen).tolist()
+        seconds = time.perf_counter() - t0
+        current = wrapping.assignment()
+        avg = wrapping.avg_bits()
+        record = dict(
+            epoch=epoch + 1,
+            task_loss=sums[0],
+            fair_loss=sums[1],
+            bit_loss=sums[2],
+            loss=sums[3],
+            avg_bits=None if avg is None else float(avg),
+            bit_histogram={} if current is None else current.histogram(),
+            lambda_bits=float(session.lam),
+            seconds=seconds,
+            batches=seen,
+        )
+        if eval_fn is not None:
+            session.model.eval()
+            with torch.no_grad():
+                record["eval"] = _eval_dict(eval_fn(acc.unwrap_model(session.model)))
+            session.model.train()
+        history.append(EpochRecord(**record))
+        logger.info("epoch %d/%d: %s", epoch + 1, config.epochs, history[-1])
+        if ckpt_dir is not None:
+            _save(session, ckpt_dir, epoch + 1, history, wrapping.kind)
+    final = acc.unwrap_model(session.model, keep_fp32_wrapper=False)
+    final, assignment = wrapping.finalize(final)
+    final.eval()
+    acc.free_memory()
+    return BAQResult(model=final, assignment=assignment, history=tuple(history))
