@@ -1,0 +1,201 @@
+"""Cell keys, the grid's cell list, sharding, and the atomic, checksummed cell store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._config import METHOD_IDS, GridConfig
+
+logger = logging.getLogger("fq_bench.grid")
+
+CELL_FORMAT = "fq_bench.grid.cell/1"
+
+
+@dataclass(frozen=True, kw_only=True, order=True)
+class CellKey:
+    """One cell of the grid: a method on one (dataset, model) with one training seed.
+
+    ``variant`` is ``""`` for Table 1 and ``"<field>=<value>"`` for an ablation point (an FQ-BAQ
+    hyper-parameter override).
+    """
+
+    dataset: str
+    model: str
+    method: str
+    seed: int
+    variant: str = ""
+
+    @property
+    def id(self) -> str:
+        """File-name-safe, unique string: ``dataset__model__method__s<seed>[__variant]``."""
+        parts = [self.dataset, self.model, self.method, f"s{self.seed}"]
+        if self.variant:
+            parts.append(self.variant)
+        return "__".join(parts)
+
+    @property
+    def override(self) -> tuple[str, float] | None:
+        """The ``(field, value)`` of an ablation variant, else ``None``."""
+        if not self.variant:
+            return None
+        name, value = self.variant.split("=", 1)
+        return name, float(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "method": self.method,
+            "seed": self.seed,
+            "variant": self.variant,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CellKey:
+        return cls(
+            dataset=str(d["dataset"]),
+            model=str(d["model"]),
+            method=str(d["method"]),
+            seed=int(d["seed"]),
+            variant=str(d.get("variant", "")),
+        )
+
+
+def stable_seed(*parts: object) -> int:
+    """A 31-bit seed from ``parts`` (sha256 of their repr): the same in every process and run."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def variant_name(field_name: str, value: float) -> str:
+    return f"{field_name}={value:g}"
+
+
+def grid_cells(config: GridConfig) -> list[CellKey]:
+    """Every cell of ``config`` in a fixed order (dataset, model, seed, method order of Table 1).
+
+    Without sweeps: datasets x models x methods x seeds. With sweeps: for each swept field and
+    value, each method (normally only ``fq-baq``) with that override.
+    """
+    order = {m: i for i, m in enumerate(METHOD_IDS)}
+    methods = sorted(config.methods, key=order.__getitem__)
+    variants = [""] if not config.sweeps else [
+        variant_name(name, v) for name, values in config.sweeps for v in values
+    ]
+    return [
+        CellKey(dataset=d, model=m, method=meth, seed=s, variant=var)
+        for d in config.datasets
+        for m in config.models
+        for s in config.seeds
+        for var in variants
+        for meth in methods
+    ]
+
+
+def shard_cells(cells: list[CellKey], index: int, count: int) -> list[CellKey]:
+    """Shard ``index`` (0-based) of ``count``: round robin over the cells sorted by id.
+
+    Deterministic and independent of the order the caller lists cells in; the shards partition
+    the grid (every cell in exactly one shard), and each keeps the caller's order.
+    """
+    if not (isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count):
+        raise ValueError(f"shard must be i/n with 0 <= i < n; got {index}/{count}")
+    ids = sorted(c.id for c in cells)
+    mine = {cid for k, cid in enumerate(ids) if k % count == index}
+    return [c for c in cells if c.id in mine]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
+    try:
+        i_s, n_s = text.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4); got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard i/n needs 0 <= i < n; got {text!r}")
+    return i, n
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder, fsync, ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CellStore:
+    """Finished cells as one JSON file each under ``<root>/cells/``.
+
+    A file holds ``{"format", "key", "fingerprint", "result", "sha256"}`` where ``sha256`` is the
+    hash of the canonical JSON of the other fields: a truncated, edited or foreign file fails the
+    check and reads as missing, so the cell is recomputed.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        self.dir = self.root / "cells"
+
+    def path(self, key: CellKey) -> Path:
+        return self.dir / f"{key.id}.json"
+
+    def write(self, key: CellKey, result: dict[str, Any], *, fingerprint: str) -> Path:
+        body = {"format": CELL_FORMAT, "key": key.to_dict(), "fingerprint": fingerprint, "result": result}
+        body["sha256"] = hashlib.sha256(_canonical(body)).hexdigest()
+        path = self.path(key)
+        atomic_write_bytes(path, json.dumps(body, indent=1, sort_keys=True).encode())
+        return path
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, Any] | None:
+        try:
+            body = json.loads(path.read_bytes())
+            digest = body.pop("sha256")
+            ok = body.get("format") == CELL_FORMAT and digest == hashlib.sha256(_canonical(body)).hexdigest()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            logger.warning("cell file %s is corrupt or partial; it will be recomputed", path)
+            return None
+        return body
+
+    def read(self, key: CellKey, *, fingerprint: str | None = None) -> dict[str, Any] | None:
+        """The cell's result, or ``None`` when missing, corrupt, or from another fingerprint."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        body = self._load(path)
+        if body is None or CellKey.from_dict(body["key"]) != key:
+            return None
+        if fingerprint is not None and body["fingerprint"] != fingerprint:
+            logger.warning("cell %s was computed under another config; recomputing", key.id)
+            return None
+        return body["result"]
+
+    def all(self) -> list[tuple[CellKey, dict[str, Any]]]:
+        """Every valid cell file in the store, sorted by id (for the report)."""
+        out = []
+        for path in sorted(self.dir.glob("*.json")):
+            body = self._load(path)
+            if body is not None:
+                out.append((CellKey.from_dict(body["key"]), body["result"]))
+        return out

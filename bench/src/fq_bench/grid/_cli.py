@@ -1,0 +1,177 @@
+"""``python bench/run_grid.py``: argparse over the preset's fields, run, report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._cells import parse_shard
+from ._config import DATASETS, METHOD_IDS, PRESETS, SWEEPABLE, GridConfig
+
+#: Help for every GridConfig field (units in brackets); the CLI flag is ``--field-name``.
+FIELD_HELP: dict[str, str] = {
+    "datasets": "datasets to run",
+    "models": "backbones: timm names (resnet18, resnet50, deit_tiny_patch16_224, tiny_vit_5m_224, ...) "
+    "or tiny_cnn",
+    "methods": "Table 1 rows to run",
+    "seeds": "training seeds [ints]",
+    "image_size": "input resolution [px]",
+    "n_images": "rows of semi-synthetic data, train + test (real data: ignored)",
+    "batch_size": "images per batch",
+    "fp32_epochs": "epochs of the FP32 reference training",
+    "epochs": "epochs of each QAT / BAQ fine-tune",
+    "lr_fp32": "AdamW learning rate of the FP32 training (cosine decay)",
+    "lr": "AdamW learning rate of the QAT / BAQ fine-tunes",
+    "lr_bits": "learning rate of the BAQ bit logits",
+    "weight_decay": "AdamW weight decay",
+    "lambda_bits": "BAQ bit-rate regularizer weight",
+    "lambda_fair": "fairness-loss weight of FQ-QAT and FQ-BAQ",
+    "bit_min": "BAQ minimum bits",
+    "bit_max": "BAQ maximum bits",
+    "palette_bits": "fixed palette bit-widths (Lin, Guo, FQ-QAT)",
+    "palette_props": "share of scopes per palette bit-width",
+    "baq_bits": "bit-widths of the FQ-BAQ warm-start allocation",
+    "baq_warm_avg_bits": "parameter-weighted average bits of the FQ-BAQ warm start",
+    "calib_batches": "calibration mini-batches (paper: 50)",
+    "pretrained": "start from ImageNet weights (timm hub, or --weights-dir)",
+    "weights_dir": "folder of <model>.safetensors ImageNet weights (offline --pretrained)",
+    "mixed_precision": "accelerate mixed precision: no, fp16, bf16",
+    "cpu": "force the CPU even when a GPU is present",
+    "progress": "progress bars",
+}
+_SPECIAL = {"preset", "data_sources", "sweeps", "notes"}
+
+
+def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: Any) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    help_ = f"{FIELD_HELP[f.name]} (default preset: {default!r})"
+    t = str(f.type)
+    if f.name == "datasets":
+        parser.add_argument(flag, nargs="+", choices=DATASETS, default=None, help=help_)
+    elif f.name == "methods":
+        parser.add_argument(flag, nargs="+", choices=METHOD_IDS, default=None, help=help_)
+    elif t.startswith("bool"):
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
+    elif t.startswith("tuple"):
+        item = int if "int" in t else float if "float" in t else str
+        parser.add_argument(flag, nargs="+", type=item, default=None, help=help_)
+    else:
+        item = int if "int" in t else float if "float" in t else str
+        if f.name == "weights_dir":
+            flag = "--weights"
+        parser.add_argument(flag, dest=f.name, type=item, default=None, metavar=f.name.upper(), help=help_)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python bench/run_grid.py",
+        description="Reproduce the FairQuant paper's Table 1 grid (and ablations). Every preset field "
+        "can be overridden; a finished cell is never recomputed; SIGKILL and re-run to resume.",
+    )
+    p.add_argument("--preset", choices=tuple(PRESETS), default="default",
+                   help="default: CPU demo on semi-synthetic data; paper: the paper's grid; "
+                   "ablations: Fig. 2 sweeps")  # fmt: skip
+    p.add_argument("--out", default=None, help="results folder (default results/<run>)")
+    p.add_argument("--run", default=None, help="run name under results/ (default: the preset)")
+    p.add_argument("--shard", default="0/1", help="run shard i/n of the cells (0-based), e.g. 2/8")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="only rebuild tables and plots of DIR from its cell files")  # fmt: skip
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--data-source", action="append", default=None, metavar="DATASET=SOURCE",
+                   help="real data for a dataset (folder, hub id, parquet); otherwise semi-synthetic")  # fmt: skip
+    p.add_argument("--sweep", action="append", default=None, metavar="FIELD=V1,V2,...",
+                   help=f"ablation sweep over FQ-BAQ's {', '.join(SWEEPABLE)} (replaces the preset's)")  # fmt: skip
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    for f in dataclasses.fields(GridConfig):
+        if f.name not in _SPECIAL:
+            _add_field(p, f, getattr(PRESETS["default"], f.name))
+    return p
+
+
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> GridConfig:
+    """The preset with every given flag applied; errors name the flag and the valid values."""
+    base = PRESETS[args.preset]
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(GridConfig):
+        if f.name in _SPECIAL:
+            continue
+        v = getattr(args, f.name)
+        if v is not None:
+            changes[f.name] = tuple(v) if isinstance(v, list) else v
+    if args.data_source:
+        pairs = []
+        for item in args.data_source:
+            ds, sep, src = item.partition("=")
+            if not sep or ds not in DATASETS:
+                parser.error(f"--data-source {item!r}: expected DATASET=SOURCE with DATASET in {', '.join(DATASETS)}")
+            pairs.append((ds, src))
+        changes["data_sources"] = tuple(pairs)
+    if args.sweep:
+        sweeps = []
+        for item in args.sweep:
+            name, sep, vals = item.partition("=")
+            if not sep or name not in SWEEPABLE:
+                parser.error(f"--sweep {item!r}: expected FIELD=V1,V2 with FIELD in {', '.join(SWEEPABLE)}")
+            try:
+                sweeps.append((name, tuple(float(v) for v in vals.split(","))))
+            except ValueError:
+                parser.error(f"--sweep {item!r}: values must be numbers")
+        changes["sweeps"] = tuple(sweeps)
+    try:
+        config = base.replace(**changes)
+        from ._models import check_model_names
+
+        check_model_names(config.models)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from ._report import build_report
+
+    if args.report is not None:
+        if not (Path(args.report) / "cells").is_dir():
+            parser.error(f"--report {args.report}: no cells/ folder there")
+        print(build_report(args.report, plots=not args.no_plots).text())
+        return 0
+    config = config_from_args(args, parser)
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as exc:
+        parser.error(str(exc))
+    out = Path(args.out) if args.out else Path("results") / (args.run or config.preset)
+    from ._runner import is_main_process, run_grid
+
+    t0 = time.perf_counter()
+    summary = run_grid(config, out, shard=shard)
+    if not is_main_process():
+        return 0
+    report = build_report(out, plots=not args.no_plots)
+    print(report.text())
+    for note in config.notes:
+        print(note)
+    if shard[1] > 1:
+        print(f"shard {shard[0]}/{shard[1]}: the table holds every cell finished so far in {out}")
+    print(
+        f"{len(summary.computed)} cell(s) computed, {len(summary.skipped)} reused; "
+        f"wall {time.perf_counter() - t0:.1f} s; results in {out}/ "
+        f"(table.md, table.csv, table.tex, {', '.join(p.name for p in report.plots) or 'no plots'})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Typed, frozen grid configurations and the three presets (``default``, ``paper``, ``ablations``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Method ids in Table 1 order, with the label the table prints.
+METHOD_LABELS: dict[str, str] = {
+    "fp32": "FP32",
+    "u8": "U8",
+    "u4": "U4",
+    "lin": "Lin et al.",
+    "guo": "Guo et al.",
+    "fq-qat": "FQ-QAT",
+    "fq-baq": "FQ-BAQ",
+}
+METHOD_IDS: tuple[str, ...] = tuple(METHOD_LABELS)
+
+DATASET_LABELS: dict[str, str] = {"fitzpatrick17k": "FitzP.", "isic2019": "ISIC"}
+DATASETS: tuple[str, ...] = tuple(DATASET_LABELS)
+
+#: The paper's four backbones (timm names) and their table labels; other timm names are allowed.
+MODEL_LABELS: dict[str, str] = {
+    "resnet18": "ResNet18",
+    "resnet50": "ResNet50",
+    "deit_tiny_patch16_224": "DeiT-Tiny",
+    "tiny_vit_5m_224": "TinyViT",
+    "tiny_cnn": "TinyCNN",
+}
+PAPER_MODELS: tuple[str, ...] = ("resnet18", "resnet50", "deit_tiny_patch16_224", "tiny_vit_5m_224")
+
+#: BAQConfig fields an ablation may sweep (CLI name -> meaning).
+SWEEPABLE: dict[str, str] = {
+    "lambda_bits": "weight of the bit-rate regularizer L_bits",
+    "lambda_fair": "weight of the fairness loss L_fair",
+    "lr_bits": "learning rate of the bit logits theta",
+}
+
+
+#: Fields that do not change any number (the grid's extent, names, UI).
+_NOT_FINGERPRINTED = ("preset", "methods", "seeds", "progress", "notes", "models", "datasets", "sweeps")
+#: Fields the FP32 checkpoint depends on (so changing the fine-tune epochs reuses it).
+FP32_FIELDS: tuple[str, ...] = (
+    "image_size",
+    "n_images",
+    "batch_size",
+    "fp32_epochs",
+    "lr_fp32",
+    "weight_decay",
+    "pretrained",
+    "weights_dir",
+    "data_sources",
+    "mixed_precision",
+)
+#: Fields a calibration depends on.
+CALIBRATION_FIELDS: tuple[str, ...] = (*FP32_FIELDS, "calib_batches")
+
+
+def _fail(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{name}={value!r} is invalid; allowed: {allowed}")
+
+
+def _check_names(name: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    if not values:
+        raise _fail(name, values, "at least one of " + ", ".join(allowed))
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"{name}: unknown name(s) {bad}; valid names: {', '.join(allowed)}")
+    if len(set(values)) != len(values):
+        raise _fail(name, values, "each name at most once")
+
+
+def _check_pos_int(name: str, value: Any, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _fail(name, value, f"an int >= {low}")
+
+
+def _check_pos_float(name: str, value: Any, *, zero_ok: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not zero_ok):
+        raise _fail(name, value, "a finite number " + (">= 0" if zero_ok else "> 0"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridConfig:
+    """Everything a grid run depends on. Build one from a preset and override fields.
+
+    Sizes: ``image_size`` in pixels (square), ``n_images`` rows of semi-synthetic data (train +
+    test, ``None`` = the generator's default 3000; ignored for real data), ``batch_size`` images.
+    Epochs: ``fp32_epochs`` for the FP32 reference, ``epochs`` for QAT and BAQ fine-tunes. Learning
+    rates are AdamW's. ``palette_bits``/``palette_props``: the fixed palette of Lin et al., Guo et al.
+    and FQ-QAT (paper: 2/4/8 at 0.2/0.4/0.4). ``baq_bits``/``baq_warm_avg_bits``: the palette and
+    parameter-weighted average bits of FQ-BAQ's warm-start allocation (``allocate_to_budget``).
+    ``sweeps``: ablation sweeps ``((field, (values...)), ...)`` over FQ-BAQ (empty for Table 1).
+    ``data_sources``: ``((dataset, source), ...)``; a dataset not listed uses semi-synthetic data.
+    """
+
+    preset: str = "default"
+    datasets: tuple[str, ...] = ("fitzpatrick17k",)
+    models: tuple[str, ...] = ("resnet18",)
+    methods: tuple[str, ...] = METHOD_IDS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    image_size: int = 32
+    n_images: int | None = 2400
+    batch_size: int = 64
+    fp32_epochs: int = 10
+    epochs: int = 2
+    lr_fp32: float = 2e-3
+    lr: float = 3e-4
+    lr_bits: float = 3e-3
+    weight_decay: float = 0.01
+    lambda_bits: float = 1e-2
+    lambda_fair: float = 0.5
+    bit_min: int = 2
+    bit_max: int = 8
+    palette_bits: tuple[int, ...] = (2, 4, 8)
+    palette_props: tuple[float, ...] = (0.2, 0.4, 0.4)
+    baq_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    baq_warm_avg_bits: float = 4.3
+    calib_batches: int = 50
+    pretrained: bool = False
+    weights_dir: str | None = None
+    data_sources: tuple[tuple[str, str], ...] = ()
+    sweeps: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    mixed_precision: str = "no"
+    cpu: bool = False
+    progress: bool = True
+    notes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        _check_names("datasets", self.datasets, DATASETS)
+        _check_names("methods", self.methods, METHOD_IDS)
+        if not self.models or len(set(self.models)) != len(self.models):
+            raise _fail("models", self.models, "one or more distinct model names")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise _fail("seeds", self.seeds, "one or more distinct ints >= 0")
+        for s in self.seeds:
+            _check_pos_int("seeds", s, low=0)
+        for name in ("image_size", "batch_size", "fp32_epochs", "epochs", "calib_batches"):
+            _check_pos_int(name, getattr(self, name))
+        if self.image_size < 8:
+            raise _fail("image_size", self.image_size, "an int >= 8 (pixels)")
+        if self.n_images is not None:
+            _check_pos_int("n_images", self.n_images, low=20)
+        for name in ("lr_fp32", "lr"):
+            _check_pos_float(name, getattr(self, name))
+        for name in ("lr_bits", "weight_decay", "lambda_bits", "lambda_fair"):
+            _check_pos_float(name, getattr(self, name), zero_ok=True)
+        if not 2 <= self.bit_min <= self.bit_max <= 16:
+            raise _fail("bit_min/bit_max", (self.bit_min, self.bit_max), "2 <= bit_min <= bit_max <= 16")
+        if len(self.palette_bits) != len(self.palette_props):
+            raise _fail("palette_props", self.palette_props, "one proportion per palette bit-width")
+        if not min(self.baq_bits) <= self.baq_warm_avg_bits <= max(self.baq_bits):
+            raise _fail("baq_warm_avg_bits", self.baq_warm_avg_bits, f"within {self.baq_bits}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise _fail("mixed_precision", self.mixed_precision, "'no', 'fp16', 'bf16'")
+        for ds, _src in self.data_sources:
+            if ds not in DATASETS:
+                raise ValueError(f"data_sources: unknown dataset {ds!r}; valid names: {', '.join(DATASETS)}")
+        for name, values in self.sweeps:
+            if name not in SWEEPABLE:
+                raise ValueError(f"sweeps: unknown field {name!r}; valid names: {', '.join(SWEEPABLE)}")
+            if not values:
+                raise _fail(f"sweeps[{name}]", values, "one or more values")
+            for v in values:
+                _check_pos_float(f"sweeps[{name}]", v, zero_ok=True)
+
+    def replace(self, **changes: Any) -> GridConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def data_source(self, dataset: str) -> str:
+        """``"semisynthetic"`` or the source given for ``dataset``."""
+        return dict(self.data_sources).get(dataset, "semisynthetic")
+
+    def fingerprint(self, fields: tuple[str, ...] | None = None) -> str:
+        """Hash of the fields that change a cell's numbers (default: all but the grid's extent,
+        the preset name and UI switches); ``fields`` restricts it (e.g. :data:`FP32_FIELDS`).
+
+        A cell or artifact written under another fingerprint is stale and gets recomputed.
+        """
+        d = dataclasses.asdict(self)
+        if fields is None:
+            for k in _NOT_FINGERPRINTED:
+                d.pop(k)
+        else:
+            d = {k: d[k] for k in fields}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+DEFAULT = GridConfig(
+    notes=(
+        "Default run: semi-synthetic Fitzpatrick17k-like data (real metadata rows, generated "
+        "pixels), timm resnet18 from scratch at 32 px, short schedules; the numbers show the "
+        "method's mechanics on CPU, not the paper's values.",
+    ),
+)
+
+PAPER = GridConfig(
+    preset="paper",
+    datasets=DATASETS,
+    models=PAPER_MODELS,
+    seeds=(0, 1, 2),
+    image_size=224,
+    n_images=None,
+    batch_size=128,
+    fp32_epochs=200,
+    epochs=10,
+    lr_fp32=1e-4,
+    lr=3e-5,
+    pretrained=True,
+    notes=("Paper protocol (METHOD.md section 9): ImageNet-pretrained backbones, 224 px.",),
+)
+
+ABLATIONS = GridConfig(
+    preset="ablations",
+    datasets=DATASETS,
+    models=("resnet18",),
+    methods=("fq-baq",),
+    seeds=(0, 1, 2, 3, 4),
+    sweeps=(
+        ("lambda_bits", (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
+        ("lambda_fair", (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)),
+        ("lr_bits", (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
+    ),
+    notes=(
+        "Ablations (Fig. 2): FQ-BAQ on ResNet18 sweeping lambda_bits, lambda_fair and the "
+        "bit-logit lr; 5 seeds, mean and 95% t-interval.",
+    ),
+)
+
+PRESETS: dict[str, GridConfig] = {"default": DEFAULT, "paper": PAPER, "ablations": ABLATIONS}

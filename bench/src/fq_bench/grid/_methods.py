@@ -1,0 +1,194 @@
+"""Table 1's methods, one function each, dispatched through the ``METHODS`` registry.
+
+Every method receives a :class:`CellContext` holding the FP32 checkpoint already loaded into a
+fresh model and returns a :class:`MethodOutput`: the model to evaluate (fake-quantized where the
+method quantizes) and its bit assignment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fq_quant import BitAssignment, Granularity, ScopeLayout, quantize_model
+from torch import nn
+
+from ._config import GridConfig
+
+#: Grouping of the calibration data: ``"type"`` the dataset's groups, ``"binary"`` two groups.
+Calibrator = Callable[[str], Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CellContext:
+    """What a method needs for one cell.
+
+    Attributes:
+        config: the grid config with the cell's ablation override applied.
+        model: a fresh model holding the FP32 checkpoint, on the run's device.
+        train_loader: the seeded, augmented train loader (``(x, y, g)`` batches).
+        calibration: ``calibration(grouping)`` -> ``fq_importance.GroupImportance`` of the FP32
+            model, computed once per (dataset, model, seed, grouping) and cached.
+        privileged_binary: the privileged group id (0 or 1) of the binary grouping (Guo et al.).
+        seed: the cell's seed (derived from the grid seed and the cell key).
+    """
+
+    config: GridConfig
+    model: nn.Module
+    train_loader: Any
+    calibration: Calibrator
+    privileged_binary: int
+    seed: int
+    progress: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodOutput:
+    """The model to evaluate, its bits (``None`` = float), and the training history (dicts)."""
+
+    model: nn.Module
+    assignment: BitAssignment | None
+    history: tuple[dict[str, Any], ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _train_config(ctx: CellContext, *, lambda_fair: float):
+    from fq_baq import BAQConfig
+
+    c = ctx.config
+    return BAQConfig(
+        bit_min=c.bit_min,
+        bit_max=c.bit_max,
+        lambda_bits=c.lambda_bits,
+        lambda_fair=lambda_fair,
+        lr=c.lr,
+        lr_bits=c.lr_bits,
+        weight_decay=c.weight_decay,
+        epochs=c.epochs,
+        granularity=Granularity.CHANNEL,
+        mixed_precision=c.mixed_precision,
+        seed=ctx.seed,
+        cpu=c.cpu,
+        progress=ctx.progress,
+    )
+
+
+def _history(result: Any) -> tuple[dict[str, Any], ...]:
+    return tuple(
+        {
+            "epoch": h.epoch,
+            "task_loss": h.task_loss,
+            "fair_loss": h.fair_loss,
+            "avg_bits": h.avg_bits,
+            "lambda_bits": h.lambda_bits,
+        }
+        for h in result.history
+    )
+
+
+def _palette(c: GridConfig):
+    from fq_alloc import Palette
+
+    return Palette(tuple(c.palette_bits), tuple(c.palette_props))
+
+
+def _qat(ctx: CellContext, assignment: BitAssignment, *, lambda_fair: float) -> MethodOutput:
+    from fq_baq import QATTrainer
+
+    trainer = QATTrainer(ctx.model, assignment, _train_config(ctx, lambda_fair=lambda_fair))
+    res = trainer.fit(ctx.train_loader)
+    return MethodOutput(model=res.model, assignment=res.assignment, history=_history(res))
+
+
+def _uniform(bits: int) -> Callable[[CellContext], MethodOutput]:
+    def run(ctx: CellContext) -> MethodOutput:
+        """Post-training uniform quantization, per channel, no training."""
+        layout = ScopeLayout.from_model(ctx.model, Granularity.CHANNEL)
+        assignment = BitAssignment.uniform(layout, bits)
+        return MethodOutput(model=quantize_model(ctx.model, assignment), assignment=assignment)
+
+    run.__name__ = f"run_u{bits}"
+    return run
+
+
+def run_fp32(ctx: CellContext) -> MethodOutput:
+    """The FP32 reference checkpoint itself."""
+    return MethodOutput(model=ctx.model, assignment=None)
+
+
+def run_lin(ctx: CellContext) -> MethodOutput:
+    """Lin et al. (FairGRAPE-style): grape + max over groups, fixed palette, QAT without L_fair."""
+    from fq_alloc import allocate
+    from fq_importance import reduce
+
+    imap = reduce(ctx.calibration("type"), "max")
+    return _qat(ctx, allocate(imap, _palette(ctx.config)), lambda_fair=0.0)
+
+
+def run_guo(ctx: CellContext) -> MethodOutput:
+    """Guo et al. (FairQuantize-style): grape + subtractive on the binary grouping, QAT, no L_fair.
+
+    The subtractive reducer needs exactly two groups, so calibration uses the binary grouping
+    (Fitzpatrick 1-3 vs 4-6; ISIC female vs male, unknown sex left out); the privileged group is
+    the larger one in the training split.
+    """
+    from fq_alloc import allocate
+    from fq_importance import reduce
+
+    imap = reduce(ctx.calibration("binary"), "subtractive", privileged=ctx.privileged_binary)
+    return _qat(ctx, allocate(imap, _palette(ctx.config)), lambda_fair=0.0)
+
+
+def _balanced(ctx: CellContext):
+    from fq_importance import reduce
+
+    return reduce(ctx.calibration("type"), "balanced")
+
+
+def run_fq_qat(ctx: CellContext) -> MethodOutput:
+    """FQ-QAT: grape + balanced, fixed palette, QAT with the fairness loss."""
+    from fq_alloc import allocate
+
+    assignment = allocate(_balanced(ctx), _palette(ctx.config))
+    return _qat(ctx, assignment, lambda_fair=ctx.config.lambda_fair)
+
+
+def run_fq_baq(ctx: CellContext) -> MethodOutput:
+    """FQ-BAQ: learn bits in [bit_min, bit_max], warm-started from the balanced allocation.
+
+    The warm start is ``allocate_to_budget`` over ``baq_bits`` (2..8) at ``baq_warm_avg_bits``
+    parameter-weighted average bits.
+    """
+    from fq_alloc import allocate_to_budget
+    from fq_baq import BAQTrainer
+
+    c = ctx.config
+    warm = allocate_to_budget(
+        _balanced(ctx), tuple(c.baq_bits), c.baq_warm_avg_bits, layout=ctx.model
+    )
+    layout = ScopeLayout.from_model(ctx.model, Granularity.CHANNEL)
+    warm_bits = warm.avg_bits(layout)
+    trainer = BAQTrainer(ctx.model, _train_config(ctx, lambda_fair=c.lambda_fair), warm_start=warm)
+    res = trainer.fit(ctx.train_loader)
+    return MethodOutput(
+        model=res.model,
+        assignment=res.assignment,
+        history=_history(res),
+        info={"warm_start_avg_bits": warm_bits},
+    )
+
+
+METHODS: dict[str, Callable[[CellContext], MethodOutput]] = {
+    "fp32": run_fp32,
+    "u8": _uniform(8),
+    "u4": _uniform(4),
+    "lin": run_lin,
+    "guo": run_guo,
+    "fq-qat": run_fq_qat,
+    "fq-baq": run_fq_baq,
+}
+"""Method id -> runner; the ids are :data:`fq_bench.grid._config.METHOD_IDS`."""
+
+#: Methods that need group-conditioned calibration, and with which grouping.
+CALIBRATION_GROUPING: dict[str, str] = {"lin": "type", "guo": "binary", "fq-qat": "type", "fq-baq": "type"}

@@ -1,0 +1,467 @@
+"""Run the grid: load each dataset once, train/reuse FP32 checkpoints, run and store each cell.
+
+Reproducibility: every cell seeds the global RNGs, the loader and its trainer from
+``stable_seed(cell id)``, so its numbers do not depend on which cells ran before it in the process
+(or in which shard). Under ``accelerate launch`` every process runs every cell together (the
+trainers use all GPUs); only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ._artifacts import (
+    load_group_importance,
+    load_tensors,
+    save_checkpoint,
+    save_group_importance,
+)
+from ._cells import CellKey, CellStore, atomic_write_bytes, grid_cells, shard_cells, stable_seed
+from ._config import (
+    CALIBRATION_FIELDS,
+    DATASET_LABELS,
+    FP32_FIELDS,
+    METHOD_LABELS,
+    MODEL_LABELS,
+    GridConfig,
+)
+from ._methods import METHODS, CellContext, MethodOutput
+from ._models import build_model
+
+logger = logging.getLogger("fq_bench.grid")
+
+
+# -- processes ------------------------------------------------------------------------------------
+def _state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def is_main_process() -> bool:
+    return _state().is_main_process
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _barrier() -> None:
+    if _distributed():
+        _state().wait_for_everyone()
+
+
+def _broadcast(obj: Any) -> Any:
+    """``obj`` as the main process has it (identity outside ``accelerate launch``)."""
+    if not _distributed():
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- data -----------------------------------------------------------------------------------------
+def binary_grouping(group_names: tuple[str, ...]) -> tuple[list[int], tuple[str, str]]:
+    """Map the dataset's groups onto two (``-1`` = left out) for the subtractive reducer.
+
+    Fitzpatrick types ``1``-``3`` -> 0 and ``4``-``6`` -> 1; ISIC ``female`` -> 0, ``male`` -> 1,
+    other (unknown sex) -> -1; a dataset with two groups keeps them.
+    """
+    names = [str(n) for n in group_names]
+    if names and set(names) <= {"1", "2", "3", "4", "5", "6"}:
+        return [0 if int(n) <= 3 else 1 for n in names], ("1-3", "4-6")
+    if "female" in names and "male" in names:
+        return [{"female": 0, "male": 1}.get(n, -1) for n in names], ("female", "male")
+    if len(names) == 2:
+        return [0, 1], (names[0], names[1])
+    raise ValueError(f"no binary grouping known for groups {names}; Guo et al. needs two groups")
+
+
+class RemapGroups:
+    """A loader whose group ids go through ``mapping`` (rows mapped to -1 are dropped)."""
+
+    def __init__(self, loader: Any, mapping: list[int]):
+        self.loader, self.mapping = loader, torch.tensor(mapping, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for x, y, g in self.loader:
+            gb = self.mapping[g]
+            keep = gb >= 0
+            if not bool(keep.all()):
+                x, y, gb = x[keep], y[keep], gb[keep]
+            if len(gb):
+                yield x, y, gb
+
+
+class Batches:
+    """``n`` batches from ``loader``, running over as many epochs as needed (calibration)."""
+
+    def __init__(self, loader: Any, n: int):
+        self.loader, self.n = loader, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Any]:
+        seen = 0
+        while seen < self.n:
+            for batch in self.loader:
+                yield batch
+                seen += 1
+                if seen == self.n:
+                    return
+
+
+@dataclass(kw_only=True)
+class DataBundle:
+    """One dataset, loaded and decoded once per process, with its loaders."""
+
+    name: str
+    source: str
+    loaders: Any
+    semisynthetic: bool
+    n_train: int
+    n_test: int
+    binary_map: list[int]
+    binary_names: tuple[str, str]
+    privileged_binary: int
+
+    def reseed(self, seed: int) -> Any:
+        """The train loader, its shuffling and augmentation reset to ``seed`` at epoch 0."""
+        sampler = self.loaders.train.batch_sampler
+        sampler.seed = int(seed)
+        sampler.set_epoch(0)
+        return self.loaders.train
+
+
+def load_data(config: GridConfig, dataset: str) -> DataBundle:
+    """Load ``dataset`` (semi-synthetic unless a source is configured) and build its loaders."""
+    from fq_bench.data import is_semisynthetic, make_loaders
+
+    source = config.data_source(dataset)
+    if source == "semisynthetic":
+        from fq_bench.data import load_semisynthetic
+
+        dd = load_semisynthetic(dataset, n=config.n_images, image_size=config.image_size, seed=0)
+    elif dataset == "fitzpatrick17k":
+        from fq_bench.data import load_fitzpatrick17k
+
+        dd = load_fitzpatrick17k(source, seed=0)
+    else:
+        from fq_bench.data import load_isic2019
+
+        dd = load_isic2019(source, seed=0)
+    loaders = make_loaders(dd, image_size=config.image_size, batch_size=config.batch_size, train=True, seed=0)
+    mapping, names = binary_grouping(loaders.group_names)
+    train_groups = torch.as_tensor(np.asarray(dd["train"]["group"], dtype=np.int64))
+    binary = torch.tensor(mapping)[train_groups]
+    counts = [int((binary == k).sum()) for k in (0, 1)]
+    return DataBundle(
+        name=dataset,
+        source=source,
+        loaders=loaders,
+        semisynthetic=is_semisynthetic(dd),
+        n_train=len(dd["train"]),
+        n_test=len(dd["test"]),
+        binary_map=mapping,
+        binary_names=names,
+        privileged_binary=int(counts[1] > counts[0]),
+    )
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: Any, device: torch.device) -> tuple[np.ndarray, ...]:
+    """``(labels [N], predictions [N], groups [N])`` over ``loader`` in eval mode."""
+    model.eval()
+    ys, ps, gs = [], [], []
+    for x, y, g in loader:
+        ps.append(model(x.to(device)).argmax(1).cpu())
+        ys.append(y)
+        gs.append(g)
+    return tuple(torch.cat(t).numpy() for t in (ys, ps, gs))
+
+
+def evaluate(out: MethodOutput, data: DataBundle, config: GridConfig, device: torch.device) -> dict[str, Any]:
+    """Fairness and cost of ``out.model`` on the test split (METHOD.md sections 7 and 8)."""
+    from fq_fairmetrics import cost_report, group_report
+    from fq_fairmetrics.torch import layer_costs
+    from fq_quant import Granularity, ScopeLayout, quantizable_layers
+
+    model = out.model
+    y, p, g = predict(model, data.loaders.test, device)
+    n_groups = len(data.loaders.group_names)
+    rep = group_report(
+        y, p, sensitive_features=g, n_classes=data.loaders.num_classes, group_names=list(range(n_groups))
+    )
+    x = torch.zeros(1, 3, config.image_size, config.image_size, device=device)
+    layers = layer_costs(model, x, out.assignment)
+    n_weights = sum(m.weight.numel() for m in quantizable_layers(model).values())
+    n_all = sum(t.numel() for t in model.parameters())
+    cost = cost_report(layers, extra_float_params=n_all - n_weights)
+    layer_bits: list[list[Any]] = []
+    if out.assignment is not None:
+        layout = ScopeLayout.from_model(model, Granularity.CHANNEL)
+        layer_bits = [
+            [name, float(b.to(torch.float64).mean()), int(layout[name].num_params)]
+            for name, b in out.assignment.bits.items()
+        ]
+    return {
+        "metrics": rep.metrics(),
+        "overall_acc": rep.overall_acc,
+        "group_names": [str(n) for n in data.loaders.group_names],
+        "group_acc": [float(a) for a in rep.group_acc],
+        "group_n": [int(n) for n in rep.group_n],
+        "cost": {
+            "avg_bits": cost.avg_bits,
+            "gbops": cost.gbops,
+            "paper_gops": cost.paper_gops,
+            "size_bytes": cost.size_bytes,
+            "macs": cost.macs,
+            "n_params": cost.n_params,
+        },
+        "layer_bits": layer_bits,
+        "bit_histogram": {}
+        if out.assignment is None
+        else {str(k): v for k, v in out.assignment.histogram().items()},
+    }
+
+
+# -- artifacts ------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class RunPaths:
+    root: Path
+
+    def checkpoint(self, dataset: str, model: str, seed: int) -> Path:
+        return self.root / "checkpoints" / f"{dataset}__{model}__s{seed}.safetensors"
+
+    def calibration(self, dataset: str, model: str, seed: int, grouping: str) -> Path:
+        return self.root / "calibration" / f"{dataset}__{model}__s{seed}__grape-{grouping}.safetensors"
+
+
+def _fresh_model(config: GridConfig, name: str, data: DataBundle, *, pretrained: bool) -> torch.nn.Module:
+    return build_model(
+        name,
+        num_classes=data.loaders.num_classes,
+        image_size=config.image_size,
+        pretrained=pretrained,
+        weights_dir=config.weights_dir,
+    )
+
+
+def fp32_state(
+    config: GridConfig, paths: RunPaths, data: DataBundle, model_name: str, seed: int
+) -> dict[str, torch.Tensor]:
+    """The FP32 reference weights for (dataset, model, seed): loaded, or trained and saved."""
+    from fq_baq import BAQConfig, FP32Trainer
+
+    fp = config.fingerprint(FP32_FIELDS)
+    path = paths.checkpoint(data.name, model_name, seed)
+    got = load_tensors(path, fingerprint=fp) if is_main_process() else None
+    got = _broadcast(got)
+    if got is not None:
+        return got[0]
+    s = stable_seed("fp32", data.name, model_name, seed)
+    seed_everything(s)
+    model = _fresh_model(config, model_name, data, pretrained=config.pretrained)
+    cfg = BAQConfig(
+        lr=config.lr_fp32,
+        weight_decay=config.weight_decay,
+        epochs=config.fp32_epochs,
+        lambda_fair=0.0,
+        lr_schedule="cosine",
+        mixed_precision=config.mixed_precision,
+        seed=s,
+        cpu=config.cpu,
+        progress=config.progress,
+    )
+    t0 = time.perf_counter()
+    res = FP32Trainer(model, cfg).fit(data.reseed(s))
+    state = {k: v.detach().cpu() for k, v in res.model.state_dict().items()}
+    if is_main_process():
+        info = {
+            "dataset": data.name,
+            "model": model_name,
+            "seed": seed,
+            "epochs": config.fp32_epochs,
+            "seconds": time.perf_counter() - t0,
+            "final_task_loss": res.history[-1].task_loss,
+        }
+        save_checkpoint(path, res.model, fingerprint=fp, info=info)
+    _barrier()
+    return state
+
+
+class CalibrationCache:
+    """``grape`` calibration of one FP32 model per grouping: memory, then disk, then computed."""
+
+    def __init__(self, config: GridConfig, paths: RunPaths, data: DataBundle, model_name: str, seed: int,
+                 state: dict[str, torch.Tensor], device: torch.device):
+        self.config, self.paths, self.data = config, paths, data
+        self.model_name, self.seed, self.state, self.device = model_name, seed, state, device
+        self.memory: dict[str, Any] = {}
+
+    def __call__(self, grouping: str) -> Any:
+        if grouping in self.memory:
+            return self.memory[grouping]
+        from fq_importance import calibrate
+
+        fp = self.config.fingerprint(CALIBRATION_FIELDS)
+        path = self.paths.calibration(self.data.name, self.model_name, self.seed, grouping)
+        gi = load_group_importance(path, fingerprint=fp) if is_main_process() else None
+        gi = _broadcast(gi)
+        if gi is None:
+            s = stable_seed("calib", self.data.name, self.model_name, self.seed, grouping)
+            with torch.random.fork_rng(devices=[]):
+                seed_everything(s)
+                model = _fresh_model(self.config, self.model_name, self.data, pretrained=False)
+                model.load_state_dict(self.state)
+                model.to(self.device)
+                loader: Any = self.data.reseed(s)
+                if grouping == "binary":
+                    loader = RemapGroups(loader, self.data.binary_map)
+                gi = calibrate(
+                    model,
+                    Batches(loader, self.config.calib_batches),
+                    metric="grape",
+                    batches=self.config.calib_batches,
+                    device=self.device,
+                    progress=False,
+                )
+            if is_main_process():
+                save_group_importance(path, gi, fingerprint=fp, extra={"grouping": grouping})
+            _barrier()
+        self.memory[grouping] = gi
+        return gi
+
+
+# -- cells ----------------------------------------------------------------------------------------
+def apply_override(config: GridConfig, key: CellKey) -> GridConfig:
+    ov = key.override
+    return config if ov is None else config.replace(**{ov[0]: ov[1]})
+
+
+def run_cell(
+    key: CellKey,
+    config: GridConfig,
+    data: DataBundle,
+    state: dict[str, torch.Tensor],
+    calibration: CalibrationCache,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Run one cell from the FP32 state; returns the JSON-able result."""
+    cfg = apply_override(config, key)
+    s = stable_seed("cell", key.id)
+    seed_everything(s)
+    t0 = time.perf_counter()
+    model = _fresh_model(cfg, key.model, data, pretrained=False)
+    model.load_state_dict(state)
+    model.to(device)
+    ctx = CellContext(
+        config=cfg,
+        model=model,
+        train_loader=data.reseed(s),
+        calibration=calibration,
+        privileged_binary=data.privileged_binary,
+        seed=s,
+    )
+    out = METHODS[key.method](ctx)
+    result = evaluate(out, data, cfg, device)
+    result.update(
+        {
+            "labels": {
+                "dataset": DATASET_LABELS.get(key.dataset, key.dataset),
+                "model": MODEL_LABELS.get(key.model, key.model),
+                "method": METHOD_LABELS[key.method],
+            },
+            "history": list(out.history),
+            "info": dict(out.info),
+            "data": {
+                "source": data.source,
+                "semisynthetic": data.semisynthetic,
+                "n_train": data.n_train,
+                "n_test": data.n_test,
+                "image_size": cfg.image_size,
+            },
+            "seconds": time.perf_counter() - t0,
+        }
+    )
+    return result
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    """What :func:`run_grid` did: cells in this shard, skipped (already done), computed."""
+
+    out: Path
+    cells: list[CellKey]
+    skipped: list[CellKey] = field(default_factory=list)
+    computed: list[CellKey] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _device(config: GridConfig) -> torch.device:
+    return torch.device("cpu") if config.cpu else _state().device
+
+
+def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0, 1)) -> RunSummary:
+    """Compute every missing cell of ``config`` (this shard's share) into ``out``.
+
+    Finished cells (valid checksum, same config fingerprint) are skipped; FP32 checkpoints and
+    calibrations under ``out`` are reused. Does not build the report (see ``build_report``).
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    store, paths = CellStore(out), RunPaths(root=out)
+    fp = config.fingerprint()
+    cells = shard_cells(grid_cells(config), *shard)
+    done = [c for c in cells if store.read(c, fingerprint=fp) is not None] if is_main_process() else None
+    done_ids = {c.id for c in _broadcast(done)}
+    todo = [c for c in cells if c.id not in done_ids]
+    summary = RunSummary(out=out, cells=cells, skipped=[c for c in cells if c.id in done_ids])
+    if is_main_process():
+        meta = {"config": config.to_dict(), "fingerprint": fp}
+        atomic_write_bytes(out / "config.json", json.dumps(meta, indent=1, default=str).encode())
+    device = _device(config)
+    show = config.progress and is_main_process()
+    bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=not show)
+    for dataset in dict.fromkeys(c.dataset for c in todo):
+        bar.set_postfix_str(f"loading {dataset}")
+        data = load_data(config, dataset)
+        for model_name, seed in dict.fromkeys((c.model, c.seed) for c in todo if c.dataset == dataset):
+            bar.set_postfix_str(f"FP32 {model_name} seed {seed}")
+            state = fp32_state(config, paths, data, model_name, seed)
+            calib = CalibrationCache(config, paths, data, model_name, seed, state, device)
+            for key in [c for c in todo if (c.dataset, c.model, c.seed) == (dataset, model_name, seed)]:
+                bar.set_postfix_str(key.id)
+                result = run_cell(key, config, data, state, calib, device)
+                if is_main_process():
+                    store.write(key, result, fingerprint=fp)
+                _barrier()
+                summary.computed.append(key)
+                bar.update(1)
+    bar.close()
+    summary.seconds = time.perf_counter() - t_start
+    return summary
