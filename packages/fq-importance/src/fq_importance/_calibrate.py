@@ -19,9 +19,12 @@ from ._batches import unpack
 from ._group_importance import METRICS, GroupImportance
 
 Metric = Literal["grape", "taylor", "gradient", "hessian"]
-#: How per-group gradients come out of the shared graph; "loop" measured faster (bench/results).
-Strategy = Literal["loop", "batched"]
-DEFAULT_STRATEGY: Strategy = "loop"
+#: How per-group gradients come out of the shared graph (bench/results/calibration.md):
+#: "fused" (default where it applies): one backward to the layer outputs, then each group's weight
+#: gradient from its own samples' rows; "loop": ``autograd.grad`` per group with ``retain_graph``;
+#: "batched": one ``autograd.grad`` with ``is_grads_batched=True`` (vmap over one-hot group rows).
+Strategy = Literal["auto", "fused", "loop", "batched"]
+DEFAULT_STRATEGY: Strategy = "auto"
 
 
 def calibrate(
@@ -94,10 +97,16 @@ def _calibrate(
         raise ValueError(f"batches must be an int >= 1 or None; got {batches!r}")
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be an int >= 1; got {probes!r}")
-    if strategy not in ("loop", "batched"):
-        raise ValueError(f"strategy must be 'loop' or 'batched'; got {strategy!r}")
+    if strategy not in ("auto", "fused", "loop", "batched"):
+        raise ValueError(f"strategy must be 'auto', 'fused', 'loop' or 'batched'; got {strategy!r}")
     expected = _expected_groups(groups)
-    weights = {name: _float_weight(layer) for name, layer in quantizable_layers(model).items()}
+    layers = quantizable_layers(model)
+    weights = {name: _float_weight(layer) for name, layer in layers.items()}
+    fusable = metric != "hessian" and all(_fusable(m) for m in layers.values())
+    if strategy == "auto":
+        strategy = "fused" if fusable else "loop"
+    elif strategy == "fused" and not fusable:
+        raise ValueError("strategy 'fused' needs plain nn.Conv2d/nn.Linear forwards and a first-order metric")
     dev = _device(weights, device)
     gen = torch.Generator().manual_seed(seed)
     acc: dict[int, dict[str, torch.Tensor]] = {}
@@ -116,14 +125,18 @@ def _calibrate(
                     f"{list(expected) if expected is not None else '0, 1, ...'}"
                 )
             x, y, inverse, n = x.to(dev), y.to(dev), inverse.to(dev), n.to(dev)
-            logits = model(x)
+            with _capture(layers if strategy == "fused" else {}) as captured:
+                logits = model(x)
             ce = F.cross_entropy(logits, y, reduction="none")  # [B]
             # Row k: weight 1/n_k on the samples of the k-th present group, so losses[k] = L_g.
             rows = F.one_hot(inverse, len(ids)).T.to(ce.dtype) / n[:, None].to(ce.dtype)
             losses = rows @ ce  # [G_b]
             if not bool(torch.isfinite(losses).all()):
                 raise ValueError(f"batch {index}: the loss is NaN or inf (per-group losses {losses.tolist()})")
-            per_group = _scores(metric, strategy, losses, weights, gran, probes, gen)
+            if strategy == "fused":
+                per_group = _fused_scores(metric, ce, inverse, n, captured, layers, weights, gran)
+            else:
+                per_group = _scores(metric, strategy, losses, weights, gran, probes, gen)
             for k, gid in enumerate(ids):
                 dst = acc.setdefault(gid, {})
                 for name, s in per_group(k).items():
@@ -163,6 +176,72 @@ def _scores(metric, strategy, losses, weights, gran, probes, gen):  # type: igno
         grads = _grad(losses[k], ws, retain_graph=True)
         return {n: _to_scopes(_element(metric, gr, w.detach()), gran, 0) for n, gr, w in zip(names, grads, ws)}
     return loop
+
+
+def _fused_scores(metric, ce, inverse, n, captured, layers, weights, gran):  # type: ignore[no-untyped-def]
+    """Per-group scores from ONE backward to the layer outputs.
+
+    In eval mode a sample's loss depends only on its own activations, so row ``i`` of
+    ``d(sum_g L_g)/d out_l`` is ``dL_g(i)/d out_l[i]``, and ``dL_g/dW_l`` is the weight gradient
+    built from group ``g``'s rows alone (its inputs and output gradients). Over all groups that
+    is one batch worth of weight-gradient work, whatever ``G``.
+    """
+    total = (ce / n[inverse].to(ce.dtype)).sum()  # = sum_g L_g
+    outs = [out for name in layers for _, out in captured[name]]
+    deltas = iter(torch.autograd.grad(total, outs, allow_unused=True))
+    pairs = {name: [(inp, next(deltas)) for inp, _ in captured[name]] for name in layers}
+    rows = [torch.nonzero(inverse == k).squeeze(1) for k in range(len(n))]
+
+    def group(k: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, layer in layers.items():
+            w = weights[name].detach()
+            grad = torch.zeros_like(w)
+            for inp, delta in pairs[name]:
+                if delta is not None:
+                    grad += _weight_grad(layer, inp.detach()[rows[k]], delta[rows[k]])
+            out[name] = _to_scopes(_element(metric, grad, w), gran, 0)
+        return out
+    return group
+
+
+def _weight_grad(layer: nn.Module, inp: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``dLoss/dW`` of a plain Conv2d / Linear from its input and its output gradient."""
+    w = layer.weight
+    if isinstance(layer, nn.Conv2d):
+        return torch.nn.grad.conv2d_weight(
+            inp, w.shape, delta, layer.stride, layer.padding, layer.dilation, layer.groups
+        )
+    return delta.reshape(-1, w.shape[0]).T @ inp.reshape(-1, w.shape[1])
+
+
+def _fusable(layer: nn.Module) -> bool:
+    """True when the layer's forward is the stock one on its own unparametrized weight."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return False
+    if isinstance(layer, nn.Conv2d):
+        return (
+            type(layer).forward is nn.Conv2d.forward
+            and type(layer)._conv_forward is nn.Conv2d._conv_forward
+            and layer.padding_mode == "zeros"
+            and not isinstance(layer.padding, str)
+        )
+    return type(layer).forward is nn.Linear.forward
+
+
+@contextlib.contextmanager
+def _capture(layers: dict[str, nn.Module]) -> Iterator[dict[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Record ``(input, output)`` of every call of each layer during the block."""
+    captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in layers}
+    handles = [
+        layer.register_forward_hook(lambda _m, args, out, name=name: captured[name].append((args[0], out)))
+        for name, layer in layers.items()
+    ]
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _grad(outputs, inputs, **kw):  # type: ignore[no-untyped-def]
