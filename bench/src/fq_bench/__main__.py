@@ -1,7 +1,8 @@
 """``python -m fq_bench <command>``: a thin dispatcher; each command lives in its own module.
 
-Commands: ``prepare fitzpatrick17k`` (download images, write parquet shards) and
-``prepare semisynthetic`` (generate and cache the offline default).
+Commands: ``prepare fitzpatrick17k`` (download images, write parquet shards),
+``prepare semisynthetic`` (generate and cache the offline default), and ``inspect`` (load any
+source, with ``--image-col/--label-col/--group-col``, and summarize splits and groups).
 """
 
 from __future__ import annotations
@@ -78,7 +79,74 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     ss.set_defaults(func=_prepare_semisynthetic)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare]
+def _inspect(args: argparse.Namespace) -> int:
+    from fq_bench.data import (
+        dataset_info,
+        is_semisynthetic,
+        load_fitzpatrick17k,
+        load_isic2019,
+        load_semisynthetic,
+    )
+
+    cols = {"image_col": args.image_col, "group_col": args.group_col, "strict": args.strict}
+    if args.dataset == "semisynthetic":
+        dd = load_semisynthetic(args.source or "fitzpatrick17k", seed=args.seed)
+    elif args.source is None:
+        raise SystemExit("inspect: SOURCE is required for real data")
+    elif args.dataset == "fitzpatrick17k":
+        dd = load_fitzpatrick17k(
+            args.source,
+            grouping=args.grouping,
+            seed=args.seed,
+            label_col=args.label_col or "label",
+            **{k: v for k, v in cols.items() if v is not None},
+        )
+    else:
+        dd = load_isic2019(
+            args.source,
+            unknown_sex=args.unknown_sex,
+            seed=args.seed,
+            label_col=args.label_col,
+            **{k: v for k, v in cols.items() if v is not None},
+        )
+    classes, groups = dataset_info(dd)
+    kind = "semi-synthetic (real metadata, generated pixels)" if is_semisynthetic(dd) else "real"
+    print(f"{args.dataset}: {kind}; {len(classes)} classes; groups {list(groups)}")
+    for split in ("train", "test"):
+        counts = [0] * len(groups)
+        for g in dd[split]["group"]:
+            counts[g] += 1
+        per = ", ".join(f"{n}={c}" for n, c in zip(groups, counts, strict=True))
+        print(f"  {split}: {len(dd[split])} rows ({per})")
+    return 0
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    ins = sub.add_parser("inspect", help="load a source into the canonical form and summarize it")
+    ins.add_argument("dataset", choices=("fitzpatrick17k", "isic2019", "semisynthetic"))
+    ins.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        help="hub id, local dataset path, or folder in the original layout "
+        "(for semisynthetic: fitzpatrick17k or isic2019)",
+    )
+    ins.add_argument("--image-col", default=None)
+    ins.add_argument("--label-col", default=None)
+    ins.add_argument("--group-col", default=None)
+    ins.add_argument("--grouping", choices=("type", "binary"), default="type")
+    ins.add_argument("--unknown-sex", choices=("group", "drop"), default="group")
+    ins.add_argument("--seed", type=int, default=0)
+    ins.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="fail on a missing or corrupt image instead of skipping it",
+    )
+    ins.set_defaults(func=_inspect)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_inspect]
 """Each entry adds one subcommand; append to add more."""
 
 
