@@ -287,3 +287,30 @@ def test_isic_from_parquet_with_string_labels(isic_layout, tmp_path):
     dd = load_isic2019(tmp_path / "pq")
     assert dataset_info(dd) == dataset_info(ref)
     assert len(dd["train"]) + len(dd["test"]) == len(ds)
+
+
+def test_cli_inspect_maps_columns(fitz_layout, tmp_path, capsys):
+    from fq_bench.__main__ import main
+
+    root, _ = fitz_layout()
+    assert (
+        main(
+            [
+                "inspect",
+                "fitzpatrick17k",
+                str(root),
+                "--label-col",
+                "three_partition_label",
+                "--grouping",
+                "binary",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    # 48 known-type rows in 4 strata of 12 (label x binary group): 2.4 test rows each, floors
+    # give 8, largest remainder adds 2 (ties broken by the seed-0 RNG) -> 10 test rows
+    assert "fitzpatrick17k: real; 2 classes; groups ['1-3', '4-6']" in out
+    assert "train: 38 rows (1-3=19, 4-6=19)" in out and "test: 10 rows (1-3=5, 4-6=5)" in out
+    assert main(["inspect", "fitzpatrick17k", str(root), "--group-col", "nope"]) == 2
+    assert "missing column(s) ['nope']" in capsys.readouterr().err
