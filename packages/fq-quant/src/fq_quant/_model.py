@@ -22,16 +22,27 @@ def quantize_model(model: nn.Module, assignment: BitAssignment) -> nn.Module:
     Raises ``ValueError`` if the assignment's layers, shapes or granularity do not match the model,
     or if a weight is not finite; a model already quantized is re-assigned its new bits.
     """
+    if not isinstance(assignment, BitAssignment):
+        raise TypeError(f"assignment must be a BitAssignment; got {type(assignment).__name__}")
     layout = ScopeLayout.from_model(model, assignment.granularity)
+    modules = dict(model.named_modules())
+    for name in assignment.bits:
+        if name not in layout.layers and name in modules:
+            raise TypeError(
+                f"layer {name!r} is a {type(modules[name]).__name__}; only nn.Conv2d and nn.Linear "
+                "weights are quantizable"
+            )
     assignment.check(layout)
     layers = quantizable_layers(model)
     for name, layer in layers.items():
-        weight = _float_weight(layer)
-        if not bool(torch.isfinite(weight).all()):
-            raise ValueError(f"layer {name!r} has NaN or inf weights")
+        weight = _float_weight(layer).detach()
+        finite = torch.isfinite(weight)
+        if not bool(finite.all()):
+            bad = float(weight[~finite][0])
+            raise ValueError(f"layer {name!r} has a non-finite weight ({bad}); cannot quantize it")
     for name, layer in layers.items():
         bits = assignment.bits[name].to(_float_weight(layer).device)
-        q = FixedBitsQuantizer(bits, assignment.granularity, layout[name].weight_shape)
+        q = FixedBitsQuantizer(bits, assignment.granularity, layout[name].weight_shape, name=name)
         if parametrize.is_parametrized(layer, "weight"):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
         parametrize.register_parametrization(layer, "weight", q)

@@ -93,14 +93,22 @@ def scope_absmax(w: torch.Tensor, granularity: Granularity, key: torch.Tensor | 
 
 
 def scope_absmean(w: torch.Tensor, granularity: Granularity, key: torch.Tensor | None = None) -> torch.Tensor:
-    """``mean |w|`` over each scope (the 1-bit magnitude), broadcastable to ``w``."""
-    a = w.detach().abs()
+    """``mean |w|`` over each scope (the 1-bit magnitude), broadcastable to ``w``, in ``w``'s dtype.
+
+    Accumulated in float64 (where the device has it): the mean of ``n`` copies of one float32
+    value is then exactly that value, so 1-bit quantization is idempotent and a packed export
+    reloaded into a wrapped model reproduces the forward bit for bit.
+    """
+    acc = torch.float32 if w.device.type == "mps" else torch.float64
+    a = w.detach().abs().to(acc)
     if granularity is Granularity.TENSOR:
-        return a.mean().reshape((1,) * a.dim())
-    if granularity is Granularity.CHANNEL:
-        return a.mean(dim=tuple(range(1, a.dim())), keepdim=True)
-    assert key is not None
-    return _group_reduce(a, key, a.shape[0] * _BIT_CODES, "mean")
+        out = a.mean().reshape((1,) * a.dim())
+    elif granularity is Granularity.CHANNEL:
+        out = a.mean(dim=tuple(range(1, a.dim())), keepdim=True)
+    else:
+        assert key is not None  # internal invariant, not user input
+        out = _group_reduce(a, key, a.shape[0] * _BIT_CODES, "mean")
+    return out.to(w.dtype)
 
 
 @dataclass(frozen=True)
@@ -226,14 +234,23 @@ class FixedBitsQuantizer(torch.nn.Module):
     widths occur are precomputed once, so ``forward`` does no host-device synchronization.
     """
 
-    def __init__(self, bits: torch.Tensor, granularity: Granularity | str, weight_shape: tuple[int, ...]):
+    def __init__(
+        self,
+        bits: torch.Tensor,
+        granularity: Granularity | str,
+        weight_shape: tuple[int, ...],
+        *,
+        name: str = "<layer>",
+    ):
         super().__init__()
         self.granularity = Granularity.parse(granularity)
         self.weight_shape = tuple(weight_shape)
         want = self.granularity.scope_shape(self.weight_shape)
         if tuple(bits.shape) != want:
-            raise ValueError(f"bits has shape {tuple(bits.shape)}; expected scope shape {want}")
-        self.register_buffer("bits", check_bits(bits, name="<layer>"))
+            raise ValueError(
+                f"bits for layer {name!r} have shape {tuple(bits.shape)}; expected scope shape {want}"
+            )
+        self.register_buffer("bits", check_bits(bits, name=name))
         self._refresh()
 
     def _refresh(self) -> None:

@@ -1,0 +1,490 @@
+"""Real low-bit storage: bit-packed codes, per-scope scales and float tensors in one safetensors file.
+
+Layout of a file written by :func:`export_packed` (all tensors little-endian, safetensors format):
+
+* Header metadata (strings): ``format`` (``"fq_quant.packed/1"``), ``granularity``, ``layers``
+  (JSON: quantized layer name -> weight shape and dtype, in module order) and, at tensor and
+  channel granularity, ``assignment`` (:meth:`BitAssignment.to_json`).
+* Per quantized layer ``L`` (the weight's elements grouped by bit-width ``b``, ascending; inside a
+  group in row-major order):
+
+  - ``L.weight:codes`` ``uint8``: one bit stream for the whole layer, ``ceil(sum_b n_b * b / 8)``
+    bytes, codes of width ``b`` written least significant bit first (``np.packbits`` little
+    bit order). ``b >= 2`` stores ``q + Q_b`` in ``[0, 2^b - 2]``; ``b = 1`` stores the sign bit
+    (1 for ``w >= 0``); ``b = 0`` and ``b = 32`` store no code.
+  - ``L.weight:scales`` (weight dtype, float32 normally): for each ``1 <= b < 32`` in ascending
+    order, one scale per scope of that width in row order (tensor/channel granularity) or one per
+    (output channel, ``b``) pair present (param granularity). ``b >= 2``: ``s = max|w| / Q_b``;
+    ``b = 1``: the mean magnitude ``a``.
+  - ``L.weight:float``: the ``b = 32`` weights as stored, row-major (absent when none).
+  - ``L.weight:zeros1`` ``int64``: flat indices of exact zeros in 1-bit scopes, which the
+    quantizer maps to 0 (``sign(0) = 0``); absent when none (the usual case).
+  - param granularity only: ``L.weight:bit_palette`` ``uint8 [K]`` (the distinct widths) and
+    ``L.weight:bit_index``, each weight's palette index bit-packed at ``ceil(log2 K)`` bits
+    (absent when ``K = 1``): the bit map is data there, too big for a JSON header.
+
+* Every other entry of the plain model's ``state_dict`` (biases, norms, embeddings, BatchNorm
+  statistics) under its own name, as is.
+
+Decoding computes ``s * q`` (resp. ``a * sign``) in the stored dtype with the very scale the
+quantizer used, so the weights are bit-identical to the fake-quantized ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._assignment import BITS_DTYPE, BitAssignment
+from ._granularity import Granularity
+from ._layers import quantizable_layers
+from ._layout import ScopeLayout
+from ._model import _float_weight, current_assignment, is_quantized, quantize_model
+from ._quantizer import _EPS, _param_key, q_levels, scope_absmax, scope_absmean, scope_view
+
+FORMAT = "fq_quant.packed/1"
+_SUFFIXES = ("codes", "scales", "float", "zeros1", "bit_palette", "bit_index")
+_FULL = 32
+
+
+# -- bit packing ---------------------------------------------------------------------------------
+def pack_bits(groups: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """Concatenate unsigned codes of given widths into one little-endian bit stream.
+
+    Args:
+        groups: ``(codes, width)`` pairs; ``codes`` a 1-D integer array with values ``< 2**width``,
+            ``width`` in 0..16 (0 writes nothing).
+
+    Returns:
+        ``uint8 [ceil(sum len(codes) * width / 8)]``; bit ``j`` of code ``i`` of a group sits at
+        stream position ``offset + i * width + j``.
+    """
+    pieces = []
+    for codes, width in groups:
+        if width == 0 or codes.size == 0:
+            continue
+        shifts = np.arange(width, dtype=np.uint16)
+        pieces.append(((codes.astype(np.uint16)[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1))
+    if not pieces:
+        return np.zeros(0, dtype=np.uint8)
+    return np.packbits(np.concatenate(pieces), bitorder="little")
+
+
+def unpack_bits(stream: np.ndarray, groups: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Inverse of :func:`pack_bits`: ``(count, width)`` pairs -> ``int64`` code arrays."""
+    total = sum(n * w for n, w in groups)
+    if stream.size * 8 < total:
+        raise ValueError(f"code stream holds {stream.size * 8} bits; the bit map needs {total}")
+    bits = np.unpackbits(stream, count=total, bitorder="little") if total else stream[:0]
+    out, offset = [], 0
+    for n, w in groups:
+        if w == 0:
+            out.append(np.zeros(n, dtype=np.int64))
+            continue
+        chunk = bits[offset : offset + n * w].reshape(n, w).astype(np.int64)
+        offset += n * w
+        out.append((chunk << np.arange(w, dtype=np.int64)).sum(axis=1))
+    return out
+
+
+def _index_width(k: int) -> int:
+    return 0 if k <= 1 else math.ceil(math.log2(k))
+
+
+# -- per-layer encoding --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Groups:
+    """A layer's weights grouped by bit-width.
+
+    ``perm`` lists flat element indices by ascending width (stable, so row-major inside a group);
+    ``rows`` is each sorted element's scale row (0 per tensor, else its output channel); group
+    ``i`` (width ``widths[i]``) is ``perm[starts[i] : starts[i] + counts[i]]``.
+    """
+
+    perm: torch.Tensor
+    rows: torch.Tensor
+    widths: list[int]
+    counts: list[int]
+    starts: list[int]
+
+    @classmethod
+    def of(cls, bits: torch.Tensor, shape: tuple[int, ...], granularity: Granularity) -> _Groups:
+        b_el = scope_view(bits.to(torch.int64), shape, granularity).expand(shape).reshape(-1)
+        hist = torch.bincount(b_el, minlength=_FULL + 1)
+        widths = torch.nonzero(hist).reshape(-1).tolist()
+        counts = hist[widths].tolist()
+        starts = [0]
+        for c in counts[:-1]:
+            starts.append(starts[-1] + c)
+        # A counting sort (one pass per width) rather than an argsort: widths are few.
+        if len(widths) == 1:
+            perm = torch.arange(b_el.numel())
+        elif granularity is Granularity.CHANNEL:
+            per = b_el.numel() // shape[0]
+            scope_bits = bits.reshape(-1).to(torch.int64)
+            order = torch.cat([torch.nonzero(scope_bits == b).reshape(-1) for b in widths])
+            perm = (order[:, None] * per + torch.arange(per)).reshape(-1)
+        else:
+            perm = torch.cat([torch.nonzero(b_el == b).reshape(-1) for b in widths])
+        if granularity is Granularity.TENSOR:
+            rows = torch.zeros_like(perm)
+        else:
+            rows = perm // (b_el.numel() // shape[0])
+        return cls(perm, rows, widths, counts, starts)
+
+    def group(self, i: int) -> slice:
+        return slice(self.starts[i], self.starts[i] + self.counts[i])
+
+    def coded(self) -> list[int]:
+        """Indices of the groups that carry codes and scales (``1 <= b < 32``)."""
+        return [i for i, b in enumerate(self.widths) if 1 <= b < _FULL]
+
+    def row_runs(self, i: int) -> torch.Tensor:
+        """Lengths of the runs of equal rows in group ``i``: one scale each."""
+        return torch.unique_consecutive(self.rows[self.group(i)], return_counts=True)[1]
+
+
+def _encode_layer(w: torch.Tensor, bits: torch.Tensor, granularity: Granularity) -> dict[str, torch.Tensor]:
+    """The stored tensors of one layer (keys are the suffixes of ``_SUFFIXES``)."""
+    shape = tuple(w.shape)
+    bits_b = scope_view(bits, shape, granularity)
+    key = _param_key(bits) if granularity is Granularity.PARAM else None
+    groups = _Groups.of(bits, shape, granularity)
+    # Exactly the quantizer's arithmetic (see _FixedFakeQuant.forward), so decoding is bit-exact.
+    s = scope_absmax(w, granularity, key).clamp_min(_EPS) / q_levels(bits_b).to(w.dtype)
+    q = torch.div(w, s).round_().reshape(-1)[groups.perm]
+    s = s.expand(shape).reshape(-1)[groups.perm]
+    w_sorted = w.reshape(-1)[groups.perm]
+    out: dict[str, torch.Tensor] = {}
+    code_groups, scales = [], []
+    for i in groups.coded():
+        b, sl = groups.widths[i], groups.group(i)
+        if b == 1:
+            per_el = scope_absmean(w, granularity, key).expand(shape).reshape(-1)[groups.perm[sl]]
+            code_groups.append(((w_sorted[sl] >= 0).numpy().astype(np.uint16), 1))
+            zeros = groups.perm[sl][w_sorted[sl] == 0]
+            if zeros.numel():
+                out["zeros1"] = zeros
+        else:
+            qb = 2 ** (b - 1) - 1
+            codes = q[sl].to(torch.int64) + qb
+            if not (0 <= int(codes.min()) and int(codes.max()) <= 2 * qb):
+                raise RuntimeError(f"{b}-bit codes outside [0, {2 * qb}]: quantizer and export disagree")
+            code_groups.append((codes.numpy().astype(np.uint16), b))
+            per_el = s[sl]
+        # Every element of a (row, b) group carries the same scale: keep each run's first.
+        run = groups.row_runs(i)
+        scales.append(per_el[torch.cumsum(run, 0) - run])
+    out["codes"] = torch.from_numpy(pack_bits(code_groups))
+    if scales:
+        out["scales"] = torch.cat(scales)
+    if _FULL in groups.widths:
+        out["float"] = w_sorted[groups.group(groups.widths.index(_FULL))].clone()
+    if granularity is Granularity.PARAM:
+        palette, index = torch.unique(bits.reshape(-1).to(torch.int64), return_inverse=True)
+        out["bit_palette"] = palette.to(BITS_DTYPE)
+        width = _index_width(palette.numel())
+        if width:
+            out["bit_index"] = torch.from_numpy(pack_bits([(index.numpy().astype(np.uint16), width)]))
+    return out
+
+
+def _decode_layer(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    bits: torch.Tensor,
+    granularity: Granularity,
+    parts: Mapping[str, torch.Tensor],
+) -> torch.Tensor:
+    """Dequantized weight of one layer, ``shape`` and ``dtype``, from its stored tensors."""
+    groups = _Groups.of(bits, shape, granularity)
+    coded = groups.coded()
+    codes = unpack_bits(
+        parts.get("codes", torch.zeros(0, dtype=torch.uint8)).numpy(),
+        [(groups.counts[i], groups.widths[i]) for i in coded],
+    )
+    values = torch.zeros(math.prod(shape), dtype=dtype)  # in sorted order; pruned stay 0
+    scales = parts.get("scales", torch.zeros(0, dtype=dtype))
+    offset = 0
+    for i, c in zip(coded, codes):
+        b, sl = groups.widths[i], groups.group(i)
+        run = groups.row_runs(i)
+        if offset + run.numel() > scales.numel():
+            raise ValueError(f"layer {name!r}: the file holds {scales.numel()} scales; its bit map needs more")
+        s_el = torch.repeat_interleave(scales[offset : offset + run.numel()], run)
+        offset += run.numel()
+        c = torch.from_numpy(c)
+        if b == 1:
+            values[sl] = s_el * torch.where(c == 1, 1.0, -1.0).to(dtype)
+        else:
+            values[sl] = (c - (2 ** (b - 1) - 1)).to(dtype) * s_el
+    if _FULL in groups.widths:
+        i = groups.widths.index(_FULL)
+        floats = parts.get("float")
+        if floats is None or floats.numel() != groups.counts[i]:
+            raise ValueError(f"layer {name!r}: the file lacks its {groups.counts[i]} float weights")
+        values[groups.group(i)] = floats.to(dtype)
+    out = torch.empty_like(values)
+    out[groups.perm] = values
+    if "zeros1" in parts:
+        out[parts["zeros1"]] = 0
+    return out.reshape(shape)
+
+
+def _resolve(model: nn.Module, assignment: BitAssignment | None) -> BitAssignment:
+    if assignment is None:
+        if not is_quantized(model):
+            raise ValueError(
+                f"model {type(model).__name__} is not quantized; call quantize_model first or pass assignment="
+            )
+        return current_assignment(model)
+    if not isinstance(assignment, BitAssignment):
+        raise TypeError(f"assignment must be a BitAssignment; got {type(assignment).__name__}")
+    return assignment
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict as the plain (unwrapped) architecture names it, float weights included.
+
+    A layer wrapped by :func:`quantize_model` contributes ``L.weight`` (its float original), not
+    ``L.parametrizations.weight.*``.
+    """
+    state = model.state_dict()
+    for name, layer in quantizable_layers(model).items():
+        if parametrize.is_parametrized(layer, "weight"):
+            prefix = f"{name}.parametrizations.weight."
+            state = {k: v for k, v in state.items() if not k.startswith(prefix) or k == prefix + "original"}
+            state[f"{name}.weight"] = state.pop(prefix + "original")
+    return state
+
+
+def _weights(model: nn.Module, assignment: BitAssignment) -> dict[str, torch.Tensor]:
+    layout = ScopeLayout.from_model(model, assignment.granularity)
+    assignment.check(layout)
+    weights = {}
+    for name, layer in quantizable_layers(model).items():
+        w = _float_weight(layer).detach().to("cpu")
+        finite = torch.isfinite(w)
+        if not bool(finite.all()):
+            bad = float(w[~finite][0])
+            raise ValueError(f"layer {name!r} has a non-finite weight ({bad}); cannot export it")
+        weights[name] = w.contiguous()
+    return weights
+
+
+def _metadata(model_weights: Mapping[str, torch.Tensor], assignment: BitAssignment) -> dict[str, str]:
+    layers = {n: {"shape": list(w.shape), "dtype": str(w.dtype).removeprefix("torch.")} for n, w in model_weights.items()}
+    meta = {
+        "format": FORMAT,
+        "granularity": assignment.granularity.value,
+        "layers": json.dumps(layers, separators=(",", ":")),
+    }
+    if assignment.granularity is not Granularity.PARAM:
+        meta["assignment"] = assignment.to_json()
+    return meta
+
+
+def _tensors(model: nn.Module, assignment: BitAssignment) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    weights = _weights(model, assignment)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, w in weights.items():
+        for suffix, t in _encode_layer(w, assignment.bits[name], assignment.granularity).items():
+            tensors[f"{name}.weight:{suffix}"] = t.contiguous()
+    for key, value in plain_state_dict(model).items():
+        if key.removesuffix(".weight") in weights and key.endswith(".weight"):
+            continue
+        # clone: safetensors refuses tensors that share memory (tied weights).
+        tensors[key] = value.detach().to("cpu").clone().contiguous()
+    return tensors, _metadata(weights, assignment)
+
+
+# -- public API ----------------------------------------------------------------------------------
+def export_packed(model: nn.Module, path: str | os.PathLike[str], *, assignment: BitAssignment | None = None) -> Path:
+    """Write ``model`` with its weights really stored at their bit-widths to a safetensors file.
+
+    Args:
+        model: a model wrapped by :func:`quantize_model` (its current bits are used), or a plain
+            model together with ``assignment``.
+        path: destination; written atomically (temporary file in the same folder, then
+            ``os.replace``).
+        assignment: bits to store; default: the wrapped model's :func:`current_assignment`.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`. The file size is :func:`predicted_packed_size`.
+        Layout: see the module docstring of ``fq_quant._packed`` (or the package README).
+    """
+    assignment = _resolve(model, assignment)
+    tensors, meta = _tensors(model, assignment)
+    path = Path(path)
+    payload = st_save(tensors, metadata=meta)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_packed(
+    path: str | os.PathLike[str], model: nn.Module | None = None
+) -> tuple[dict[str, torch.Tensor], BitAssignment] | nn.Module:
+    """Read a file written by :func:`export_packed` (safetensors only; nothing is unpickled).
+
+    Args:
+        path: the ``.safetensors`` file.
+        model: optional fresh architecture to load into: a plain model gets the dequantized
+            weights; a model wrapped by :func:`quantize_model` is re-assigned the stored bits and
+            gets the dequantized weights as its float originals (the quantizer is idempotent, so
+            its forward is the same).
+
+    Returns:
+        Without ``model``: ``(state_dict, assignment)``, the plain model's state dict (CPU tensors)
+        with dequantized weights, and the stored :class:`BitAssignment`. With ``model``: ``model``.
+    """
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not an fq_quant packed file (format {meta.get('format')!r}, expected {FORMAT!r})")
+        stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    granularity = Granularity.parse(meta["granularity"])
+    layers = json.loads(meta["layers"])
+    parts: dict[str, dict[str, torch.Tensor]] = {n: {} for n in layers}
+    state: dict[str, torch.Tensor] = {}
+    for key, t in stored.items():
+        head, sep, suffix = key.rpartition(".weight:")
+        if sep and head in parts and suffix in _SUFFIXES:
+            parts[head][suffix] = t
+        else:
+            state[key] = t
+    if granularity is Granularity.PARAM:
+        assignment = BitAssignment(granularity, {n: _param_bits(n, layers[n]["shape"], parts[n]) for n in layers})
+    else:
+        assignment = BitAssignment.from_json(meta["assignment"])
+    for name, info in layers.items():
+        dtype = getattr(torch, info["dtype"])
+        shape = tuple(info["shape"])
+        state[f"{name}.weight"] = _decode_layer(name, shape, dtype, assignment.bits[name], granularity, parts[name])
+    if model is None:
+        return state, assignment
+    return _load_into(model, state, assignment)
+
+
+def _param_bits(name: str, shape: list[int], parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    palette = parts.get("bit_palette")
+    if palette is None:
+        raise ValueError(f"layer {name!r}: the file lacks its bit map (bit_palette)")
+    n = math.prod(shape)
+    width = _index_width(palette.numel())
+    stream = parts.get("bit_index", torch.zeros(0, dtype=torch.uint8)).numpy()
+    (index,) = unpack_bits(stream, [(n, width)])
+    return palette[torch.from_numpy(index)].reshape(shape)
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], assignment: BitAssignment) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if not is_quantized(model):
+        model.load_state_dict(state, strict=True)
+        return model
+    quantize_model(model, assignment)
+    wrapped = dict(state)
+    for name in assignment.bits:
+        wrapped[f"{name}.parametrizations.weight.original"] = wrapped.pop(f"{name}.weight")
+        wrapped[f"{name}.parametrizations.weight.0.bits"] = assignment.bits[name]
+    model.load_state_dict(wrapped, strict=True)
+    return model
+
+
+def predicted_packed_size(
+    model: nn.Module, assignment: BitAssignment | None = None, *, header: bool = True
+) -> int:
+    """Bytes :func:`export_packed` writes for ``model`` at ``assignment``, from a formula.
+
+    Per quantized layer, with ``n_b`` weights at width ``b`` (``1 <= b < 32`` coded):
+
+    * codes: ``ceil(sum_b n_b * b / 8)`` (one bit stream per layer);
+    * scales: 4 bytes (the weight's itemsize) per scope with ``1 <= b < 32``, or per (output
+      channel, bit) pair present at param granularity;
+    * floats: 4 bytes per ``b = 32`` weight; pruned weights (``b = 0``) cost nothing;
+    * rare extras: 8 bytes per exact zero in a 1-bit scope; at param granularity the bit map,
+      ``K`` bytes of palette plus ``ceil(N * ceil(log2 K) / 8)`` for ``K`` distinct widths.
+
+    Plus every other state-dict tensor at its size (4 bytes per float32 parameter or buffer) and,
+    with ``header=True``, the safetensors header (8 bytes + JSON, padded to 8). Without the header
+    and the rare extras this is ``fq_fairmetrics.cost_report(...).size_bytes``.
+    """
+    assignment = _resolve(model, assignment)
+    weights = _weights(model, assignment)
+    sizes: dict[str, tuple[str, list[int], int]] = {}
+    g = assignment.granularity
+    for name, w in weights.items():
+        groups = _Groups.of(assignment.bits[name], tuple(w.shape), g)
+        n = dict(zip(groups.widths, groups.counts))
+        code_bytes = math.ceil(sum(n[b] * b for b in n if 1 <= b < _FULL) / 8)
+        n_scales = sum(int(groups.row_runs(i).numel()) for i in groups.coded())
+        item = w.element_size()
+        prefix = f"{name}.weight:"
+        sizes[prefix + "codes"] = ("U8", [code_bytes], code_bytes)
+        if n_scales:
+            sizes[prefix + "scales"] = (_st_dtype(w.dtype), [n_scales], n_scales * item)
+        if n.get(_FULL):
+            sizes[prefix + "float"] = (_st_dtype(w.dtype), [n[_FULL]], n[_FULL] * item)
+        if 1 in n:
+            sl = groups.group(groups.widths.index(1))
+            z = int((w.reshape(-1)[groups.perm[sl]] == 0).sum())
+            if z:
+                sizes[prefix + "zeros1"] = ("I64", [z], 8 * z)
+        if g is Granularity.PARAM:
+            k = len(n)
+            sizes[prefix + "bit_palette"] = ("U8", [k], k)
+            width = _index_width(k)
+            if width:
+                nb = math.ceil(w.numel() * width / 8)
+                sizes[prefix + "bit_index"] = ("U8", [nb], nb)
+    for key, value in plain_state_dict(model).items():
+        if key.endswith(".weight") and key.removesuffix(".weight") in weights:
+            continue
+        sizes[key] = (_st_dtype(value.dtype), list(value.shape), value.numel() * value.element_size())
+    payload = sum(s for _, _, s in sizes.values())
+    if not header:
+        return payload
+    return payload + _header_size(sizes, _metadata(weights, assignment))
+
+
+def _st_dtype(dtype: torch.dtype) -> str:
+    return {
+        torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+        torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+        torch.uint8: "U8", torch.bool: "BOOL",
+    }.get(dtype, "F32")
+
+
+def _header_size(sizes: Mapping[str, tuple[str, list[int], int]], meta: Mapping[str, str]) -> int:
+    """The safetensors header: 8-byte length, then compact JSON padded with spaces to 8 bytes."""
+    header: dict[str, object] = {"__metadata__": dict(meta)}
+    offset = 0
+    for key in sorted(sizes):
+        dtype, shape, nbytes = sizes[key]
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    n = len(json.dumps(header, separators=(",", ":")).encode())
+    return 8 + n + (-n) % 8
