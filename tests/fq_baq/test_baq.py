@@ -502,3 +502,10 @@ def test_eval_fn_history_and_dict_batches():
     assert calls == [False, False]
     assert [h.eval for h in res.history] == [{"acc": 0.5}, {"acc": 0.5}]
     assert res.history[0].batches == 6
+
+
+def test_fit_twice_on_one_trainer_is_refused():
+    trainer = FP32Trainer(tiny_model(), BAQConfig(epochs=1, lambda_fair=0.0, **CPU))
+    trainer.fit(tiny_loader())
+    with pytest.raises(RuntimeError, match="fit already ran"):
+        trainer.fit(tiny_loader())

@@ -107,12 +107,18 @@ def make_accelerator(config: BAQConfig) -> Accelerator:
         ),
     )
     try:
-        return Accelerator(**kwargs)
+        acc = Accelerator(**kwargs)
     except ValueError as e:
         if "already been initialized" not in str(e) or torch.distributed.is_initialized():
             raise
         AcceleratorState._reset_state(reset_partial_state=True)
         return Accelerator(**kwargs)
+    stuck_on_cpu = acc.device.type == "cpu" and not config.cpu and torch.cuda.is_available()
+    if stuck_on_cpu and not torch.distributed.is_initialized():
+        # an earlier cpu=True trainer pinned accelerate's process state to the CPU
+        AcceleratorState._reset_state(reset_partial_state=True)
+        acc = Accelerator(**kwargs)
+    return acc
 
 
 def unpack_batch(

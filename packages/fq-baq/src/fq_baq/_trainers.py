@@ -53,6 +53,12 @@ class _Trainer:
             ValueError: batches without groups while ``lambda_fair > 0``; a checkpoint from a
                 different trainer or config.
         """
+        if getattr(self, "_fitted", False):
+            raise RuntimeError(
+                "fit already ran on this trainer (its model is finalized); build a new trainer, "
+                "with the same checkpoint_dir to continue"
+            )
+        self._fitted = True
         return train(
             self.model,
             self._wrapping,
