@@ -94,9 +94,11 @@ def _assert_close(gi: GroupImportance, ref: dict, rel: float) -> None:
             assert float((got - want).abs().max() / scale) <= rel, (gid, name)
 
 
-@pytest.mark.parametrize("strategy", ["auto", "loop", "batched"])
-@pytest.mark.parametrize("metric", ["grape", "taylor", "gradient"])
-@pytest.mark.parametrize("granularity", ["channel", "tensor", "param"])
+CASES = [("auto", m, g) for m in ("grape", "taylor", "gradient") for g in ("channel", "tensor", "param")]
+CASES += [(s, "grape", g) for s in ("loop", "batched") for g in ("channel", "param")]
+
+
+@pytest.mark.parametrize(("strategy", "metric", "granularity"), CASES)
 def test_equals_naive_reference(strategy: str, metric: str, granularity: str) -> None:
     model, data = _model(), _data()
     gi = _calibrate(model, data, metric=metric, granularity=granularity, batches=None, device=None,
@@ -113,17 +115,21 @@ def test_hessian_equals_naive_hutchinson(granularity: str) -> None:
     _assert_close(gi, naive(model, data, "hessian", granularity, probes=2, seed=3), 1e-6)
 
 
-def test_hessian_hutchinson_is_unbiased_on_a_quadratic() -> None:
-    # Linear model, CE on 2 classes: average many probes and compare with the exact diagonal.
+def test_hessian_hutchinson_matches_exact_diagonal() -> None:
+    # Linear model, CE: the Hutchinson mean over P probes is within 5 standard errors of the exact
+    # diagonal; the estimator's variance for element i is sum_{j != i} H_ij^2 / P.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 2)).double()
     data = [(torch.randn(16, 3).double(), torch.randint(0, 2, (16,)), torch.zeros(16, dtype=torch.int64))]
-    gi = calibrate(model, data, metric="hessian", granularity="param", probes=4000, seed=0, progress=False)
-    w = model[0].weight
+    probes = 300
+    gi = calibrate(model, data, metric="hessian", granularity="param", probes=probes, seed=0, progress=False)
+    w = model[0].weight.detach()
     f = lambda flat: F.cross_entropy(F.linear(data[0][0], flat.reshape(2, 3), model[0].bias), data[0][1])  # noqa: E731
-    exact = torch.autograd.functional.hessian(f, w.detach().reshape(-1)).diagonal().reshape(2, 3)
-    want = exact.abs() * w.detach() ** 2
-    assert torch.allclose(gi.importance[0]["0"].double(), want, rtol=0.1, atol=1e-3 * float(want.max()))
+    hess = torch.autograd.functional.hessian(f, w.reshape(-1))
+    exact = hess.diagonal()
+    stderr = ((hess**2).sum(1) - exact**2).clamp_min(0).sqrt() / probes**0.5
+    est = (gi.importance[0]["0"].double() / w**2).reshape(-1)  # |diag estimate|
+    assert bool(((est - exact.abs()).abs() <= 5 * stderr + 1e-12).all())
 
 
 def test_float32_model_close_to_float64_reference() -> None:
