@@ -34,11 +34,18 @@ def bench_allocation(*, repeats: int = 5, model: str = "resnet18") -> dict[str, 
     for granularity in ("channel", "param"):
         layout = ScopeLayout.from_model(net, granularity)
         g = torch.Generator().manual_seed(0)
-        imap = ImportanceMap(granularity, {n: torch.rand(s.scope_shape, generator=g) for n, s in layout.layers.items()})
+        imap = ImportanceMap(
+            granularity,
+            {n: torch.rand(s.scope_shape, generator=g) for n, s in layout.layers.items()},
+        )
         calls = {
             "allocate(scopes)": lambda imap=imap: allocate(imap, palette),
-            "allocate(params)": lambda imap=imap, layout=layout: allocate(imap, palette, weighting="params", layout=layout),
-            "allocate_to_budget(4.3)": lambda imap=imap, layout=layout: allocate_to_budget(imap, layout=layout),
+            "allocate(params)": lambda imap=imap, layout=layout: allocate(
+                imap, palette, weighting="params", layout=layout
+            ),
+            "allocate_to_budget(4.3)": lambda imap=imap, layout=layout: allocate_to_budget(
+                imap, layout=layout
+            ),
         }
         for name, call in calls.items():
             call()  # warm-up
@@ -47,10 +54,23 @@ def bench_allocation(*, repeats: int = 5, model: str = "resnet18") -> dict[str, 
                 t = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - t)
-            rows.append({"granularity": granularity, "scopes": layout.num_scopes, "call": name,
-                         "median_s": statistics.median(times), "min_s": min(times)})
-    return {"model": f"timm {model}", "params": layout.num_params, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "rows": rows}
+            rows.append(
+                {
+                    "granularity": granularity,
+                    "scopes": layout.num_scopes,
+                    "call": name,
+                    "median_s": statistics.median(times),
+                    "min_s": min(times),
+                }
+            )
+    return {
+        "model": f"timm {model}",
+        "params": layout.num_params,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+    }
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -62,7 +82,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         "|---|---:|---|---:|---:|",
     ]
     for r in result["rows"]:
-        lines.append(f"| {r['granularity']} | {r['scopes']:,} | {r['call']} | {r['median_s']:.4f} | {r['min_s']:.4f} |")
+        lines.append(
+            f"| {r['granularity']} | {r['scopes']:,} | {r['call']} | {r['median_s']:.4f} | {r['min_s']:.4f} |"
+        )
     return "\n".join(lines)
 
 

@@ -76,8 +76,17 @@ def bench_calibration(
         _sync(device)
         t = time.perf_counter()
         _calibrate(
-            model, [(x, y, grp)] * per_call, metric=metric, granularity="channel", batches=None, device=None,
-            groups=None, probes=1, seed=0, progress=False, strategy=strategy,
+            model,
+            [(x, y, grp)] * per_call,
+            metric=metric,
+            granularity="channel",
+            batches=None,
+            device=None,
+            groups=None,
+            probes=1,
+            seed=0,
+            progress=False,
+            strategy=strategy,
         )
         _sync(device)
         return (time.perf_counter() - t) / per_call
@@ -91,12 +100,26 @@ def bench_calibration(
                 base.append(plain())
                 cal.append(calib(g, strategy))
             b, c = statistics.median(base), statistics.median(cal)
-            rows.append({"groups": g, "strategy": strategy, "plain_s": b, "calibrate_s": c,
-                         "ratio": c / b, "target_ratio": 1 + 0.5 * g})
+            rows.append(
+                {
+                    "groups": g,
+                    "strategy": strategy,
+                    "plain_s": b,
+                    "calibrate_s": c,
+                    "ratio": c / b,
+                    "target_ratio": 1 + 0.5 * g,
+                }
+            )
     return {
-        "model": "timm resnet18", "image_size": image_size, "batch": batch, "metric": metric,
-        "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(), "rows": rows,
+        "model": "timm resnet18",
+        "image_size": image_size,
+        "batch": batch,
+        "metric": metric,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
     }
 
 
@@ -126,8 +149,14 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
     a = p.parse_args()
-    res = bench_calibration(tuple(a.groups), image_size=a.image_size, batch=a.batch, repeats=a.repeats,
-                            metric=a.metric, device=a.device)
+    res = bench_calibration(
+        tuple(a.groups),
+        image_size=a.image_size,
+        batch=a.batch,
+        repeats=a.repeats,
+        metric=a.metric,
+        device=a.device,
+    )
     print(json.dumps(res, indent=2) if a.json else to_markdown(res))
 
 

@@ -19,7 +19,9 @@ PAL = Palette((2, 4, 8), (0.2, 0.4, 0.4))
 def _layout(widths: list[tuple[int, int]]) -> ScopeLayout:
     """Channel layout of linear layers: (out channels, params per channel) each."""
     layers = {
-        f"l{i}": LayerScopes(name=f"l{i}", weight_shape=(o, k), scope_shape=(o,), params_per_scope=k)
+        f"l{i}": LayerScopes(
+            name=f"l{i}", weight_shape=(o, k), scope_shape=(o,), params_per_scope=k
+        )
         for i, (o, k) in enumerate(widths)
     }
     return ScopeLayout(Granularity.CHANNEL, layers)
@@ -62,7 +64,9 @@ value_st = st.one_of(st.integers(0, 4).map(float), st.floats(-1e6, 1e6, allow_na
 
 @st.composite
 def palettes(draw: st.DrawFn) -> Palette:
-    bits = sorted(draw(st.sets(st.sampled_from([0, 1, 2, 3, 4, 6, 8, 16, 32]), min_size=1, max_size=5)))
+    bits = sorted(
+        draw(st.sets(st.sampled_from([0, 1, 2, 3, 4, 6, 8, 16, 32]), min_size=1, max_size=5))
+    )
     raw = draw(st.lists(st.integers(0, 10), min_size=len(bits), max_size=len(bits)))
     if sum(raw) == 0:
         raw[-1] = 1
@@ -103,12 +107,14 @@ def test_monotone(problem: tuple[ScopeLayout, list[float], Palette], weighting: 
 
 
 @given(problems())
-def test_proportions_within_one_scope_per_tier(problem: tuple[ScopeLayout, list[float], Palette]) -> None:
+def test_proportions_within_one_scope_per_tier(
+    problem: tuple[ScopeLayout, list[float], Palette],
+) -> None:
     # Ties are broken by index, so this holds with ties too.
     layout, scores, pal = problem
     bits = _flat_bits(allocate(_map(layout, scores), pal))
     n = len(scores)
-    for b, p in zip(pal.bits, pal.proportions):
+    for b, p in zip(pal.bits, pal.proportions, strict=False):
         assert abs(bits.count(b) - p * n) <= 1 + 1e-9
 
 
@@ -118,13 +124,15 @@ def test_params_within_largest_scope(problem: tuple[ScopeLayout, list[float], Pa
     bits = _flat_bits(allocate(_map(layout, scores), pal, weighting="params", layout=layout))
     sizes = _sizes(layout)
     total, biggest = sum(sizes), max(sizes)
-    for b, p in zip(pal.bits, pal.proportions):
-        in_tier = sum(s for s, x in zip(sizes, bits) if x == b)
+    for b, p in zip(pal.bits, pal.proportions, strict=False):
+        in_tier = sum(s for s, x in zip(sizes, bits, strict=False) if x == b)
         assert abs(in_tier - p * total) <= biggest + 1e-9
 
 
 @given(problems(), st.sampled_from(["affine", "cube", "exp", "rank"]))
-def test_invariant_under_increasing_transform(problem: tuple[ScopeLayout, list[float], Palette], kind: str) -> None:
+def test_invariant_under_increasing_transform(
+    problem: tuple[ScopeLayout, list[float], Palette], kind: str
+) -> None:
     layout, scores, pal = problem
     t = torch.tensor(scores, dtype=torch.float64)
     f = {
@@ -146,7 +154,9 @@ def test_invariant_under_increasing_transform(problem: tuple[ScopeLayout, list[f
 def test_one_bit_palette_is_uniform(widths: list[tuple[int, int]], b: int, weighting: str) -> None:
     layout = _layout(widths)
     imap = _map(layout, [float(i % 3) for i in range(layout.num_scopes)])
-    assert allocate(imap, Palette((b,), (1.0,)), weighting=weighting, layout=layout) == BitAssignment.uniform(layout, b)
+    assert allocate(
+        imap, Palette((b,), (1.0,)), weighting=weighting, layout=layout
+    ) == BitAssignment.uniform(layout, b)
 
 
 def test_ties_hand_worked() -> None:
@@ -185,7 +195,12 @@ def test_per_parameter_resnet_scale_path() -> None:
 @given(st.floats(2.0, 8.0), st.integers(0, 2**16))
 def test_budget_met(target: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
-    widths = [(int(o), int(k)) for o, k in zip(torch.randint(16, 64, (5,), generator=g), torch.randint(1, 40, (5,), generator=g))]
+    widths = [
+        (int(o), int(k))
+        for o, k in zip(
+            torch.randint(16, 64, (5,), generator=g), torch.randint(1, 40, (5,), generator=g), strict=False
+        )
+    ]
     layout = _layout(widths)
     scores = torch.rand(layout.num_scopes, generator=g).tolist()
     a = allocate_to_budget(_map(layout, scores), target_avg_bits=target, layout=layout)
@@ -196,9 +211,13 @@ def test_budget_met(target: float, seed: int) -> None:
 
 
 def test_budget_on_resnet_like_model() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.Conv2d(32, 64, 3), nn.Flatten(), nn.Linear(64, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3), nn.Conv2d(32, 64, 3), nn.Flatten(), nn.Linear(64, 10)
+    )
     layout = ScopeLayout.from_model(model, "channel")
-    imap = ImportanceMap("channel", {n: torch.rand(s.scope_shape) for n, s in layout.layers.items()})
+    imap = ImportanceMap(
+        "channel", {n: torch.rand(s.scope_shape) for n, s in layout.layers.items()}
+    )
     for target in (2.0, 3.1, 4.3, 6.5, 8.0):
         a = allocate_to_budget(imap, target_avg_bits=target, layout=model)
         assert abs(a.avg_bits(layout) - target) <= 0.05
@@ -215,8 +234,10 @@ def test_budget_unreachable_names_closest() -> None:
     # One layer holds 90 % of the parameters: per-tensor scopes cannot average 5 bits within 0.05.
     layout = ScopeLayout(
         Granularity.TENSOR,
-        {"a": LayerScopes(name="a", weight_shape=(9, 10), scope_shape=(1,), params_per_scope=90),
-         "b": LayerScopes(name="b", weight_shape=(1, 10), scope_shape=(1,), params_per_scope=10)},
+        {
+            "a": LayerScopes(name="a", weight_shape=(9, 10), scope_shape=(1,), params_per_scope=90),
+            "b": LayerScopes(name="b", weight_shape=(1, 10), scope_shape=(1,), params_per_scope=10),
+        },
     )
     imap = ImportanceMap("tensor", {"a": torch.tensor([1.0]), "b": torch.tensor([0.0])})
     with pytest.raises(ValueError, match="closest monotone allocation averages"):

@@ -30,15 +30,28 @@ def _data(dtype: torch.dtype = torch.float64, n_batches: int = 3, groups: int = 
     out = []
     for _ in range(n_batches):
         x = torch.randn(8, 3, 8, 8, generator=g).to(dtype)
-        out.append((x, torch.randint(0, 5, (8,), generator=g), torch.randint(0, groups, (8,), generator=g)))
+        out.append(
+            (x, torch.randint(0, 5, (8,), generator=g), torch.randint(0, groups, (8,), generator=g))
+        )
     return out
 
 
 def _weight(layer: nn.Module) -> torch.Tensor:
-    return layer.parametrizations.weight.original if parametrize.is_parametrized(layer, "weight") else layer.weight
+    return (
+        layer.parametrizations.weight.original
+        if parametrize.is_parametrized(layer, "weight")
+        else layer.weight
+    )
 
 
-def naive(model: nn.Module, data: list[tuple], metric: str, granularity: str, probes: int = 1, seed: int = 0) -> dict:
+def naive(
+    model: nn.Module,
+    data: list[tuple],
+    metric: str,
+    granularity: str,
+    probes: int = 1,
+    seed: int = 0,
+) -> dict:
     """Separate forward and backward per (batch, group), float64, straight from METHOD.md section 3."""
     layers = quantizable_layers(model)
     ws = [_weight(m) for m in layers.values()]
@@ -50,7 +63,7 @@ def naive(model: nn.Module, data: list[tuple], metric: str, granularity: str, pr
             m = g == gid
             loss = F.cross_entropy(model(x[m]), y[m])  # mean over the group's samples
             grads = torch.autograd.grad(loss, ws, create_graph=metric == "hessian")
-            for name, w, gr in zip(layers, ws, grads):
+            for name, w, gr in zip(layers, ws, grads, strict=False):
                 w64, gr64 = w.detach().double(), gr.detach().double()
                 if metric == "grape":
                     e = (gr64 * w64) ** 2
@@ -65,12 +78,17 @@ def naive(model: nn.Module, data: list[tuple], metric: str, granularity: str, pr
             if metric == "hessian":
                 diag = [torch.zeros_like(w, dtype=torch.float64) for w in ws]
                 for _ in range(probes):
-                    vs = [(torch.randint(0, 2, w.shape, generator=gen) * 2 - 1).to(w.dtype) for w in ws]
+                    vs = [
+                        (torch.randint(0, 2, w.shape, generator=gen) * 2 - 1).to(w.dtype)
+                        for w in ws
+                    ]
                     hv = torch.autograd.grad(grads, ws, grad_outputs=vs, retain_graph=True)
-                    for d, v, h in zip(diag, vs, hv):
+                    for d, v, h in zip(diag, vs, hv, strict=False):
                         d += v.double() * h.double() / probes
-                for name, w, d in zip(layers, ws, diag):
-                    out.setdefault(gid, {}).setdefault(name, []).append(d.abs() * w.detach().double() ** 2)
+                for name, w, d in zip(layers, ws, diag, strict=False):
+                    out.setdefault(gid, {}).setdefault(name, []).append(
+                        d.abs() * w.detach().double() ** 2
+                    )
     result = {}
     for gid, maps in out.items():
         result[gid] = {}
@@ -94,15 +112,28 @@ def _assert_close(gi: GroupImportance, ref: dict, rel: float) -> None:
             assert float((got - want).abs().max() / scale) <= rel, (gid, name)
 
 
-CASES = [("auto", m, g) for m in ("grape", "taylor", "gradient") for g in ("channel", "tensor", "param")]
+CASES = [
+    ("auto", m, g) for m in ("grape", "taylor", "gradient") for g in ("channel", "tensor", "param")
+]
 CASES += [(s, "grape", g) for s in ("loop", "batched") for g in ("channel", "param")]
 
 
 @pytest.mark.parametrize(("strategy", "metric", "granularity"), CASES)
 def test_equals_naive_reference(strategy: str, metric: str, granularity: str) -> None:
     model, data = _model(), _data()
-    gi = _calibrate(model, data, metric=metric, granularity=granularity, batches=None, device=None,
-                    groups=None, probes=1, seed=0, progress=False, strategy=strategy)
+    gi = _calibrate(
+        model,
+        data,
+        metric=metric,
+        granularity=granularity,
+        batches=None,
+        device=None,
+        groups=None,
+        probes=1,
+        seed=0,
+        progress=False,
+        strategy=strategy,
+    )
     _assert_close(gi, naive(model, data, metric, granularity), 1e-6)
     assert gi.counts == {k: sum(int((g == k).sum()) for _, _, g in data) for k in range(3)}
     assert gi.batches == 3 and gi.metric == metric
@@ -111,7 +142,9 @@ def test_equals_naive_reference(strategy: str, metric: str, granularity: str) ->
 @pytest.mark.parametrize("granularity", ["channel", "param"])
 def test_hessian_equals_naive_hutchinson(granularity: str) -> None:
     model, data = _model(), _data(n_batches=2)
-    gi = calibrate(model, data, metric="hessian", granularity=granularity, probes=2, seed=3, progress=False)
+    gi = calibrate(
+        model, data, metric="hessian", granularity=granularity, probes=2, seed=3, progress=False
+    )
     _assert_close(gi, naive(model, data, "hessian", granularity, probes=2, seed=3), 1e-6)
 
 
@@ -120,11 +153,22 @@ def test_hessian_hutchinson_matches_exact_diagonal() -> None:
     # diagonal; the estimator's variance for element i is sum_{j != i} H_ij^2 / P.
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 2)).double()
-    data = [(torch.randn(16, 3).double(), torch.randint(0, 2, (16,)), torch.zeros(16, dtype=torch.int64))]
+    data = [
+        (
+            torch.randn(16, 3).double(),
+            torch.randint(0, 2, (16,)),
+            torch.zeros(16, dtype=torch.int64),
+        )
+    ]
     probes = 300
-    gi = calibrate(model, data, metric="hessian", granularity="param", probes=probes, seed=0, progress=False)
+    gi = calibrate(
+        model, data, metric="hessian", granularity="param", probes=probes, seed=0, progress=False
+    )
     w = model[0].weight.detach()
-    f = lambda flat: F.cross_entropy(F.linear(data[0][0], flat.reshape(2, 3), model[0].bias), data[0][1])  # noqa: E731
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(F.linear(data[0][0], flat.reshape(2, 3), model[0].bias), data[0][1])
+
     hess = torch.autograd.functional.hessian(f, w.reshape(-1))
     exact = hess.diagonal()
     stderr = ((hess**2).sum(1) - exact**2).clamp_min(0).sqrt() / probes**0.5
@@ -169,7 +213,7 @@ def test_model_untouched() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats included
     assert [m.training for m in model.modules()] == modes
     assert [p.requires_grad for p in model.parameters()] == flags
-    for p, g in zip(model.parameters(), grads):
+    for p, g in zip(model.parameters(), grads, strict=False):
         assert (p.grad is None) if g is None else torch.equal(p.grad, g)
 
 
@@ -212,10 +256,30 @@ def test_absent_group_warns_and_is_zero() -> None:
     ("batch", "match"),
     [
         ((torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.int64)), "2-tuple"),
-        ({"image": torch.randn(4, 3, 8, 8), "label": torch.zeros(4, dtype=torch.int64)}, r"lacks key\(s\) \['group'\]"),
-        ((torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.int64), torch.zeros(4)), "group must be an integer"),
-        ((torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)), r"shape \[4\]"),
-        ((torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.int64), -torch.ones(4, dtype=torch.int64)), "group ids"),
+        (
+            {"image": torch.randn(4, 3, 8, 8), "label": torch.zeros(4, dtype=torch.int64)},
+            r"lacks key\(s\) \['group'\]",
+        ),
+        (
+            (torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.int64), torch.zeros(4)),
+            "group must be an integer",
+        ),
+        (
+            (
+                torch.randn(4, 3, 8, 8),
+                torch.zeros(4, dtype=torch.int64),
+                torch.zeros(3, dtype=torch.int64),
+            ),
+            r"shape \[4\]",
+        ),
+        (
+            (
+                torch.randn(4, 3, 8, 8),
+                torch.zeros(4, dtype=torch.int64),
+                -torch.ones(4, dtype=torch.int64),
+            ),
+            "group ids",
+        ),
     ],
 )
 def test_bad_batches(batch: object, match: str) -> None:

@@ -7,9 +7,14 @@ import torch
 from fq_importance import GroupImportance, ImportanceMap, reduce
 
 
-def _gi(groups: dict[int, dict[str, list[float]]], counts: dict[int, int] | None = None) -> GroupImportance:
+def _gi(
+    groups: dict[int, dict[str, list[float]]], counts: dict[int, int] | None = None
+) -> GroupImportance:
     return GroupImportance(
-        importance={g: {n: torch.tensor(v, dtype=torch.float64) for n, v in m.items()} for g, m in groups.items()},
+        importance={
+            g: {n: torch.tensor(v, dtype=torch.float64) for n, v in m.items()}
+            for g, m in groups.items()
+        },
         counts=counts or {g: 10 for g in groups},
         metric="grape",
         granularity="channel",
@@ -26,12 +31,20 @@ def test_balanced_hand_worked() -> None:
     # I^0 / p_0 = a [3, 6], b [3]; I^1 / p_1 = a [9, 0], b [3]; max -> a [9, 6], b [3].
     gi = _gi({0: {"a": [1, 2], "b": [1]}, 1: {"a": [6, 0], "b": [2]}})
     got = _scores(reduce(gi))
-    assert got["a"] == pytest.approx([9, 6], rel=1e-12) and got["b"] == pytest.approx([3], rel=1e-12)
+    assert got["a"] == pytest.approx([9, 6], rel=1e-12) and got["b"] == pytest.approx(
+        [3], rel=1e-12
+    )
 
 
 def test_balanced_equals_definition_random() -> None:
     g = torch.Generator().manual_seed(0)
-    maps = {k: {"a": torch.rand(5, generator=g).tolist(), "b": (torch.rand(3, generator=g) * k).tolist()} for k in range(4)}
+    maps = {
+        k: {
+            "a": torch.rand(5, generator=g).tolist(),
+            "b": (torch.rand(3, generator=g) * k).tolist(),
+        }
+        for k in range(4)
+    }
     got = reduce(_gi(maps))
     mass = {k: sum(sum(v) for v in m.values()) for k, m in maps.items()}
     total = sum(mass.values())
@@ -54,7 +67,9 @@ def test_max_mean_cvar_hand_worked() -> None:
     assert _scores(reduce(gi, "max")) == {"a": [8]}
     assert _scores(reduce(gi, "mean")) == {"a": [3.75]}
     assert _scores(reduce(gi, "cvar", cvar_alpha=0.5)) == {"a": [6]}  # ceil(2) = 2 largest: 8, 4
-    assert _scores(reduce(gi, "cvar", cvar_alpha=0.3))["a"] == pytest.approx([14 / 3])  # ceil(2.8) = 3
+    assert _scores(reduce(gi, "cvar", cvar_alpha=0.3))["a"] == pytest.approx(
+        [14 / 3]
+    )  # ceil(2.8) = 3
     assert _scores(reduce(gi, "cvar", cvar_alpha=0.1)) == {"a": [3.75]}  # ceil(3.6) = 4: the mean
     assert _scores(reduce(gi, "cvar", cvar_alpha=0.9)) == {"a": [8]}  # ceil(0.4) = 1: the max
     # (1 - 0.1) * 10 is 9.000000000000002 in floats: must be 9 groups, not 10.
@@ -74,7 +89,10 @@ def test_subtractive() -> None:
 def test_reduce_keeps_dtype_and_granularity() -> None:
     gi = GroupImportance(
         importance={0: {"a": torch.ones(2, 3)}, 1: {"a": torch.zeros(2, 3)}},
-        counts={0: 1, 1: 1}, metric="taylor", granularity="param", batches=2,
+        counts={0: 1, 1: 1},
+        metric="taylor",
+        granularity="param",
+        batches=2,
     )
     out = reduce(gi, "mean")
     assert out.granularity.value == "param" and out.scores["a"].dtype == torch.float32
@@ -98,7 +116,13 @@ def test_reduce_errors() -> None:
 
 
 def test_group_importance_validation() -> None:
-    ok = {"importance": {0: {"a": torch.ones(2)}}, "counts": {0: 3}, "metric": "grape", "granularity": "channel", "batches": 1}
+    ok = {
+        "importance": {0: {"a": torch.ones(2)}},
+        "counts": {0: 3},
+        "metric": "grape",
+        "granularity": "channel",
+        "batches": 1,
+    }
     assert GroupImportance(**ok).group_map(0).scores["a"].tolist() == [1, 1]
     with pytest.raises(ValueError, match="metric must be one of"):
         GroupImportance(**{**ok, "metric": "fisher"})
@@ -107,9 +131,21 @@ def test_group_importance_validation() -> None:
     with pytest.raises(ValueError, match=r"counts\[0\] must be an int >= 0"):
         GroupImportance(**{**ok, "counts": {0: -1}})
     with pytest.raises(ValueError, match="has shape"):
-        GroupImportance(**{**ok, "importance": {0: {"a": torch.ones(2)}, 1: {"a": torch.ones(3)}}, "counts": {0: 1, 1: 1}})
+        GroupImportance(
+            **{
+                **ok,
+                "importance": {0: {"a": torch.ones(2)}, 1: {"a": torch.ones(3)}},
+                "counts": {0: 1, 1: 1},
+            }
+        )
     with pytest.raises(ValueError, match="same order"):
-        GroupImportance(**{**ok, "importance": {0: {"a": torch.ones(2)}, 1: {"b": torch.ones(2)}}, "counts": {0: 1, 1: 1}})
+        GroupImportance(
+            **{
+                **ok,
+                "importance": {0: {"a": torch.ones(2)}, 1: {"b": torch.ones(2)}},
+                "counts": {0: 1, 1: 1},
+            }
+        )
     with pytest.raises(ValueError, match="NaN"):
         GroupImportance(**{**ok, "importance": {0: {"a": torch.tensor([float("nan"), 1.0])}}})
     with pytest.raises(KeyError, match="unknown group"):

@@ -53,7 +53,9 @@ def allocate(
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}")
     if weighting == "params" and layout is None:
-        raise ValueError('weighting="params" needs layout= (the model or its ScopeLayout) for parameter counts')
+        raise ValueError(
+            'weighting="params" needs layout= (the model or its ScopeLayout) for parameter counts'
+        )
     sizes = _sizes(imap, layout) if weighting == "params" else None
     ranking = Ranking(_flat_scores(imap), sizes)
     return _assignment(imap, ranking.tiers(pal.levels), pal.bits)
@@ -104,7 +106,10 @@ def allocate_to_budget(
     ranking = Ranking(_flat_scores(imap), _sizes(imap, layout))
 
     def realised(props: Sequence[float]) -> float:
-        return float(np.dot(ranking.tier_weights(Palette(pal.bits, props).levels), pal.bits)) / ranking.total
+        return (
+            float(np.dot(ranking.tier_weights(Palette(pal.bits, props).levels), pal.bits))
+            / ranking.total
+        )
 
     if len(pal.bits) == 1 or target in (pal.bits[0], pal.bits[-1]):
         best = _degenerate(pal.bits, target).proportions
@@ -138,14 +143,18 @@ def _check_inputs(
     importance_map: ImportanceMap, palette: Palette, layout: ScopeLayout | nn.Module | None
 ) -> tuple[ImportanceMap, Palette, ScopeLayout | None]:
     if not isinstance(importance_map, ImportanceMap):
-        raise TypeError(f"importance_map must be an fq_quant.ImportanceMap; got {type(importance_map).__name__}")
+        raise TypeError(
+            f"importance_map must be an fq_quant.ImportanceMap; got {type(importance_map).__name__}"
+        )
     if not isinstance(palette, Palette):
         raise TypeError(f"palette must be an fq_alloc.Palette; got {type(palette).__name__}")
     if isinstance(layout, nn.Module):
         layout = ScopeLayout.from_model(layout, importance_map.granularity)
     if layout is not None:
         if not isinstance(layout, ScopeLayout):
-            raise TypeError(f"layout must be a ScopeLayout or an nn.Module; got {type(layout).__name__}")
+            raise TypeError(
+                f"layout must be a ScopeLayout or an nn.Module; got {type(layout).__name__}"
+            )
         importance_map.check(layout)
     return importance_map, palette, layout
 
@@ -153,7 +162,10 @@ def _check_inputs(
 def _sizes(imap: ImportanceMap, layout: ScopeLayout) -> torch.Tensor:
     """Parameters per scope in the map's flattened order, ``int64 [N]``."""
     return torch.cat(
-        [torch.full((s.numel(),), layout[n].params_per_scope, dtype=torch.int64) for n, s in imap.scores.items()]
+        [
+            torch.full((s.numel(),), layout[n].params_per_scope, dtype=torch.int64)
+            for n, s in imap.scores.items()
+        ]
     )
 
 
@@ -168,12 +180,14 @@ def _assignment(imap: ImportanceMap, tiers: np.ndarray, bits: tuple[int, ...]) -
     flat = torch.from_numpy(np.take(np.asarray(bits, dtype=np.uint8), tiers))
     chunks = flat.split([s.numel() for s in imap.scores.values()])
     return BitAssignment(
-        imap.granularity, {n: c.reshape(s.shape) for (n, s), c in zip(imap.scores.items(), chunks)}
+        imap.granularity, {n: c.reshape(s.shape) for (n, s), c in zip(imap.scores.items(), chunks, strict=True)}
     )
 
 
 def _check_budget(bits: Sequence[int], target_avg_bits: float) -> tuple[Palette, float]:
-    bits_t = tuple(bits) if not isinstance(bits, (str, bytes)) and hasattr(bits, "__iter__") else bits
+    bits_t = (
+        tuple(bits) if not isinstance(bits, (str, bytes)) and hasattr(bits, "__iter__") else bits
+    )
     n = len(bits_t) if isinstance(bits_t, tuple) else 1
     pal = Palette(bits_t, (1.0 / n,) * n)  # validates the bit-widths
     if isinstance(target_avg_bits, bool) or not isinstance(target_avg_bits, (int, float)):
@@ -194,7 +208,7 @@ def _tilt(bits: tuple[int, ...], lam: float) -> tuple[float, ...]:
 
 
 def _mean(bits: tuple[int, ...], props: Sequence[float]) -> float:
-    return math.fsum(b * p for b, p in zip(bits, props))
+    return math.fsum(b * p for b, p in zip(bits, props, strict=True))
 
 
 def _degenerate(bits: tuple[int, ...], target: float) -> Palette:

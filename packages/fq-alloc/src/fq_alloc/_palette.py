@@ -35,7 +35,7 @@ class Palette:
         bad = [b for b in bits if b not in ALLOWED_BITS]
         if bad:
             raise ValueError(f"bits contain {bad[0]!r}; allowed bit-widths are 0, 1, 2..16 and 32")
-        if any(a >= b for a, b in zip(bits, bits[1:])):
+        if any(a >= b for a, b in zip(bits, bits[1:], strict=False)):
             raise ValueError(f"bits must be strictly increasing (sorted, unique); got {bits}")
         if len(props) != len(bits):
             raise ValueError(
@@ -46,14 +46,16 @@ class Palette:
             raise ValueError(f"proportions must be finite and >= 0; got {props}")
         total = math.fsum(props)
         if abs(total - 1.0) > PROPORTION_TOL:
-            raise ValueError(f"proportions must sum to 1 (within {PROPORTION_TOL:g}); got {props} (sum {total!r})")
+            raise ValueError(
+                f"proportions must sum to 1 (within {PROPORTION_TOL:g}); got {props} (sum {total!r})"
+            )
         object.__setattr__(self, "bits", bits)
         object.__setattr__(self, "proportions", props)
 
     @property
     def avg_bits(self) -> float:
         """``sum_k p_k b_k``: the average bits per scope (per parameter with ``weighting="params"``)."""
-        return math.fsum(p * b for p, b in zip(self.proportions, self.bits))
+        return math.fsum(p * b for p, b in zip(self.proportions, self.bits, strict=True))
 
     @property
     def levels(self) -> tuple[float, ...]:

@@ -87,7 +87,7 @@ def _tiers_by_selection(x: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     values = part[inner]  # score at each boundary rank, nondecreasing
     for v in values:  # a few comparison passes beat a binary search per element
         tier += x > v
-    for cut, v in zip(inner.tolist(), values):
+    for cut, v in zip(inner.tolist(), values, strict=True):
         # Among scopes equal to v, the first (cut - #{x < v}) by index stay below this boundary.
         equal = np.flatnonzero(x == v)
         below = cut - int(np.count_nonzero(x < v))

@@ -27,7 +27,9 @@ def unpack(batch: object, index: int) -> tuple[torch.Tensor, torch.Tensor, torch
             )
         x, y, g = batch
     else:
-        raise TypeError(f"batch {index} must be an (x, y, g) tuple or a mapping; got {type(batch).__name__}")
+        raise TypeError(
+            f"batch {index} must be an (x, y, g) tuple or a mapping; got {type(batch).__name__}"
+        )
     for name, t in (("x", x), ("label", y), ("group", g)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"batch {index}: {name} must be a torch.Tensor; got {type(t).__name__}")
@@ -36,7 +38,9 @@ def unpack(batch: object, index: int) -> tuple[torch.Tensor, torch.Tensor, torch
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"batch {index}: {name} must be an integer tensor; got {t.dtype}")
         if t.dim() != 1 or t.shape[0] != n:
-            raise ValueError(f"batch {index}: {name} must have shape [{n}] (one per sample); got {tuple(t.shape)}")
+            raise ValueError(
+                f"batch {index}: {name} must have shape [{n}] (one per sample); got {tuple(t.shape)}"
+            )
     if n == 0:
         raise ValueError(f"batch {index} is empty")
     return x, y.to(torch.int64), g.to(torch.int64)

@@ -71,8 +71,17 @@ def calibrate(
         progress: show a tqdm bar over batches.
     """
     return _calibrate(
-        model, loader, metric=metric, granularity=granularity, batches=batches, device=device,
-        groups=groups, probes=probes, seed=seed, progress=progress, strategy=DEFAULT_STRATEGY,
+        model,
+        loader,
+        metric=metric,
+        granularity=granularity,
+        batches=batches,
+        device=device,
+        groups=groups,
+        probes=probes,
+        seed=seed,
+        progress=progress,
+        strategy=DEFAULT_STRATEGY,
     )
 
 
@@ -93,7 +102,9 @@ def _calibrate(
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
     gran = Granularity.parse(granularity)
-    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
+    if batches is not None and (
+        isinstance(batches, bool) or not isinstance(batches, int) or batches < 1
+    ):
         raise ValueError(f"batches must be an int >= 1 or None; got {batches!r}")
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be an int >= 1; got {probes!r}")
@@ -106,7 +117,9 @@ def _calibrate(
     if strategy == "auto":
         strategy = "fused" if fusable else "loop"
     elif strategy == "fused" and not fusable:
-        raise ValueError("strategy 'fused' needs plain nn.Conv2d/nn.Linear forwards and a first-order metric")
+        raise ValueError(
+            "strategy 'fused' needs plain nn.Conv2d/nn.Linear forwards and a first-order metric"
+        )
     dev = _device(weights, device)
     gen = torch.Generator().manual_seed(seed)
     acc: dict[int, dict[str, torch.Tensor]] = {}
@@ -115,9 +128,13 @@ def _calibrate(
     it = itertools.islice(loader, batches) if batches is not None else loader
     total = batches if batches is not None else _len_or_none(loader)
     with _frozen(model, list(weights.values())), torch.enable_grad():
-        for index, batch in enumerate(tqdm(it, total=total, desc="calibrate", unit="batch", disable=not progress)):
+        for index, batch in enumerate(
+            tqdm(it, total=total, desc="calibrate", unit="batch", disable=not progress)
+        ):
             x, y, g = unpack(batch, index)
-            present, inverse, n = torch.unique(g, sorted=True, return_inverse=True, return_counts=True)
+            present, inverse, n = torch.unique(
+                g, sorted=True, return_inverse=True, return_counts=True
+            )
             ids = present.tolist()
             if ids[0] < 0 or (expected is not None and not set(ids) <= set(expected)):
                 raise ValueError(
@@ -132,7 +149,9 @@ def _calibrate(
             rows = F.one_hot(inverse, len(ids)).T.to(ce.dtype) / n[:, None].to(ce.dtype)
             losses = rows @ ce  # [G_b]
             if not bool(torch.isfinite(losses).all()):
-                raise ValueError(f"batch {index}: the loss is NaN or inf (per-group losses {losses.tolist()})")
+                raise ValueError(
+                    f"batch {index}: the loss is NaN or inf (per-group losses {losses.tolist()})"
+                )
             if strategy == "fused":
                 per_group = _fused_scores(metric, ce, inverse, n, captured, layers, weights, gran)
             else:
@@ -156,25 +175,37 @@ def _scores(metric, strategy, losses, weights, gran, probes, gen):  # type: igno
     ws = list(weights.values())
     names = list(weights)
     if metric == "hessian":
+
         def hutchinson(k: int) -> dict[str, torch.Tensor]:
             grads = _grad(losses[k], ws, create_graph=True)
             diag = [torch.zeros_like(w) for w in ws]
             for _ in range(probes):
                 vs = [_rademacher(w, gen) for w in ws]
                 hv = _grad(grads, ws, grad_outputs=vs, retain_graph=True)
-                for d, v, h in zip(diag, vs, hv):
+                for d, v, h in zip(diag, vs, hv, strict=True):
                     d += v * h.detach() / probes
-            return {n: _to_scopes(d.abs() * w.detach() ** 2, gran, 0) for n, d, w in zip(names, diag, ws)}
+            return {
+                n: _to_scopes(d.abs() * w.detach() ** 2, gran, 0)
+                for n, d, w in zip(names, diag, ws, strict=True)
+            }
+
         return hutchinson
     if strategy == "batched":
         eye = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
         grads = _grad(losses, ws, grad_outputs=eye, is_grads_batched=True, retain_graph=True)
-        scores = {n: _to_scopes(_element(metric, gr, w.detach()), gran, 1) for n, gr, w in zip(names, grads, ws)}
+        scores = {
+            n: _to_scopes(_element(metric, gr, w.detach()), gran, 1)
+            for n, gr, w in zip(names, grads, ws, strict=True)
+        }
         return lambda k: {n: s[k] for n, s in scores.items()}
 
     def loop(k: int) -> dict[str, torch.Tensor]:
         grads = _grad(losses[k], ws, retain_graph=True)
-        return {n: _to_scopes(_element(metric, gr, w.detach()), gran, 0) for n, gr, w in zip(names, grads, ws)}
+        return {
+            n: _to_scopes(_element(metric, gr, w.detach()), gran, 0)
+            for n, gr, w in zip(names, grads, ws, strict=True)
+        }
+
     return loop
 
 
@@ -202,6 +233,7 @@ def _fused_scores(metric, ce, inverse, n, captured, layers, weights, gran):  # t
                     grad += _weight_grad(layer, inp.detach()[rows[k]], delta[rows[k]])
             out[name] = _to_scopes(_element(metric, grad, w), gran, 0)
         return out
+
     return group
 
 
@@ -230,11 +262,15 @@ def _fusable(layer: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def _capture(layers: dict[str, nn.Module]) -> Iterator[dict[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
+def _capture(
+    layers: dict[str, nn.Module],
+) -> Iterator[dict[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
     """Record ``(input, output)`` of every call of each layer during the block."""
     captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in layers}
     handles = [
-        layer.register_forward_hook(lambda _m, args, out, name=name: captured[name].append((args[0], out)))
+        layer.register_forward_hook(
+            lambda _m, args, out, name=name: captured[name].append((args[0], out))
+        )
         for name, layer in layers.items()
     ]
     try:
@@ -251,8 +287,12 @@ def _grad(outputs, inputs, **kw):  # type: ignore[no-untyped-def]
     batched = kw.get("is_grads_batched", False)
     n = outputs.shape[0] if batched else None
     return [
-        (torch.zeros((n, *w.shape) if batched else w.shape, dtype=w.dtype, device=w.device) if g is None else g)
-        for g, w in zip(grads, inputs)
+        (
+            torch.zeros((n, *w.shape) if batched else w.shape, dtype=w.dtype, device=w.device)
+            if g is None
+            else g
+        )
+        for g, w in zip(grads, inputs, strict=True)
     ]
 
 
@@ -304,7 +344,9 @@ def _float_weight(layer: nn.Module) -> torch.Tensor:
 def _device(weights: dict[str, torch.Tensor], device: torch.device | str | None) -> torch.device:
     devices = {w.device for w in weights.values()}
     if len(devices) != 1:
-        raise ValueError(f"the model's quantizable weights are spread over devices {sorted(map(str, devices))}")
+        raise ValueError(
+            f"the model's quantizable weights are spread over devices {sorted(map(str, devices))}"
+        )
     here = devices.pop()
     if device is None:
         return here

@@ -39,9 +39,14 @@ class GroupImportance:
         if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 0:
             raise ValueError(f"batches must be an int >= 0; got {self.batches!r}")
         if not isinstance(self.importance, Mapping) or not self.importance:
-            raise ValueError("importance must be a non-empty mapping of group id -> {layer: tensor}")
+            raise ValueError(
+                "importance must be a non-empty mapping of group id -> {layer: tensor}"
+            )
         groups = sorted(_group_id(g) for g in self.importance)
-        if not isinstance(self.counts, Mapping) or sorted(_group_id(g) for g in self.counts) != groups:
+        if (
+            not isinstance(self.counts, Mapping)
+            or sorted(_group_id(g) for g in self.counts) != groups
+        ):
             raise ValueError(
                 f"counts must have exactly the groups of importance {groups}; got {list(self.counts)}"
             )

@@ -37,11 +37,16 @@ def reduce(
       ``counts`` (the majority group, the lower id on a tie). May be negative.
     """
     if not isinstance(group_importance, GroupImportance):
-        raise TypeError(f"group_importance must be a GroupImportance; got {type(group_importance).__name__}")
+        raise TypeError(
+            f"group_importance must be a GroupImportance; got {type(group_importance).__name__}"
+        )
     if reducer not in REDUCERS:
         raise ValueError(f"reducer must be one of {REDUCERS}; got {reducer!r}")
     gi = group_importance
-    stacked = {n: torch.stack([gi.importance[g][n] for g in gi.groups]).to(torch.float64) for n in gi.layers}
+    stacked = {
+        n: torch.stack([gi.importance[g][n] for g in gi.groups]).to(torch.float64)
+        for n in gi.layers
+    }
     if reducer == "balanced":
         scores = _balanced(stacked)
     elif reducer == "max":
@@ -59,7 +64,9 @@ def reduce(
 
 def _balanced(stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if any(bool((s < 0).any()) for s in stacked.values()):
-        raise ValueError('reducer "balanced" needs non-negative importances (group masses); got negative scores')
+        raise ValueError(
+            'reducer "balanced" needs non-negative importances (group masses); got negative scores'
+        )
     mass = sum(s.flatten(1).sum(1) for s in stacked.values())  # [G], float64
     total = mass.sum()
     share = mass / total if total > 0 else torch.full_like(mass, 1 / len(mass))
@@ -87,6 +94,8 @@ def _subtractive(
     if privileged is None:
         privileged = max(gi.groups, key=lambda g: (gi.counts[g], -g))
     elif privileged not in gi.groups:
-        raise ValueError(f"privileged must be one of the groups {list(gi.groups)}; got {privileged!r}")
+        raise ValueError(
+            f"privileged must be one of the groups {list(gi.groups)}; got {privileged!r}"
+        )
     p = gi.groups.index(privileged)
     return {n: s[1 - p] - beta * s[p] for n, s in stacked.items()}
