@@ -310,3 +310,47 @@ def test_bad_arguments() -> None:
         calibrate(model, [], progress=False)
     with pytest.raises(ValueError, match="has no quantizable layer"):
         calibrate(nn.Sequential(nn.ReLU()), data, progress=False)
+
+
+class _BatchCentre(nn.Module):
+    """Subtracts the batch mean: samples interact even in eval mode."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(0, keepdim=True)
+
+
+class _Bypass(nn.Module):
+    """Uses its Linear's weight without calling the Linear (forward hooks never fire)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x).mean((2, 3))
+        return F.linear(h, self.fc.weight, self.fc.bias)
+
+
+@pytest.mark.parametrize("kind", ["mixing", "bypass"])
+def test_auto_falls_back_when_fused_identity_fails(kind: str) -> None:
+    torch.manual_seed(0)
+    if kind == "mixing":
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), _BatchCentre(), nn.Flatten(), nn.Linear(144, 5))
+    else:
+        model = _Bypass()
+    model = model.double()
+    data = _data()
+    kw = dict(metric="grape", granularity="channel", batches=None, device=None, groups=None,
+              probes=1, seed=0, progress=False)
+    auto = _calibrate(model, data, strategy="auto", **kw)
+    loop = _calibrate(model, data, strategy="loop", **kw)
+    fused = _calibrate(model, data, strategy="fused", **kw)
+    same = lambda a: all(  # noqa: E731
+        torch.allclose(a.importance[g][n], loop.importance[g][n], rtol=1e-9, atol=0)
+        for g in loop.groups for n in loop.layers
+    )
+    assert same(auto)
+    assert not same(fused)  # the fused identity really fails here
+    if kind == "bypass":  # no batch mixing: the shared graph equals separate forwards
+        _assert_close(auto, naive(model, data, "grape", "channel"), 1e-6)

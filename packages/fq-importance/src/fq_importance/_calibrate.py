@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Literal
@@ -17,6 +18,8 @@ from tqdm.auto import tqdm
 
 from ._batches import unpack
 from ._group_importance import METRICS, GroupImportance
+
+_log = logging.getLogger(__name__)
 
 Metric = Literal["grape", "taylor", "gradient", "hessian"]
 #: How per-group gradients come out of the shared graph (bench/results/calibration.md):
@@ -48,6 +51,11 @@ def calibrate(
     ``hessian = |diag(H_g)| * w^2`` (Hutchinson, ``probes`` Rademacher vectors per group and batch,
     seeded by ``seed``); averaged to scopes (channel: mean over all dims but 0; tensor: mean;
     param: identity) and summed over batches (METHOD.md section 3).
+
+    Per-group gradients come from one backward to the layer outputs, split by group rows (exact
+    when samples do not interact in eval mode; checked against ``autograd.grad`` per group on the
+    first batch with two groups, with a fall back to that exact path), or, for custom layers,
+    quantized models and ``hessian``, from ``autograd.grad`` per group on the shared graph.
 
     The model is left untouched: it runs in eval mode (BatchNorm uses its running statistics,
     Dropout is off: calibration measures the deployed model), no optimizer, no ``.grad`` written,
@@ -114,6 +122,8 @@ def _calibrate(
     layers = quantizable_layers(model)
     weights = {name: _float_weight(layer) for name, layer in layers.items()}
     fusable = metric != "hessian" and all(_fusable(m) for m in layers.values())
+    # "auto" checks the fused identity on the first batch (sum_g dL_g/dW against autograd).
+    verify = strategy == "auto"
     if strategy == "auto":
         strategy = "fused" if fusable else "loop"
     elif strategy == "fused" and not fusable:
@@ -153,7 +163,25 @@ def _calibrate(
                     f"batch {index}: the loss is NaN or inf (per-group losses {losses.tolist()})"
                 )
             if strategy == "fused":
-                per_group = _fused_scores(metric, ce, inverse, n, captured, layers, weights, gran)
+                check = verify and len(ids) > 1
+                grads_of = _fused_group_grads(ce, inverse, n, captured, layers, weights, keep=check)
+                if check:
+                    # Once, on the first batch with two groups: the fused gradients must equal
+                    # autograd's per group. They do not when samples interact in eval mode or a
+                    # weight is used outside its layer's call; then the loop is used throughout.
+                    fused = [grads_of(k) for k in range(len(ids))]
+                    exact = [
+                        dict(zip(weights, _grad(losses[k], list(weights.values())), strict=True))
+                        for k in range(len(ids))
+                    ]
+                    if not _agree(fused, exact):
+                        _log.info("calibrate: fused per-group gradients disagree; using the loop")
+                        strategy = "loop"
+                    chosen = fused if strategy == "fused" else exact
+                    verify = False
+                    per_group = lambda k, c=chosen: _grads_to_scores(metric, c[k], weights, gran)  # noqa: E731
+                else:
+                    per_group = lambda k, f=grads_of: _grads_to_scores(metric, f(k), weights, gran)  # noqa: E731
             else:
                 per_group = _scores(metric, strategy, losses, weights, gran, probes, gen)
             for k, gid in enumerate(ids):
@@ -201,40 +229,53 @@ def _scores(metric, strategy, losses, weights, gran, probes, gen):  # type: igno
 
     def loop(k: int) -> dict[str, torch.Tensor]:
         grads = _grad(losses[k], ws, retain_graph=True)
-        return {
-            n: _to_scopes(_element(metric, gr, w.detach()), gran, 0)
-            for n, gr, w in zip(names, grads, ws, strict=True)
-        }
+        return _grads_to_scores(metric, dict(zip(names, grads, strict=True)), weights, gran)
 
     return loop
 
 
-def _fused_scores(metric, ce, inverse, n, captured, layers, weights, gran):  # type: ignore[no-untyped-def]
-    """Per-group scores from ONE backward to the layer outputs.
+def _fused_group_grads(ce, inverse, n, captured, layers, weights, *, keep):  # type: ignore[no-untyped-def]
+    """``k -> {layer: dL_gk/dW}`` from ONE backward to the layer outputs.
 
     In eval mode a sample's loss depends only on its own activations, so row ``i`` of
     ``d(sum_g L_g)/d out_l`` is ``dL_g(i)/d out_l[i]``, and ``dL_g/dW_l`` is the weight gradient
     built from group ``g``'s rows alone (its inputs and output gradients). Over all groups that
-    is one batch worth of weight-gradient work, whatever ``G``.
+    is one batch worth of weight-gradient work, whatever ``G``. ``keep`` retains the graph.
     """
     total = (ce / n[inverse].to(ce.dtype)).sum()  # = sum_g L_g
     outs = [out for name in layers for _, out in captured[name]]
-    deltas = iter(torch.autograd.grad(total, outs, allow_unused=True))
+    deltas = iter(torch.autograd.grad(total, outs, allow_unused=True, retain_graph=keep))
     pairs = {name: [(inp, next(deltas)) for inp, _ in captured[name]] for name in layers}
     rows = [torch.nonzero(inverse == k).squeeze(1) for k in range(len(n))]
 
-    def group(k: int) -> dict[str, torch.Tensor]:
+    def group_grads(k: int) -> dict[str, torch.Tensor]:
         out = {}
         for name, layer in layers.items():
-            w = weights[name].detach()
-            grad = torch.zeros_like(w)
+            grad = torch.zeros_like(weights[name], memory_format=torch.contiguous_format)
             for inp, delta in pairs[name]:
                 if delta is not None:
                     grad += _weight_grad(layer, inp.detach()[rows[k]], delta[rows[k]])
-            out[name] = _to_scopes(_element(metric, grad, w), gran, 0)
+            out[name] = grad
         return out
 
-    return group
+    return group_grads
+
+
+def _agree(fused: list[dict[str, torch.Tensor]], exact: list[dict[str, torch.Tensor]]) -> bool:
+    """Every group's and layer's gradient equal within 1e-3 of its largest entry (one host sync)."""
+    err, tol = [], []
+    for f, e in zip(fused, exact, strict=True):
+        for name in e:
+            err.append((f[name] - e[name]).abs().max())
+            tol.append(1e-3 * e[name].abs().max() + 1e-30)
+    return bool((torch.stack(err) <= torch.stack(tol)).all())
+
+
+def _grads_to_scores(metric, grads, weights, gran):  # type: ignore[no-untyped-def]
+    return {
+        name: _to_scopes(_element(metric, g.detach(), weights[name].detach()), gran, 0)
+        for name, g in grads.items()
+    }
 
 
 def _weight_grad(layer: nn.Module, inp: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
