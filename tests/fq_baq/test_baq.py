@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 
 import pytest
 import torch
@@ -509,3 +510,37 @@ def test_fit_twice_on_one_trainer_is_refused():
     trainer.fit(tiny_loader())
     with pytest.raises(RuntimeError, match="fit already ran"):
         trainer.fit(tiny_loader())
+
+
+@pytest.mark.parametrize("granularity", ["channel", "param"])
+def test_training_step_makes_no_python_level_host_sync(monkeypatch, granularity):
+    """CPU proxy of ``torch.cuda.set_sync_debug_mode("error")``: inside a BAQ step no tensor is
+    turned into a Python value (``item``, ``bool``, ``int``, ``float``, ``tolist``, ``cpu``,
+    ``numpy``), which is what forces a host sync on a GPU."""
+    from fq_baq._loop import Session
+    from fq_baq._wrap import LearnableWrapping
+
+    model = tiny_model()
+    cfg = BAQConfig(target_avg_bits=4.0, granularity=granularity, **CPU)
+    session = Session(model, LearnableWrapping(model, cfg, None), cfg)
+    batch = tiny_data()[:16]
+    session.step(batch)  # warm-up outside the guard (lazy optimizer state)
+
+    def forbidden(name):
+        original = getattr(torch.Tensor, name)
+
+        def fail(self, *args, **kwargs):
+            # torch.optim reads its step counter, a CPU tensor also on GPU (capturable=False):
+            # no device sync there
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("torch.optim"):
+                return original(self, *args, **kwargs)
+            raise AssertionError(f"host sync via Tensor.{name} inside the training step")
+
+        return fail
+
+    for name in ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+    for _ in range(2):
+        session.step(batch)
+    monkeypatch.undo()
+    session.check_finite(0)

@@ -63,7 +63,8 @@ class _LearnableFakeQuant(torch.autograd.Function):
     def forward(ctx, w, bits_b, dims):  # type: ignore[override]
         with torch.no_grad():
             q = (torch.exp2(bits_b - 1) - 1).to(w.dtype)
-            m = torch.linalg.vector_norm(w, ord=float("inf"), dim=dims, keepdim=True)
+            # abs().amax() is exact like fq_quant's inf-norm, and ~4x faster on CPU
+            m = w.abs().amax(dim=dims, keepdim=True)
             s = m.clamp_min_(_EPS).div_(q)
             out = torch.div(w, s).round_().mul_(s)
         ctx.dims = dims
