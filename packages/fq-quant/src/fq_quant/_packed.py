@@ -76,7 +76,9 @@ def pack_bits(groups: list[tuple[np.ndarray, int]]) -> np.ndarray:
         if width == 0 or codes.size == 0:
             continue
         shifts = np.arange(width, dtype=np.uint16)
-        pieces.append(((codes.astype(np.uint16)[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1))
+        pieces.append(
+            ((codes.astype(np.uint16)[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1)
+        )
     if not pieces:
         return np.zeros(0, dtype=np.uint8)
     return np.packbits(np.concatenate(pieces), bitorder="little")
@@ -156,7 +158,9 @@ class _Groups:
         return torch.unique_consecutive(self.rows[self.group(i)], return_counts=True)[1]
 
 
-def _encode_layer(w: torch.Tensor, bits: torch.Tensor, granularity: Granularity) -> dict[str, torch.Tensor]:
+def _encode_layer(
+    w: torch.Tensor, bits: torch.Tensor, granularity: Granularity
+) -> dict[str, torch.Tensor]:
     """The stored tensors of one layer (keys are the suffixes of ``_SUFFIXES``)."""
     shape = tuple(w.shape)
     bits_b = scope_view(bits, shape, granularity)
@@ -180,8 +184,10 @@ def _encode_layer(w: torch.Tensor, bits: torch.Tensor, granularity: Granularity)
         else:
             qb = 2 ** (b - 1) - 1
             codes = q[sl].to(torch.int64) + qb
-            if not (0 <= int(codes.min()) and int(codes.max()) <= 2 * qb):
-                raise RuntimeError(f"{b}-bit codes outside [0, {2 * qb}]: quantizer and export disagree")
+            if not (int(codes.min()) >= 0 and int(codes.max()) <= 2 * qb):
+                raise RuntimeError(
+                    f"{b}-bit codes outside [0, {2 * qb}]: quantizer and export disagree"
+                )
             code_groups.append((codes.numpy().astype(np.uint16), b))
             per_el = s[sl]
         # Every element of a (row, b) group carries the same scale: keep each run's first.
@@ -197,7 +203,9 @@ def _encode_layer(w: torch.Tensor, bits: torch.Tensor, granularity: Granularity)
         out["bit_palette"] = palette.to(BITS_DTYPE)
         width = _index_width(palette.numel())
         if width:
-            out["bit_index"] = torch.from_numpy(pack_bits([(index.numpy().astype(np.uint16), width)]))
+            out["bit_index"] = torch.from_numpy(
+                pack_bits([(index.numpy().astype(np.uint16), width)])
+            )
     return out
 
 
@@ -219,11 +227,13 @@ def _decode_layer(
     values = torch.zeros(math.prod(shape), dtype=dtype)  # in sorted order; pruned stay 0
     scales = parts.get("scales", torch.zeros(0, dtype=dtype))
     offset = 0
-    for i, c in zip(coded, codes):
+    for i, c in zip(coded, codes, strict=True):
         b, sl = groups.widths[i], groups.group(i)
         run = groups.row_runs(i)
         if offset + run.numel() > scales.numel():
-            raise ValueError(f"layer {name!r}: the file holds {scales.numel()} scales; its bit map needs more")
+            raise ValueError(
+                f"layer {name!r}: the file holds {scales.numel()} scales; its bit map needs more"
+            )
         s_el = torch.repeat_interleave(scales[offset : offset + run.numel()], run)
         offset += run.numel()
         c = torch.from_numpy(c)
@@ -266,7 +276,11 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in quantizable_layers(model).items():
         if parametrize.is_parametrized(layer, "weight"):
             prefix = f"{name}.parametrizations.weight."
-            state = {k: v for k, v in state.items() if not k.startswith(prefix) or k == prefix + "original"}
+            state = {
+                k: v
+                for k, v in state.items()
+                if not k.startswith(prefix) or k == prefix + "original"
+            }
             state[f"{name}.weight"] = state.pop(prefix + "original")
     return state
 
@@ -285,8 +299,13 @@ def _weights(model: nn.Module, assignment: BitAssignment) -> dict[str, torch.Ten
     return weights
 
 
-def _metadata(model_weights: Mapping[str, torch.Tensor], assignment: BitAssignment) -> dict[str, str]:
-    layers = {n: {"shape": list(w.shape), "dtype": str(w.dtype).removeprefix("torch.")} for n, w in model_weights.items()}
+def _metadata(
+    model_weights: Mapping[str, torch.Tensor], assignment: BitAssignment
+) -> dict[str, str]:
+    layers = {
+        n: {"shape": list(w.shape), "dtype": str(w.dtype).removeprefix("torch.")}
+        for n, w in model_weights.items()
+    }
     meta = {
         "format": FORMAT,
         "granularity": assignment.granularity.value,
@@ -297,7 +316,9 @@ def _metadata(model_weights: Mapping[str, torch.Tensor], assignment: BitAssignme
     return meta
 
 
-def _tensors(model: nn.Module, assignment: BitAssignment) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _tensors(
+    model: nn.Module, assignment: BitAssignment
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     weights = _weights(model, assignment)
     tensors: dict[str, torch.Tensor] = {}
     for name, w in weights.items():
@@ -312,7 +333,9 @@ def _tensors(model: nn.Module, assignment: BitAssignment) -> tuple[dict[str, tor
 
 
 # -- public API ----------------------------------------------------------------------------------
-def export_packed(model: nn.Module, path: str | os.PathLike[str], *, assignment: BitAssignment | None = None) -> Path:
+def export_packed(
+    model: nn.Module, path: str | os.PathLike[str], *, assignment: BitAssignment | None = None
+) -> Path:
     """Write ``model`` with its weights really stored at their bit-widths to a safetensors file.
 
     Args:
@@ -363,7 +386,9 @@ def load_packed(
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: not an fq_quant packed file (format {meta.get('format')!r}, expected {FORMAT!r})")
+            raise ValueError(
+                f"{path}: not an fq_quant packed file (format {meta.get('format')!r}, expected {FORMAT!r})"
+            )
         stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     granularity = Granularity.parse(meta["granularity"])
     layers = json.loads(meta["layers"])
@@ -376,13 +401,17 @@ def load_packed(
         else:
             state[key] = t
     if granularity is Granularity.PARAM:
-        assignment = BitAssignment(granularity, {n: _param_bits(n, layers[n]["shape"], parts[n]) for n in layers})
+        assignment = BitAssignment(
+            granularity, {n: _param_bits(n, layers[n]["shape"], parts[n]) for n in layers}
+        )
     else:
         assignment = BitAssignment.from_json(meta["assignment"])
     for name, info in layers.items():
         dtype = getattr(torch, info["dtype"])
         shape = tuple(info["shape"])
-        state[f"{name}.weight"] = _decode_layer(name, shape, dtype, assignment.bits[name], granularity, parts[name])
+        state[f"{name}.weight"] = _decode_layer(
+            name, shape, dtype, assignment.bits[name], granularity, parts[name]
+        )
     if model is None:
         return state, assignment
     return _load_into(model, state, assignment)
@@ -399,7 +428,9 @@ def _param_bits(name: str, shape: list[int], parts: Mapping[str, torch.Tensor]) 
     return palette[torch.from_numpy(index)].reshape(shape)
 
 
-def _load_into(model: nn.Module, state: dict[str, torch.Tensor], assignment: BitAssignment) -> nn.Module:
+def _load_into(
+    model: nn.Module, state: dict[str, torch.Tensor], assignment: BitAssignment
+) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if not is_quantized(model):
@@ -438,7 +469,7 @@ def predicted_packed_size(
     g = assignment.granularity
     for name, w in weights.items():
         groups = _Groups.of(assignment.bits[name], tuple(w.shape), g)
-        n = dict(zip(groups.widths, groups.counts))
+        n = dict(zip(groups.widths, groups.counts, strict=True))
         code_bytes = math.ceil(sum(n[b] * b for b in n if 1 <= b < _FULL) / 8)
         n_scales = sum(int(groups.row_runs(i).numel()) for i in groups.coded())
         item = w.element_size()
@@ -463,7 +494,11 @@ def predicted_packed_size(
     for key, value in plain_state_dict(model).items():
         if key.endswith(".weight") and key.removesuffix(".weight") in weights:
             continue
-        sizes[key] = (_st_dtype(value.dtype), list(value.shape), value.numel() * value.element_size())
+        sizes[key] = (
+            _st_dtype(value.dtype),
+            list(value.shape),
+            value.numel() * value.element_size(),
+        )
     payload = sum(s for _, _, s in sizes.values())
     if not header:
         return payload
@@ -472,9 +507,16 @@ def predicted_packed_size(
 
 def _st_dtype(dtype: torch.dtype) -> str:
     return {
-        torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-        torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-        torch.uint8: "U8", torch.bool: "BOOL",
+        torch.float32: "F32",
+        torch.float16: "F16",
+        torch.bfloat16: "BF16",
+        torch.float64: "F64",
+        torch.int64: "I64",
+        torch.int32: "I32",
+        torch.int16: "I16",
+        torch.int8: "I8",
+        torch.uint8: "U8",
+        torch.bool: "BOOL",
     }.get(dtype, "F32")
 
 
