@@ -68,14 +68,17 @@ def fig_qat(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     )
     cache["fp32_step_s"] = r["fp32_ms"] / 1e3
     target = 1.10
-    return [Figure(
-        figure="FQ-QAT step / FP32 step",
-        setting=f"timm resnet18, {s.image_size} px, batch {s.batch}, mixed per-channel bits 2..8 "
-        f"(avg {r['avg_bits']:.2f}), {s.device}",
-        value=f"{r['ratio']:.3f} {_spread(r['ratio_min'], r['ratio_max'])} "
-        f"({r['qat_ms']:.0f} / {r['fp32_ms']:.0f} ms)",
-        target=f"<= {target:.2f}", ok=r["ratio"] <= target,
-    )]
+    return [
+        Figure(
+            figure="FQ-QAT step / FP32 step",
+            setting=f"timm resnet18, {s.image_size} px, batch {s.batch}, mixed per-channel bits 2..8 "
+            f"(avg {r['avg_bits']:.2f}), {s.device}",
+            value=f"{r['ratio']:.3f} {_spread(r['ratio_min'], r['ratio_max'])} "
+            f"({r['qat_ms']:.0f} / {r['fp32_ms']:.0f} ms)",
+            target=f"<= {target:.2f}",
+            ok=r["ratio"] <= target,
+        )
+    ]
 
 
 def fig_baq(s: Settings, cache: dict[str, Any]) -> list[Figure]:
@@ -83,37 +86,49 @@ def fig_baq(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     r = mod.bench_baq_step(image_size=s.image_size, batch=s.batch, steps=s.steps, device=s.device)
     cache.setdefault("fp32_step_s", r["fp32_median_s"])
     target = 1.15 if s.device == "cpu" else 1.10
-    out = [Figure(
-        figure="BAQ step / FP32 step",
-        setting=f"same, per-channel learnable bits, {s.device}",
-        value=f"{r['ratio_median']:.3f} {_spread(r['ratio_min'], r['ratio_max'])} "
-        f"({r['baq_median_s'] * 1e3:.0f} / {r['fp32_median_s'] * 1e3:.0f} ms)",
-        target=f"<= {target:.2f}", ok=r["ratio_median"] <= target,
-    )]
+    out = [
+        Figure(
+            figure="BAQ step / FP32 step",
+            setting=f"same, per-channel learnable bits, {s.device}",
+            value=f"{r['ratio_median']:.3f} {_spread(r['ratio_min'], r['ratio_max'])} "
+            f"({r['baq_median_s'] * 1e3:.0f} / {r['fp32_median_s'] * 1e3:.0f} ms)",
+            target=f"<= {target:.2f}",
+            ok=r["ratio_median"] <= target,
+        )
+    ]
     m = mod.bench_baq_memory(image_size=s.image_size, batch=s.batch, device=s.device)
     what = "peak allocated" if s.device != "cpu" else "peak RSS growth during training"
-    out.append(Figure(
-        figure="peak memory, BAQ / FP32 training",
-        setting=f"resnet18 {s.image_size} px batch {s.batch}, {what}, fresh process each",
-        value=f"{m['step_ratio']:.3f} ({m['baq']['step_bytes'] / 2**20:.0f} / "
-        f"{m['fp32']['step_bytes'] / 2**20:.0f} MiB; whole-process peak ratio {m['peak_ratio']:.3f})",
-        target="<= 1.20", ok=m["step_ratio"] <= 1.20,
-    ))
+    out.append(
+        Figure(
+            figure="peak memory, BAQ / FP32 training",
+            setting=f"resnet18 {s.image_size} px batch {s.batch}, {what}, fresh process each",
+            value=f"{m['step_ratio']:.3f} ({m['baq']['step_bytes'] / 2**20:.0f} / "
+            f"{m['fp32']['step_bytes'] / 2**20:.0f} MiB; whole-process peak ratio {m['peak_ratio']:.3f})",
+            target="<= 1.20",
+            ok=m["step_ratio"] <= 1.20,
+        )
+    )
     return out
 
 
 def fig_calibration(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     r = _module("bench_calibration").bench_calibration(
-        groups=(2, 3, 6), image_size=s.image_size, batch=s.batch, device=s.device,
+        groups=(2, 3, 6),
+        image_size=s.image_size,
+        batch=s.batch,
+        device=s.device,
     )
     out = []
     for row in r["rows"]:
-        out.append(Figure(
-            figure=f"calibration per batch / plain fwd+bwd, {row['groups']} groups",
-            setting=f"resnet18 {s.image_size} px batch {s.batch}, grape, {row['strategy']} per-group grads",
-            value=f"{row['ratio']:.2f} ({row['calibrate_s'] * 1e3:.0f} / {row['plain_s'] * 1e3:.0f} ms)",
-            target=f"<= {row['target_ratio']:.1f}", ok=row["ratio"] <= row["target_ratio"],
-        ))
+        out.append(
+            Figure(
+                figure=f"calibration per batch / plain fwd+bwd, {row['groups']} groups",
+                setting=f"resnet18 {s.image_size} px batch {s.batch}, grape, {row['strategy']} per-group grads",
+                value=f"{row['ratio']:.2f} ({row['calibrate_s'] * 1e3:.0f} / {row['plain_s'] * 1e3:.0f} ms)",
+                target=f"<= {row['target_ratio']:.1f}",
+                ok=row["ratio"] <= row["target_ratio"],
+            )
+        )
     return out
 
 
@@ -123,12 +138,15 @@ def fig_allocation(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     out = []
     for row in r["rows"]:
         lim = limit[row["granularity"]]
-        out.append(Figure(
-            figure=f"allocation time, per-{row['granularity']}, {row['call']}",
-            setting=f"resnet18, {row['scopes']:,} scopes, palette 2/4/8",
-            value=f"{row['median_s'] * 1e3:.2f} ms (min {row['min_s'] * 1e3:.2f})",
-            target=f"<= {lim * 1e3:g} ms", ok=row["median_s"] <= lim,
-        ))
+        out.append(
+            Figure(
+                figure=f"allocation time, per-{row['granularity']}, {row['call']}",
+                setting=f"resnet18, {row['scopes']:,} scopes, palette 2/4/8",
+                value=f"{row['median_s'] * 1e3:.2f} ms (min {row['min_s'] * 1e3:.2f})",
+                target=f"<= {lim * 1e3:g} ms",
+                ok=row["median_s"] <= lim,
+            )
+        )
     return out
 
 
@@ -139,40 +157,69 @@ def fig_loading(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     t = measure_loading_time(image_size=size, batch_size=batch)
     step = cache.get("fp32_step_s")
     if step is None:
-        return [Figure(figure="data loading share of a training step", setting="(needs a step time)",
-                       value=f"{t.seconds_per_batch * 1e3:.1f} ms per batch", target="<= 10%", ok=None)]
+        return [
+            Figure(
+                figure="data loading share of a training step",
+                setting="(needs a step time)",
+                value=f"{t.seconds_per_batch * 1e3:.1f} ms per batch",
+                target="<= 10%",
+                ok=None,
+            )
+        ]
     share = t.share_of(step)
-    return [Figure(
-        figure="data loading share of a training step",
-        setting=f"semi-synthetic default, {size} px batch {batch}, augmented, vs the FP32 step",
-        value=f"{share * 100:.1f}% ({t.seconds_per_batch * 1e3:.1f} ms per batch; one-off decode "
-        f"{t.decode_seconds:.1f} s)",
-        target="<= 10%", ok=share <= 0.10,
-    )]
+    return [
+        Figure(
+            figure="data loading share of a training step",
+            setting=f"semi-synthetic default, {size} px batch {batch}, augmented, vs the FP32 step",
+            value=f"{share * 100:.1f}% ({t.seconds_per_batch * 1e3:.1f} ms per batch; one-off decode "
+            f"{t.decode_seconds:.1f} s)",
+            target="<= 10%",
+            ok=share <= 0.10,
+        )
+    ]
 
 
 def fig_group_report(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     r = _module("perf_fairmetrics").bench_group_report()
     lo, hi = min(r["labels_times_s"]), max(r["labels_times_s"])
-    return [Figure(
-        figure="group_report", setting="1e6 samples, 114 classes, 6 groups (labels; logits [1e6, 114])",
-        value=f"{r['labels_median_s'] * 1e3:.0f} ms [{lo * 1e3:.0f}, {hi * 1e3:.0f}]; logits "
-        f"{r['logits_median_s'] * 1e3:.0f} ms",
-        target="<= 1 s", ok=max(r["labels_median_s"], r["logits_median_s"]) <= 1.0,
-    )]
+    return [
+        Figure(
+            figure="group_report",
+            setting="1e6 samples, 114 classes, 6 groups (labels; logits [1e6, 114])",
+            value=f"{r['labels_median_s'] * 1e3:.0f} ms [{lo * 1e3:.0f}, {hi * 1e3:.0f}]; logits "
+            f"{r['logits_median_s'] * 1e3:.0f} ms",
+            target="<= 1 s",
+            ok=max(r["labels_median_s"], r["logits_median_s"]) <= 1.0,
+        )
+    ]
 
 
 def fig_packed(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     import timm
     import torch
-    from fq_quant import BitAssignment, ScopeLayout, export_packed, predicted_packed_size, quantize_model
+    from fq_quant import (
+        BitAssignment,
+        ScopeLayout,
+        export_packed,
+        predicted_packed_size,
+        quantize_model,
+    )
 
     out = []
     for label, make in (
         ("U4", lambda lay: BitAssignment.uniform(lay, 4)),
-        ("mixed 2..8", lambda lay: BitAssignment(lay.granularity, {
-            n: torch.randint(2, 9, sc.scope_shape, generator=torch.Generator().manual_seed(i))
-            for i, (n, sc) in enumerate(lay.layers.items())})),
+        (
+            "mixed 2..8",
+            lambda lay: BitAssignment(
+                lay.granularity,
+                {
+                    n: torch.randint(
+                        2, 9, sc.scope_shape, generator=torch.Generator().manual_seed(i)
+                    )
+                    for i, (n, sc) in enumerate(lay.layers.items())
+                },
+            ),
+        ),
     ):
         model = timm.create_model("resnet18", pretrained=False, num_classes=10)
         assignment = make(ScopeLayout.from_model(model, "channel"))
@@ -182,13 +229,16 @@ def fig_packed(s: Settings, cache: dict[str, Any]) -> list[Figure]:
             export_packed(model, path)
             size = path.stat().st_size
         pred = predicted_packed_size(model, assignment)
-        out.append(Figure(
-            figure=f"packed export size / predicted, {label}",
-            setting="timm resnet18, per-channel, safetensors",
-            value=f"{size / pred:.4f} ({size / 2**20:.2f} / {pred / 2**20:.2f} MiB; FP32 "
-            f"{sum(p.numel() for p in model.parameters()) * 4 / 2**20:.1f} MiB)",
-            target="within 5%", ok=abs(size / pred - 1) <= 0.05,
-        ))
+        out.append(
+            Figure(
+                figure=f"packed export size / predicted, {label}",
+                setting="timm resnet18, per-channel, safetensors",
+                value=f"{size / pred:.4f} ({size / 2**20:.2f} / {pred / 2**20:.2f} MiB; FP32 "
+                f"{sum(p.numel() for p in model.parameters()) * 4 / 2**20:.1f} MiB)",
+                target="within 5%",
+                ok=abs(size / pred - 1) <= 0.05,
+            )
+        )
     return out
 
 
@@ -235,11 +285,16 @@ def _write_atomic(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--image-size", type=int, default=None, help="px (default: 64 on cpu, 224 on cuda)")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="px (default: 64 on cpu, 224 on cuda)"
+    )
     p.add_argument("--batch", type=int, default=None, help="default: 64 on cpu, 128 on cuda")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default: 10)")
-    p.add_argument("--only", default=",".join(FIGURES),
-                   help=f"comma-separated subset of: {', '.join(FIGURES)}")
+    p.add_argument(
+        "--steps", type=int, default=10, help="timed steps per measurement (default: 10)"
+    )
+    p.add_argument(
+        "--only", default=",".join(FIGURES), help=f"comma-separated subset of: {', '.join(FIGURES)}"
+    )
     p.add_argument("--out", type=Path, default=HERE / "results", help="folder of perf-<device>.md")
     a = p.parse_args(argv)
     names = [n.strip() for n in a.only.split(",") if n.strip()]
@@ -249,8 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.device not in ("cpu", "cuda") and not a.device.startswith("cuda:"):
         p.error(f"--device must be cpu or cuda[:N]; got {a.device!r}")
     gpu = a.device != "cpu"
-    s = Settings(device=a.device, image_size=a.image_size or (224 if gpu else 64),
-                 batch=a.batch or (128 if gpu else 64), steps=a.steps)
+    s = Settings(
+        device=a.device,
+        image_size=a.image_size or (224 if gpu else 64),
+        batch=a.batch or (128 if gpu else 64),
+        steps=a.steps,
+    )
     rows: list[Figure] = []
     cache: dict[str, Any] = {}
     for name in names:

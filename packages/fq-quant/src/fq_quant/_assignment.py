@@ -25,7 +25,9 @@ def check_bits(bits: torch.Tensor, *, name: str) -> torch.Tensor:
     offending value when any entry is outside :data:`ALLOWED_BITS`.
     """
     if not isinstance(bits, torch.Tensor):
-        raise TypeError(f"bits for layer {name!r} must be a torch.Tensor; got {type(bits).__name__}")
+        raise TypeError(
+            f"bits for layer {name!r} must be a torch.Tensor; got {type(bits).__name__}"
+        )
     if bits.is_floating_point() or bits.is_complex() or bits.dtype == torch.bool:
         raise TypeError(f"bits for layer {name!r} must have an integer dtype; got {bits.dtype}")
     flat = bits.detach().reshape(-1).to("cpu", torch.int64)
@@ -69,7 +71,10 @@ class BitAssignment:
             raise ValueError(f"bits must be one of 0, 1, 2..16, 32; got {bits!r}")
         return cls(
             layout.granularity,
-            {n: torch.full(s.scope_shape, int(bits), dtype=BITS_DTYPE) for n, s in layout.layers.items()},
+            {
+                n: torch.full(s.scope_shape, int(bits), dtype=BITS_DTYPE)
+                for n, s in layout.layers.items()
+            },
         )
 
     # -- checks and summaries -----------------------------------------------------------------
@@ -85,7 +90,9 @@ class BitAssignment:
     def avg_bits(self, layout: ScopeLayout) -> float:
         """Parameter-weighted average bits: ``sum_scopes n_params * b / sum n_params`` (bits/weight)."""
         self.check(layout)
-        total = sum(int(b.to(torch.int64).sum()) * layout[n].params_per_scope for n, b in self.bits.items())
+        total = sum(
+            int(b.to(torch.int64).sum()) * layout[n].params_per_scope for n, b in self.bits.items()
+        )
         return total / layout.num_params
 
     def histogram(self, layout: ScopeLayout | None = None) -> dict[int, int]:
@@ -96,7 +103,7 @@ class BitAssignment:
         for n, b in self.bits.items():
             values, freq = torch.unique(b, return_counts=True)
             w = 1 if layout is None else layout[n].params_per_scope
-            for v, f in zip(values.tolist(), freq.tolist()):
+            for v, f in zip(values.tolist(), freq.tolist(), strict=False):
                 counts[int(v)] = counts.get(int(v), 0) + int(f) * w
         return dict(sorted(counts.items()))
 
@@ -118,7 +125,8 @@ class BitAssignment:
             "format": "fq_quant.BitAssignment/1",
             "granularity": self.granularity.value,
             "bits": {
-                n: {"shape": list(b.shape), "values": b.reshape(-1).tolist()} for n, b in self.bits.items()
+                n: {"shape": list(b.shape), "values": b.reshape(-1).tolist()}
+                for n, b in self.bits.items()
             },
         }
         return json.dumps(payload, separators=(",", ":"))

@@ -32,7 +32,9 @@ class ImportanceMap:
         clean = {}
         for name, s in self.scores.items():
             if not isinstance(s, torch.Tensor):
-                raise TypeError(f"scores for layer {name!r} must be a torch.Tensor; got {type(s).__name__}")
+                raise TypeError(
+                    f"scores for layer {name!r} must be a torch.Tensor; got {type(s).__name__}"
+                )
             s = s.detach()
             if not s.is_floating_point():
                 s = s.to(torch.float32)

@@ -82,7 +82,9 @@ class ScopeLayout:
         try:
             return self.layers[name]
         except KeyError:
-            raise KeyError(f"unknown layer {name!r}; the layout has {list(self.layers)[:8]}...") from None
+            raise KeyError(
+                f"unknown layer {name!r}; the layout has {list(self.layers)[:8]}..."
+            ) from None
 
     @property
     def num_scopes(self) -> int:

@@ -41,7 +41,9 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return RoundSTE.apply(x)
 
 
-def scope_view(t: torch.Tensor, weight_shape: torch.Size | tuple[int, ...], granularity: Granularity) -> torch.Tensor:
+def scope_view(
+    t: torch.Tensor, weight_shape: torch.Size | tuple[int, ...], granularity: Granularity
+) -> torch.Tensor:
     """Reshape a scope-shaped tensor so that it broadcasts against a weight of ``weight_shape``.
 
     ``(1,)`` -> ``(1, 1, ...)``; ``(O,)`` -> ``(O, 1, ...)``; a per-parameter tensor is returned as is.
@@ -60,9 +62,7 @@ def q_levels(bits: torch.Tensor) -> torch.Tensor:
     return torch.where(b >= 2, torch.exp2(b - 1) - 1, torch.ones_like(b))
 
 
-def _group_reduce(
-    values: torch.Tensor, key: torch.Tensor, n_groups: int, how: str
-) -> torch.Tensor:
+def _group_reduce(values: torch.Tensor, key: torch.Tensor, n_groups: int, how: str) -> torch.Tensor:
     """Reduce ``values`` (weight-shaped) over groups ``key`` (same shape) and gather back per element."""
     flat = values.reshape(-1)
     out = torch.zeros(n_groups, dtype=values.dtype, device=values.device)
@@ -80,7 +80,9 @@ def _param_key(bit_codes: torch.Tensor) -> torch.Tensor:
     return (chan * _BIT_CODES + bit_codes.to(torch.int64)).expand(bit_codes.shape).contiguous()
 
 
-def scope_absmax(w: torch.Tensor, granularity: Granularity, key: torch.Tensor | None = None) -> torch.Tensor:
+def scope_absmax(
+    w: torch.Tensor, granularity: Granularity, key: torch.Tensor | None = None
+) -> torch.Tensor:
     """``max |w|`` over each scope, broadcastable to ``w``; PARAM needs the (channel, bit) ``key``."""
     a = w.detach()
     # max(amax, -amin) rather than vector_norm(ord=inf) or abs().amax(): two vectorized
@@ -95,7 +97,9 @@ def scope_absmax(w: torch.Tensor, granularity: Granularity, key: torch.Tensor | 
     return _group_reduce(a.abs(), key, a.shape[0] * _BIT_CODES, "amax")
 
 
-def scope_absmean(w: torch.Tensor, granularity: Granularity, key: torch.Tensor | None = None) -> torch.Tensor:
+def scope_absmean(
+    w: torch.Tensor, granularity: Granularity, key: torch.Tensor | None = None
+) -> torch.Tensor:
     """``mean |w|`` over each scope (the 1-bit magnitude), broadcastable to ``w``, in ``w``'s dtype.
 
     Accumulated in float64 (where the device has it): the mean of ``n`` copies of one float32
@@ -211,13 +215,17 @@ def fake_quantize(
     if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
         raise TypeError("weight must be a floating-point torch.Tensor")
     if weight.dim() < 2:
-        raise ValueError(f"weight must have an output-channel dim and at least one more; got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must have an output-channel dim and at least one more; got shape {tuple(weight.shape)}"
+        )
     want = g.scope_shape(tuple(weight.shape))
     if isinstance(bits, int):
         bits = torch.full(want, bits, dtype=torch.int64, device=weight.device)
     if check:
         if tuple(bits.shape) != want:
-            raise ValueError(f"bits has shape {tuple(bits.shape)}; the {g.value} scope shape of a weight {tuple(weight.shape)} is {want}")
+            raise ValueError(
+                f"bits has shape {tuple(bits.shape)}; the {g.value} scope shape of a weight {tuple(weight.shape)} is {want}"
+            )
         if not bool(torch.isfinite(weight).all()):
             raise ValueError("weight contains NaN or inf")
         if not bits.is_floating_point():
@@ -282,7 +290,9 @@ class FixedBitsQuantizer(torch.nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         q = self._q if self._q.dtype == weight.dtype else self._q.to(weight.dtype)
-        return _FixedFakeQuant.apply(weight, q, self._bits_b, self.granularity, self._special, self._key)
+        return _FixedFakeQuant.apply(
+            weight, q, self._bits_b, self.granularity, self._special, self._key
+        )
 
     def extra_repr(self) -> str:
         return f"granularity={self.granularity.value}, scopes={self.bits.numel()}"
