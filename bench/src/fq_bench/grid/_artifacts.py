@@ -29,7 +29,9 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     atomic_write_bytes(path, st_save(clean, metadata=metadata))
 
 
-def load_tensors(path: Path, *, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+def load_tensors(
+    path: Path, *, fingerprint: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
     """``(tensors, metadata)`` or ``None`` when missing, unreadable, or of another fingerprint."""
     if not path.is_file():
         return None
@@ -49,7 +51,9 @@ def load_tensors(path: Path, *, fingerprint: str) -> tuple[dict[str, torch.Tenso
     return tensors, metadata
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, *, fingerprint: str, info: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path, model: torch.nn.Module, *, fingerprint: str, info: dict[str, Any]
+) -> None:
     """The model's ``state_dict`` (plain float model) with ``info`` as JSON metadata."""
     save_tensors(path, model.state_dict(), {"fingerprint": fingerprint, "info": json.dumps(info)})
 
@@ -80,7 +84,9 @@ def load_group_importance(path: Path, *, fingerprint: str) -> Any | None:
     try:
         counts = {int(g): int(c) for g, c in json.loads(meta["counts"]).items()}
         layers = json.loads(meta["layers"])
-        importance = {g: {layer: tensors[f"{g}/{layer}"] for layer in layers} for g in sorted(counts)}
+        importance = {
+            g: {layer: tensors[f"{g}/{layer}"] for layer in layers} for g in sorted(counts)
+        }
         return GroupImportance(
             importance=importance,
             counts=counts,

@@ -86,9 +86,11 @@ def grid_cells(config: GridConfig) -> list[CellKey]:
     """
     order = {m: i for i, m in enumerate(METHOD_IDS)}
     methods = sorted(config.methods, key=order.__getitem__)
-    variants = [""] if not config.sweeps else [
-        variant_name(name, v) for name, values in config.sweeps for v in values
-    ]
+    variants = (
+        [""]
+        if not config.sweeps
+        else [variant_name(name, v) for name, values in config.sweeps for v in values]
+    )
     return [
         CellKey(dataset=d, model=m, method=meth, seed=s, variant=var)
         for d in config.datasets
@@ -105,7 +107,9 @@ def shard_cells(cells: list[CellKey], index: int, count: int) -> list[CellKey]:
     Deterministic and independent of the order the caller lists cells in; the shards partition
     the grid (every cell in exactly one shard), and each keeps the caller's order.
     """
-    if not (isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count):
+    if not (
+        isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count
+    ):
         raise ValueError(f"shard must be i/n with 0 <= i < n; got {index}/{count}")
     ids = sorted(c.id for c in cells)
     mine = {cid for k, cid in enumerate(ids) if k % count == index}
@@ -159,7 +163,12 @@ class CellStore:
         return self.dir / f"{key.id}.json"
 
     def write(self, key: CellKey, result: dict[str, Any], *, fingerprint: str) -> Path:
-        body = {"format": CELL_FORMAT, "key": key.to_dict(), "fingerprint": fingerprint, "result": result}
+        body = {
+            "format": CELL_FORMAT,
+            "key": key.to_dict(),
+            "fingerprint": fingerprint,
+            "result": result,
+        }
         body["sha256"] = hashlib.sha256(_canonical(body)).hexdigest()
         path = self.path(key)
         atomic_write_bytes(path, json.dumps(body, indent=1, sort_keys=True).encode())
@@ -170,7 +179,10 @@ class CellStore:
         try:
             body = json.loads(path.read_bytes())
             digest = body.pop("sha256")
-            ok = body.get("format") == CELL_FORMAT and digest == hashlib.sha256(_canonical(body)).hexdigest()
+            ok = (
+                body.get("format") == CELL_FORMAT
+                and digest == hashlib.sha256(_canonical(body)).hexdigest()
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             ok = False
         if not ok:

@@ -65,7 +65,9 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: A
         item = int if "int" in t else float if "float" in t else str
         if f.name == "weights_dir":
             flag = "--weights"
-        parser.add_argument(flag, dest=f.name, type=item, default=None, metavar=f.name.upper(), help=help_)
+        parser.add_argument(
+            flag, dest=f.name, type=item, default=None, metavar=f.name.upper(), help=help_
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="real data for a dataset (folder, hub id, parquet); otherwise semi-synthetic")  # fmt: skip
     p.add_argument("--sweep", action="append", default=None, metavar="FIELD=V1,V2,...",
                    help=f"ablation sweep over FQ-BAQ's {', '.join(SWEEPABLE)} (replaces the preset's)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     for f in dataclasses.fields(GridConfig):
         if f.name not in _SPECIAL:
@@ -109,7 +113,9 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         for item in args.data_source:
             ds, sep, src = item.partition("=")
             if not sep or ds not in DATASETS:
-                parser.error(f"--data-source {item!r}: expected DATASET=SOURCE with DATASET in {', '.join(DATASETS)}")
+                parser.error(
+                    f"--data-source {item!r}: expected DATASET=SOURCE with DATASET in {', '.join(DATASETS)}"
+                )
             pairs.append((ds, src))
         changes["data_sources"] = tuple(pairs)
     if args.sweep:
@@ -117,7 +123,9 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         for item in args.sweep:
             name, sep, vals = item.partition("=")
             if not sep or name not in SWEEPABLE:
-                parser.error(f"--sweep {item!r}: expected FIELD=V1,V2 with FIELD in {', '.join(SWEEPABLE)}")
+                parser.error(
+                    f"--sweep {item!r}: expected FIELD=V1,V2 with FIELD in {', '.join(SWEEPABLE)}"
+                )
             try:
                 sweeps.append((name, tuple(float(v) for v in vals.split(","))))
             except ValueError:
@@ -140,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1; got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     from ._report import build_report
 
     if args.report is not None:

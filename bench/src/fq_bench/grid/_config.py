@@ -43,7 +43,16 @@ SWEEPABLE: dict[str, str] = {
 
 
 #: Fields that do not change any number (the grid's extent, names, UI).
-_NOT_FINGERPRINTED = ("preset", "methods", "seeds", "progress", "notes", "models", "datasets", "sweeps")
+_NOT_FINGERPRINTED = (
+    "preset",
+    "methods",
+    "seeds",
+    "progress",
+    "notes",
+    "models",
+    "datasets",
+    "sweeps",
+)
 #: Fields the FP32 checkpoint depends on (so changing the fine-tune epochs reuses it).
 FP32_FIELDS: tuple[str, ...] = (
     "image_size",
@@ -106,9 +115,9 @@ class GridConfig:
     methods: tuple[str, ...] = METHOD_IDS
     seeds: tuple[int, ...] = (0, 1, 2)
     image_size: int = 32
-    n_images: int | None = 2400
+    n_images: int | None = 1200
     batch_size: int = 64
-    fp32_epochs: int = 10
+    fp32_epochs: int = 6
     epochs: int = 2
     lr_fp32: float = 2e-3
     lr: float = 3e-4
@@ -152,7 +161,9 @@ class GridConfig:
         for name in ("lr_bits", "weight_decay", "lambda_bits", "lambda_fair"):
             _check_pos_float(name, getattr(self, name), zero_ok=True)
         if not 2 <= self.bit_min <= self.bit_max <= 16:
-            raise _fail("bit_min/bit_max", (self.bit_min, self.bit_max), "2 <= bit_min <= bit_max <= 16")
+            raise _fail(
+                "bit_min/bit_max", (self.bit_min, self.bit_max), "2 <= bit_min <= bit_max <= 16"
+            )
         if len(self.palette_bits) != len(self.palette_props):
             raise _fail("palette_props", self.palette_props, "one proportion per palette bit-width")
         if not min(self.baq_bits) <= self.baq_warm_avg_bits <= max(self.baq_bits):
@@ -161,10 +172,14 @@ class GridConfig:
             raise _fail("mixed_precision", self.mixed_precision, "'no', 'fp16', 'bf16'")
         for ds, _src in self.data_sources:
             if ds not in DATASETS:
-                raise ValueError(f"data_sources: unknown dataset {ds!r}; valid names: {', '.join(DATASETS)}")
+                raise ValueError(
+                    f"data_sources: unknown dataset {ds!r}; valid names: {', '.join(DATASETS)}"
+                )
         for name, values in self.sweeps:
             if name not in SWEEPABLE:
-                raise ValueError(f"sweeps: unknown field {name!r}; valid names: {', '.join(SWEEPABLE)}")
+                raise ValueError(
+                    f"sweeps: unknown field {name!r}; valid names: {', '.join(SWEEPABLE)}"
+                )
             if not values:
                 raise _fail(f"sweeps[{name}]", values, "one or more values")
             for v in values:
@@ -197,6 +212,7 @@ class GridConfig:
 
 
 DEFAULT = GridConfig(
+    calib_batches=10,
     notes=(
         "Default run: semi-synthetic Fitzpatrick17k-like data (real metadata rows, generated "
         "pixels), timm resnet18 from scratch at 32 px, short schedules; the numbers show the "
@@ -216,6 +232,7 @@ PAPER = GridConfig(
     epochs=10,
     lr_fp32=1e-4,
     lr=3e-5,
+    calib_batches=50,
     pretrained=True,
     notes=("Paper protocol (METHOD.md section 9): ImageNet-pretrained backbones, 224 px.",),
 )
@@ -226,6 +243,7 @@ ABLATIONS = GridConfig(
     models=("resnet18",),
     methods=("fq-baq",),
     seeds=(0, 1, 2, 3, 4),
+    calib_batches=10,
     sweeps=(
         ("lambda_bits", (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
         ("lambda_fair", (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)),

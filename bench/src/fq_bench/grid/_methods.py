@@ -191,4 +191,9 @@ METHODS: dict[str, Callable[[CellContext], MethodOutput]] = {
 """Method id -> runner; the ids are :data:`fq_bench.grid._config.METHOD_IDS`."""
 
 #: Methods that need group-conditioned calibration, and with which grouping.
-CALIBRATION_GROUPING: dict[str, str] = {"lin": "type", "guo": "binary", "fq-qat": "type", "fq-baq": "type"}
+CALIBRATION_GROUPING: dict[str, str] = {
+    "lin": "type",
+    "guo": "binary",
+    "fq-qat": "type",
+    "fq-baq": "type",
+}

@@ -86,7 +86,9 @@ def build_model(
         if weights_dir is not None:
             path = Path(weights_dir) / f"{name}.safetensors"
             if not path.is_file():
-                raise FileNotFoundError(f"--weights {weights_dir}: expected {path} for model {name!r}")
+                raise FileNotFoundError(
+                    f"--weights {weights_dir}: expected {path} for model {name!r}"
+                )
             kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
     if "vit" in name or "deit" in name:
         kwargs["img_size"] = image_size

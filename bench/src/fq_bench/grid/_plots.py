@@ -40,9 +40,11 @@ def _panels(n: int, width: float = 5.0, height: float = 3.6):
 def frontier(cells: pl.DataFrame, path: Path) -> Path:
     """Average bits (log2 axis) vs worst-group accuracy, one marker per method (mean ± std)."""
     t1 = cells.filter(pl.col("variant") == "")
-    pairs = list(dict.fromkeys(zip(t1["dataset_label"].to_list(), t1["model_label"].to_list())))
+    pairs = list(
+        dict.fromkeys(zip(t1["dataset_label"].to_list(), t1["model_label"].to_list(), strict=False))
+    )
     fig, axes = _panels(len(pairs))
-    for ax, (ds, mo) in zip(axes, pairs):
+    for ax, (ds, mo) in zip(axes, pairs, strict=False):
         part = t1.filter((pl.col("dataset_label") == ds) & (pl.col("model_label") == mo))
         for i, meth in enumerate(m for m in METHOD_IDS if m in part["method"].to_list()):
             p = part.filter(pl.col("method") == meth)
@@ -74,14 +76,20 @@ def group_bars(cells_raw: Sequence[tuple[CellKey, dict[str, Any]]], path: Path) 
         names[pair] = res["group_names"]
         labels[key.method] = res["labels"]["method"]
     fig, axes = _panels(max(len(per), 1), width=6.0)
-    for ax, (pair, by) in zip(axes, per.items()):
+    for ax, (pair, by) in zip(axes, per.items(), strict=False):
         methods = [m for m in METHOD_IDS if m in by]
         groups = names[pair]
         width = 0.8 / max(len(methods), 1)
         xs = np.arange(len(groups))
         for i, meth in enumerate(methods):
             acc = 100 * np.nanmean(np.asarray(by[meth], dtype=np.float64), axis=0)
-            ax.bar(xs + (i - (len(methods) - 1) / 2) * width, acc, width, label=labels[meth], color=f"C{i}")
+            ax.bar(
+                xs + (i - (len(methods) - 1) / 2) * width,
+                acc,
+                width,
+                label=labels[meth],
+                color=f"C{i}",
+            )
         ax.set_xticks(xs, groups)
         ax.set_xlabel("group")
         ax.set_ylabel("accuracy (%)")
@@ -103,7 +111,7 @@ def baq_bits(cells_raw: Sequence[tuple[CellKey, dict[str, Any]]], path: Path) ->
         return None
     plt = _plt()
     fig, axes = plt.subplots(len(per), 1, figsize=(10, 3.2 * len(per)), squeeze=False)
-    for ax, (pair, layers) in zip(axes[:, 0], per.items()):
+    for ax, (pair, layers) in zip(axes[:, 0], per.items(), strict=False):
         names = list(layers)
         ax.bar(np.arange(len(names)), [float(np.mean(layers[n])) for n in names], color="C6")
         ax.set_xticks(np.arange(len(names)), names, rotation=90, fontsize=6)
@@ -119,20 +127,33 @@ def ablation_plots(cells: pl.DataFrame, root: Path) -> list[Path]:
 
     ab = cells.filter(pl.col("variant") != "").with_columns(
         pl.col("variant").str.split_exact("=", 1).struct.field("field_0").alias("field"),
-        pl.col("variant").str.split_exact("=", 1).struct.field("field_1").cast(pl.Float64).alias("value"),
+        pl.col("variant")
+        .str.split_exact("=", 1)
+        .struct.field("field_1")
+        .cast(pl.Float64)
+        .alias("value"),
     )
     out = []
     plt = _plt()
     for ds in dict.fromkeys(ab["dataset"].to_list()):
         part = ab.filter(pl.col("dataset") == ds)
         fields = list(dict.fromkeys(part["field"].to_list()))
-        metrics = (("avg_acc", "AvgAcc (%)", 100), ("worst_acc", "WorstAcc (%)", 100), ("eodd", "EOdd", 1))
-        fig, axes = plt.subplots(len(metrics), len(fields), figsize=(4.2 * len(fields), 8), squeeze=False)
+        metrics = (
+            ("avg_acc", "AvgAcc (%)", 100),
+            ("worst_acc", "WorstAcc (%)", 100),
+            ("eodd", "EOdd", 1),
+        )
+        fig, axes = plt.subplots(
+            len(metrics), len(fields), figsize=(4.2 * len(fields), 8), squeeze=False
+        )
         for j, f in enumerate(fields):
             pf = part.filter(pl.col("field") == f)
             values = sorted(set(pf["value"].to_list()))
             for i, (m, label, scale) in enumerate(metrics):
-                stats = [seed_summary(scale * pf.filter(pl.col("value") == v)[m].to_numpy()) for v in values]
+                stats = [
+                    seed_summary(scale * pf.filter(pl.col("value") == v)[m].to_numpy())
+                    for v in values
+                ]
                 mean = np.array([s.mean for s in stats])
                 lo = np.array([s.ci95_low for s in stats])
                 hi = np.array([s.ci95_high for s in stats])
@@ -144,12 +165,16 @@ def ablation_plots(cells: pl.DataFrame, root: Path) -> list[Path]:
                 ax.set_xlabel(f)
                 ax.set_ylabel(label)
                 ax.grid(alpha=0.3)
-        fig.suptitle(f"{part['dataset_label'][0]} {part['model_label'][0]}: FQ-BAQ ablations (95% CI)")
+        fig.suptitle(
+            f"{part['dataset_label'][0]} {part['model_label'][0]}: FQ-BAQ ablations (95% CI)"
+        )
         out.append(_save(fig, root / f"ablation_{ds}.png"))
     return out
 
 
-def make_plots(root: Path, cells: pl.DataFrame, cells_raw: Sequence[tuple[CellKey, dict[str, Any]]]) -> list[Path]:
+def make_plots(
+    root: Path, cells: pl.DataFrame, cells_raw: Sequence[tuple[CellKey, dict[str, Any]]]
+) -> list[Path]:
     """Write every plot that the finished cells support; returns their paths."""
     made = []
     if not cells.filter(pl.col("variant") == "").is_empty():

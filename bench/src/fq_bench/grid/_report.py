@@ -62,7 +62,12 @@ def cells_frame(cells: Iterable[tuple[CellKey, dict[str, Any]]]) -> pl.DataFrame
 
 def _std(col: str) -> pl.Expr:
     # sample std; NaN (not 0, not null) when a single seed leaves it undefined
-    return pl.when(pl.len() > 1).then(pl.col(col).std(ddof=1)).otherwise(float("nan")).alias(f"{col}_std")
+    return (
+        pl.when(pl.len() > 1)
+        .then(pl.col(col).std(ddof=1))
+        .otherwise(float("nan"))
+        .alias(f"{col}_std")
+    )
 
 
 def summary_frame(cells: pl.DataFrame) -> pl.DataFrame:
@@ -83,9 +88,13 @@ def summary_frame(cells: pl.DataFrame) -> pl.DataFrame:
     var_field = pl.col("variant").str.split_exact("=", 1).struct.field("field_0")
     var_value = pl.col("variant").str.split_exact("=", 1).struct.field("field_1").cast(pl.Float64)
     agg = agg.with_columns(
-        pl.col("dataset").replace_strict({d: i for i, d in enumerate(DATASETS)}, default=99).alias("_d"),
+        pl.col("dataset")
+        .replace_strict({d: i for i, d in enumerate(DATASETS)}, default=99)
+        .alias("_d"),
         pl.col("model").replace_strict(model_order, default=99).alias("_m"),
-        pl.col("method").replace_strict({m: i for i, m in enumerate(METHOD_IDS)}, default=99).alias("_k"),
+        pl.col("method")
+        .replace_strict({m: i for i, m in enumerate(METHOD_IDS)}, default=99)
+        .alias("_k"),
         var_field.fill_null("").alias("_vf"),
         var_value.fill_null(0.0).alias("_vv"),
     )
@@ -138,7 +147,13 @@ def to_csv(summary: pl.DataFrame) -> str:
 
 
 def _tex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+    ):
         text = text.replace(a, b)
     return text
 
@@ -148,7 +163,13 @@ def to_latex(summary: pl.DataFrame, *, caption: str = "") -> str:
     header, rows = _rows(summary)
     n_text = 4 if "Variant" in header else 3
     spec = "l" * n_text + "r" * (len(header) - n_text)
-    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+    ]
     out.append(" & ".join(_tex_escape(h) for h in header) + r" \\")
     out.append(r"\midrule")
     for r in rows:

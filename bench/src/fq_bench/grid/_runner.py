@@ -173,7 +173,9 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
         from fq_bench.data import load_isic2019
 
         dd = load_isic2019(source, seed=0)
-    loaders = make_loaders(dd, image_size=config.image_size, batch_size=config.batch_size, train=True, seed=0)
+    loaders = make_loaders(
+        dd, image_size=config.image_size, batch_size=config.batch_size, train=True, seed=0
+    )
     mapping, names = binary_grouping(loaders.group_names)
     train_groups = torch.as_tensor(np.asarray(dd["train"]["group"], dtype=np.int64))
     binary = torch.tensor(mapping)[train_groups]
@@ -204,7 +206,9 @@ def predict(model: torch.nn.Module, loader: Any, device: torch.device) -> tuple[
     return tuple(torch.cat(t).numpy() for t in (ys, ps, gs))
 
 
-def evaluate(out: MethodOutput, data: DataBundle, config: GridConfig, device: torch.device) -> dict[str, Any]:
+def evaluate(
+    out: MethodOutput, data: DataBundle, config: GridConfig, device: torch.device
+) -> dict[str, Any]:
     """Fairness and cost of ``out.model`` on the test split (METHOD.md sections 7 and 8)."""
     from fq_fairmetrics import cost_report, group_report
     from fq_fairmetrics.torch import layer_costs
@@ -214,7 +218,11 @@ def evaluate(out: MethodOutput, data: DataBundle, config: GridConfig, device: to
     y, p, g = predict(model, data.loaders.test, device)
     n_groups = len(data.loaders.group_names)
     rep = group_report(
-        y, p, sensitive_features=g, n_classes=data.loaders.num_classes, group_names=list(range(n_groups))
+        y,
+        p,
+        sensitive_features=g,
+        n_classes=data.loaders.num_classes,
+        group_names=list(range(n_groups)),
     )
     x = torch.zeros(1, 3, config.image_size, config.image_size, device=device)
     layers = layer_costs(model, x, out.assignment)
@@ -258,10 +266,14 @@ class RunPaths:
         return self.root / "checkpoints" / f"{dataset}__{model}__s{seed}.safetensors"
 
     def calibration(self, dataset: str, model: str, seed: int, grouping: str) -> Path:
-        return self.root / "calibration" / f"{dataset}__{model}__s{seed}__grape-{grouping}.safetensors"
+        return (
+            self.root / "calibration" / f"{dataset}__{model}__s{seed}__grape-{grouping}.safetensors"
+        )
 
 
-def _fresh_model(config: GridConfig, name: str, data: DataBundle, *, pretrained: bool) -> torch.nn.Module:
+def _fresh_model(
+    config: GridConfig, name: str, data: DataBundle, *, pretrained: bool
+) -> torch.nn.Module:
     return build_model(
         name,
         num_classes=data.loaders.num_classes,
@@ -317,8 +329,16 @@ def fp32_state(
 class CalibrationCache:
     """``grape`` calibration of one FP32 model per grouping: memory, then disk, then computed."""
 
-    def __init__(self, config: GridConfig, paths: RunPaths, data: DataBundle, model_name: str, seed: int,
-                 state: dict[str, torch.Tensor], device: torch.device):
+    def __init__(
+        self,
+        config: GridConfig,
+        paths: RunPaths,
+        data: DataBundle,
+        model_name: str,
+        seed: int,
+        state: dict[str, torch.Tensor],
+        device: torch.device,
+    ):
         self.config, self.paths, self.data = config, paths, data
         self.model_name, self.seed, self.state, self.device = model_name, seed, state, device
         self.memory: dict[str, Any] = {}
@@ -437,7 +457,11 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
     store, paths = CellStore(out), RunPaths(root=out)
     fp = config.fingerprint()
     cells = shard_cells(grid_cells(config), *shard)
-    done = [c for c in cells if store.read(c, fingerprint=fp) is not None] if is_main_process() else None
+    done = (
+        [c for c in cells if store.read(c, fingerprint=fp) is not None]
+        if is_main_process()
+        else None
+    )
     done_ids = {c.id for c in _broadcast(done)}
     todo = [c for c in cells if c.id not in done_ids]
     summary = RunSummary(out=out, cells=cells, skipped=[c for c in cells if c.id in done_ids])
@@ -450,11 +474,15 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
     for dataset in dict.fromkeys(c.dataset for c in todo):
         bar.set_postfix_str(f"loading {dataset}")
         data = load_data(config, dataset)
-        for model_name, seed in dict.fromkeys((c.model, c.seed) for c in todo if c.dataset == dataset):
+        for model_name, seed in dict.fromkeys(
+            (c.model, c.seed) for c in todo if c.dataset == dataset
+        ):
             bar.set_postfix_str(f"FP32 {model_name} seed {seed}")
             state = fp32_state(config, paths, data, model_name, seed)
             calib = CalibrationCache(config, paths, data, model_name, seed, state, device)
-            for key in [c for c in todo if (c.dataset, c.model, c.seed) == (dataset, model_name, seed)]:
+            for key in [
+                c for c in todo if (c.dataset, c.model, c.seed) == (dataset, model_name, seed)
+            ]:
                 bar.set_postfix_str(key.id)
                 result = run_cell(key, config, data, state, calib, device)
                 if is_main_process():

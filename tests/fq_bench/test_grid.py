@@ -1,0 +1,244 @@
+"""The grid: cell keys, shards, the checksummed store, resume after SIGKILL, tables, CLI errors.
+
+End-to-end runs use ``tiny_cnn`` (two convs and a linear head) on 120 semi-synthetic images at
+16 px with one-epoch schedules, so a whole grid takes seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fq_bench.grid import (
+    DEFAULT,
+    CellKey,
+    CellStore,
+    GridConfig,
+    build_report,
+    grid_cells,
+    main,
+    parse_shard,
+    run_grid,
+    shard_cells,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_ARGS = [
+    "--models", "tiny_cnn", "--methods", "fp32", "u4", "fq-qat", "--seeds", "0",
+    "--image-size", "16", "--n-images", "120", "--batch-size", "32", "--fp32-epochs", "1",
+    "--epochs", "1", "--calib-batches", "2", "--no-progress", "--threads", "1",
+]  # fmt: skip
+TINY = DEFAULT.replace(
+    models=("tiny_cnn",),
+    methods=("fp32", "u4", "fq-qat"),
+    seeds=(0,),
+    image_size=16,
+    n_images=120,
+    batch_size=32,
+    fp32_epochs=1,
+    epochs=1,
+    calib_batches=2,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: two OpenMP threads on a shared 2-core machine spin against each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny grid run once, uninterrupted, in this process."""
+    out = tmp_path_factory.mktemp("full")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FQ_CACHE_DIR", str(tmp_path_factory.mktemp("cache_full")))
+        summary = run_grid(TINY, out)
+    assert [c.method for c in summary.computed] == ["fp32", "u4", "fq-qat"]
+    build_report(out)
+    return out
+
+
+def test_tiny_grid_end_to_end(full_run: Path) -> None:
+    store = CellStore(full_run)
+    cells = store.all()
+    assert sorted(k.method for k, _ in cells) == ["fp32", "fq-qat", "u4"]
+    for name in ("table.md", "table.csv", "table.tex", "frontier.png", "group_accuracy.png"):
+        assert (full_run / name).stat().st_size > 0, name
+    assert len(list((full_run / "checkpoints").glob("*.safetensors"))) == 1
+    assert len(list((full_run / "calibration").glob("*grape-type.safetensors"))) == 1
+    by = {k.method: r for k, r in cells}
+    assert by["fp32"]["cost"]["avg_bits"] == 32.0
+    assert by["u4"]["cost"]["avg_bits"] == 4.0
+    assert 2.0 < by["fq-qat"]["cost"]["avg_bits"] < 8.0
+    # paper_gops = 2 * MACs * bits / 32 / 1e9 and gbops = MACs * bits * 32 / 1e9 (uniform bits)
+    macs = by["u4"]["cost"]["macs"]
+    assert math.isclose(by["u4"]["cost"]["paper_gops"], 2 * macs * 4 / 32 / 1e9, rel_tol=1e-9)
+    assert math.isclose(by["fp32"]["cost"]["gbops"], macs * 32 * 32 / 1e9, rel_tol=1e-9)
+    for res in by.values():
+        accs = [a for a in res["group_acc"] if not math.isnan(a)]
+        assert math.isclose(res["metrics"]["avg_acc"], sum(accs) / len(accs), abs_tol=1e-12)
+        assert math.isclose(res["metrics"]["worst_acc"], min(accs), abs_tol=1e-12)
+        assert res["data"]["semisynthetic"] is True
+    # a second run finds every cell finished and computes nothing
+    again = run_grid(TINY, full_run)
+    assert again.computed == [] and len(again.skipped) == 3
+
+
+def _cli(out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "run_grid.py"),
+        *TINY_ARGS,
+        "--out",
+        str(out),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ)
+    )
+
+
+def test_sigkill_then_resume_gives_the_same_table(full_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    proc = _cli(out, "--no-plots")
+    deadline = time.monotonic() + 120
+    while not list(out.glob("cells/*.json")):
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    finished = len(list((out / "cells").glob("*.json")))
+    assert 1 <= finished <= 3
+    proc = _cli(out, "--no-plots")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert f"{3 - finished} cell(s) computed, {finished} reused" in stdout.decode()
+    assert (out / "table.csv").read_text() == (full_run / "table.csv").read_text()
+    assert (out / "table.md").read_text() == (full_run / "table.md").read_text()
+
+
+def test_union_of_shards_is_the_grid(full_run: Path, tmp_path: Path) -> None:
+    config = DEFAULT.replace(
+        datasets=("fitzpatrick17k", "isic2019"), models=("a", "b"), seeds=(0, 1, 2)
+    )
+    cells = grid_cells(config)
+    assert len(cells) == 2 * 2 * 7 * 3 == len({c.id for c in cells})
+    for n in (1, 2, 5):
+        shards = [shard_cells(cells, i, n) for i in range(n)]
+        ids = [c.id for s in shards for c in s]
+        assert sorted(ids) == sorted(c.id for c in cells)  # a partition: no cell twice, none lost
+        assert shard_cells(list(reversed(cells)), 0, n) == list(reversed(shards[0]))
+    # two shards run into one folder give the uninterrupted table
+    out = tmp_path / "sharded"
+    done = [run_grid(TINY, out, shard=(i, 2)).computed for i in range(2)]
+    assert sorted(len(d) for d in done) == [1, 2]
+    build_report(out, plots=False)
+    assert (out / "table.csv").read_text() == (full_run / "table.csv").read_text()
+
+
+def test_corrupt_cell_is_recomputed(full_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(full_run, out)
+    key = CellKey(dataset="fitzpatrick17k", model="tiny_cnn", method="u4", seed=0)
+    path = CellStore(out).path(key)
+    path.write_bytes(path.read_bytes()[:-40])  # a partial write
+    assert CellStore(out).read(key) is None
+    edited = CellStore(out).path(
+        CellKey(dataset="fitzpatrick17k", model="tiny_cnn", method="fp32", seed=0)
+    )
+    edited.write_text(edited.read_text().replace('"avg_bits": 32.0', '"avg_bits": 31.0'))
+    summary = run_grid(TINY, out)
+    assert sorted(c.method for c in summary.computed) == ["fp32", "u4"]
+    build_report(out, plots=False)
+    assert (out / "table.csv").read_text() == (full_run / "table.csv").read_text()
+
+
+def _hand_cell(method: str, label: str, seed: int, acc: tuple[float, float], bits: float) -> dict:
+    return {
+        "metrics": {
+            "avg_acc": sum(acc) / 2, "worst_acc": min(acc), "gap": abs(acc[0] - acc[1]),
+            "eopp0": 0.01 * (seed + 1), "eodd": 0.1 * (seed + 1),
+        },
+        "cost": {"avg_bits": bits, "gbops": 2.0 * bits, "paper_gops": 0.01 * bits},
+        "labels": {"dataset": "FitzP.", "model": "ResNet18", "method": label},
+        "group_names": ["1", "2"], "group_acc": list(acc), "group_n": [5, 5],
+        "layer_bits": [], "data": {"semisynthetic": True},
+    }  # fmt: skip
+
+
+def test_table_format_against_hand_made_cells(tmp_path: Path) -> None:
+    store = CellStore(tmp_path)
+    cells = [
+        # FQ-QAT, seeds 0 and 1: AvgAcc (0.5+0.7)/2 = 0.6 and (0.6+0.8)/2 = 0.7 -> 65.00 ± 7.07
+        # (sample std of {60, 70} = 10/sqrt(2) = 7.071); WorstAcc {50, 60} -> 55.00 ± 7.07;
+        # Gap {20, 20} -> 20.00 ± 0.00; EOpp0 {0.01, 0.02} -> 0.015 ± 0.007; EOdd {0.1, 0.2}
+        # -> 0.150 ± 0.071; bits 5 in both seeds -> no spread shown for the cost columns
+        ("fq-qat", "FQ-QAT", 0, (0.5, 0.7), 5.0),
+        ("fq-qat", "FQ-QAT", 1, (0.6, 0.8), 5.0),
+        # FP32 with one seed: no std at all
+        ("fp32", "FP32", 0, (0.75, 0.25), 32.0),
+    ]
+    for method, label, seed, acc, bits in cells:
+        key = CellKey(dataset="fitzpatrick17k", model="resnet18", method=method, seed=seed)
+        store.write(key, _hand_cell(method, label, seed, acc, bits), fingerprint="x")
+    report = build_report(tmp_path, plots=False)
+    assert report.markdown == (
+        "| Dataset | Model | Method | AvgBits | GBOPs | GBOPs (true) | AvgAcc | WorstAcc | Gap | EOpp0 | EOdd | Seeds |\n"
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        "| FitzP. | ResNet18 | FP32 | 32.00 | 0.320 | 64.00 | 50.00 | 25.00 | 50.00 | 0.010 | 0.100 | 1 |\n"
+        "| FitzP. | ResNet18 | FQ-QAT | 5.00 | 0.050 | 10.00 | 65.00 ± 7.07 | 55.00 ± 7.07 | 20.00 ± 0.00 | 0.015 ± 0.007 | 0.150 ± 0.071 | 2 |\n"
+    )  # fmt: skip
+    header, fp32, qat = report.csv.splitlines()
+    assert header == (
+        "dataset,model,method,variant,dataset_label,model_label,method_label,n_seeds,"
+        "avg_bits_mean,avg_bits_std,paper_gops_mean,paper_gops_std,gbops_mean,gbops_std,"
+        "avg_acc_mean,avg_acc_std,worst_acc_mean,worst_acc_std,gap_mean,gap_std,"
+        "eopp0_mean,eopp0_std,eodd_mean,eodd_std"
+    )
+    assert fp32 == (
+        'fitzpatrick17k,resnet18,fp32,"",FitzP.,ResNet18,FP32,1,32.000000,NaN,0.320000,NaN,'
+        "64.000000,NaN,0.500000,NaN,0.250000,NaN,0.500000,NaN,0.010000,NaN,0.100000,NaN"
+    )
+    assert qat == (
+        'fitzpatrick17k,resnet18,fq-qat,"",FitzP.,ResNet18,FQ-QAT,2,5.000000,0.000000,0.050000,'
+        "0.000000,10.000000,0.000000,0.650000,0.070711,0.550000,0.070711,0.200000,0.000000,"
+        "0.015000,0.007071,0.150000,0.070711"
+    )
+    assert r"65.00$\pm$7.07" in report.latex
+    assert (tmp_path / "table.md").read_text().endswith(report.markdown)
+    assert "SEMI-SYNTHETIC" in report.text()
+
+
+def test_typos_are_errors_listing_valid_names(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--methods", "fp32", "fq-bq"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "fq-bq" in err and "'fq-baq'" in err and "'lin'" in err
+    with pytest.raises(SystemExit):
+        main(["--models", "resnt18", "--no-progress"])
+    err = capsys.readouterr().err
+    assert "resnt18" in err and "resnet18" in err and "tiny_vit_5m_224" in err
+    with pytest.raises(ValueError, match="valid names: fp32, u8, u4, lin, guo, fq-qat, fq-baq"):
+        GridConfig(methods=("fp32", "U4"))
+    with pytest.raises(SystemExit):
+        main(["--sweep", "lambda_bit=0.1,1", "--no-progress"])
+    assert "lambda_bits" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="0 <= i < n"):
+        parse_shard("2/2")
