@@ -136,7 +136,7 @@ def test_union_of_shards_is_the_grid(full_run: Path, tmp_path: Path) -> None:
         datasets=("fitzpatrick17k", "isic2019"), models=("a", "b"), seeds=(0, 1, 2)
     )
     cells = grid_cells(config)
-    assert len(cells) == 2 * 2 * 7 * 3 == len({c.id for c in cells})
+    assert len(cells) == 2 * 2 * 8 * 3 == len({c.id for c in cells})
     for n in (1, 2, 5):
         shards = [shard_cells(cells, i, n) for i in range(n)]
         ids = [c.id for s in shards for c in s]
@@ -235,7 +235,7 @@ def test_typos_are_errors_listing_valid_names(capsys: pytest.CaptureFixture[str]
         main(["--models", "resnt18", "--no-progress"])
     err = capsys.readouterr().err
     assert "resnt18" in err and "resnet18" in err and "tiny_vit_5m_224" in err
-    with pytest.raises(ValueError, match="valid names: fp32, u8, u4, lin, guo, fq-qat, fq-baq"):
+    with pytest.raises(ValueError, match="valid names: fp32, u8, u4, u3, lin, guo, fq-qat, fq-baq"):
         GridConfig(methods=("fp32", "U4"))
     with pytest.raises(SystemExit):
         main(["--sweep", "lambda_bit=0.1,1", "--no-progress"])

@@ -23,6 +23,7 @@ FIELD_HELP: dict[str, str] = {
     "seeds": "training seeds [ints]",
     "image_size": "input resolution [px]",
     "n_images": "rows of semi-synthetic data, train + test (real data: ignored)",
+    "test_fraction": "share of rows held out for testing (stratified by label x group)",
     "batch_size": "images per batch",
     "fp32_epochs": "epochs of the FP32 reference training",
     "epochs": "epochs of each QAT / BAQ fine-tune",

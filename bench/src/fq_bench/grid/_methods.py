@@ -183,6 +183,7 @@ METHODS: dict[str, Callable[[CellContext], MethodOutput]] = {
     "fp32": run_fp32,
     "u8": _uniform(8),
     "u4": _uniform(4),
+    "u3": _uniform(3),
     "lin": run_lin,
     "guo": run_guo,
     "fq-qat": run_fq_qat,

@@ -191,7 +191,7 @@ def observations(summary: pl.DataFrame) -> list[str]:
             continue
         ref = by["fp32"]
         bits = []
-        for meth in ("u8", "u4", "lin", "guo", "fq-qat", "fq-baq"):
+        for meth in METHOD_IDS[1:]:
             if meth in by:
                 r = by[meth]
                 dw = 100 * (r["worst_acc_mean"] - ref["worst_acc_mean"])

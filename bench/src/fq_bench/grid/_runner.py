@@ -164,15 +164,21 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
     if source == "semisynthetic":
         from fq_bench.data import load_semisynthetic
 
-        dd = load_semisynthetic(dataset, n=config.n_images, image_size=config.image_size, seed=0)
+        dd = load_semisynthetic(
+            dataset,
+            n=config.n_images,
+            image_size=config.image_size,
+            seed=0,
+            test_fraction=config.test_fraction,
+        )
     elif dataset == "fitzpatrick17k":
         from fq_bench.data import load_fitzpatrick17k
 
-        dd = load_fitzpatrick17k(source, seed=0)
+        dd = load_fitzpatrick17k(source, seed=0, test_fraction=config.test_fraction)
     else:
         from fq_bench.data import load_isic2019
 
-        dd = load_isic2019(source, seed=0)
+        dd = load_isic2019(source, seed=0, test_fraction=config.test_fraction)
     loaders = make_loaders(
         dd, image_size=config.image_size, batch_size=config.batch_size, train=True, seed=0
     )
