@@ -6,11 +6,12 @@ import contextlib
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import datasets
+
+from .._io import atomic_write_bytes
 
 SEMISYNTHETIC_MARKER = "semi-synthetic"
 """The plain words every semi-synthetic dataset carries in ``Dataset.info.description``."""
@@ -39,19 +40,6 @@ def default_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
         return Path(cache_dir)
     env = os.environ.get("FQ_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "fq_bench"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
