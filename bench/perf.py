@@ -120,13 +120,19 @@ def fig_calibration(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     )
     out = []
     for row in r["rows"]:
+        # Only the strategy calibrate() uses by default is held to the target; the others are the
+        # alternatives the issue asked to measure side by side.
+        default = row["strategy"] == "fused"
+        role = "default" if default else "comparison"
         out.append(
             Figure(
                 figure=f"calibration per batch / plain fwd+bwd, {row['groups']} groups",
-                setting=f"resnet18 {s.image_size} px batch {s.batch}, grape, {row['strategy']} per-group grads",
-                value=f"{row['ratio']:.2f} ({row['calibrate_s'] * 1e3:.0f} / {row['plain_s'] * 1e3:.0f} ms)",
-                target=f"<= {row['target_ratio']:.1f}",
-                ok=row["ratio"] <= row["target_ratio"],
+                setting=f"resnet18 {s.image_size} px batch {s.batch}, grape, "
+                f"{row['strategy']} per-group grads ({role})",
+                value=f"{row['ratio']:.2f} ({row['calibrate_s'] * 1e3:.0f} / "
+                f"{row['plain_s'] * 1e3:.0f} ms)",
+                target=f"<= {row['target_ratio']:.1f}" if default else "-",
+                ok=row["ratio"] <= row["target_ratio"] if default else None,
             )
         )
     return out
