@@ -159,7 +159,7 @@ def fig_allocation(s: Settings, cache: dict[str, Any]) -> list[Figure]:
 def fig_loading(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     from fq_bench.data import measure_loading_time
 
-    size, batch = (64, 64) if s.device == "cpu" else (s.image_size, s.batch)
+    size, batch = s.image_size, s.batch  # the same batch as the step it is compared with
     t = measure_loading_time(image_size=size, batch_size=batch)
     step = cache.get("fp32_step_s")
     if step is None:
