@@ -197,3 +197,44 @@ def test_fairness_inputs_may_be_cpu_torch_tensors():
     acc = FairnessAccumulator(n_classes=2)
     acc.update(y, logits, sensitive_features=g)
     assert acc.compute().metrics() == r.metrics()
+
+
+class _SelfAttention(nn.Module):
+    """``nn.MultiheadAttention`` called three ways: positional, by keyword, and on the fast path."""
+
+    def __init__(self, embed: int = 8, how: str = "positional"):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(embed, 2, batch_first=True)
+        self.head = nn.Linear(embed, 3)
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "positional":
+            y, _ = self.attn(x, x, x)
+        elif self.how == "keyword":
+            y, _ = self.attn(query=x, key=x, value=x)
+        else:  # need_weights=False in eval + no_grad takes torch's fused fast path
+            y, _ = self.attn(x, x, x, need_weights=False)
+        return self.head(y.mean(1))
+
+
+@pytest.mark.parametrize("how", ["positional", "keyword", "fast"])
+def test_multihead_attention_out_proj_counts_every_token(how):
+    # out_proj is applied by F.multi_head_attention_forward (or the fused kernel), never called as a
+    # module: it must still count tokens * E * E per sample. T = 5 tokens, E = 8.
+    model = _SelfAttention(how=how)
+    costs = {c.name: c.macs for c in layer_costs(model, torch.randn(4, 5, 8))}
+    assert costs == {"attn.out_proj": 5 * 8 * 8, "head": 8 * 3}
+
+
+def test_torchvision_vit_by_hand():
+    # A 2-layer torchvision ViT: 32 px, 8 px patches -> 16 patches + class token = 17 tokens,
+    # hidden 16, MLP 32, 3 classes. Hand count per sample (in_proj_weight is not a layer):
+    #   conv_proj 16 * (3*8*8) * 16; per layer out_proj 17*16*16, MLP 17*16*32 + 17*32*16; head 16*3
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+        num_classes=3,
+    )  # fmt: skip
+    total = sum(c.macs for c in layer_costs(vit, torch.randn(2, 3, 32, 32)))
+    per_layer = 17 * 16 * 16 + 17 * 16 * 32 + 17 * 32 * 16
+    assert total == 16 * 3 * 8 * 8 * 16 + 2 * per_layer + 16 * 3

@@ -73,9 +73,10 @@ def layer_costs(
     MACs are per sample: measured by forward hooks on one pass of ``example_input`` (batch on dim
     0 of its first tensor) and divided by the batch size. Conv: ``H_out*W_out*(C_in/groups)*C_out
     *kh*kw``; Linear: ``(numel(input)/in_features) * in * out`` (every token counts). A layer used
-    twice counts twice; a layer never called (or called through ``F.linear`` by its parent, as
-    ``nn.MultiheadAttention`` does with ``out_proj``) gets 0 MACs. Attention matmuls are not
-    layers and are not counted.
+    twice counts twice; a layer never called gets 0 MACs. ``nn.MultiheadAttention`` applies its
+    ``out_proj`` without calling it: that layer is counted from the attention's query shape
+    (``tokens * E * E``). Its input projection is a bare parameter (``in_proj_weight``), not a
+    layer, and the attention matmuls are not layers: neither is counted.
 
     The pass runs under ``torch.no_grad()`` in eval mode; each module's training flag is
     restored afterwards. The model and input stay on the caller's device.
@@ -118,8 +119,30 @@ def layer_costs(
 
         return hook
 
+    def mha_hooks(out_name: str, embed: int):
+        """``nn.MultiheadAttention`` applies ``out_proj`` without calling it: count it here."""
+        before: list[int] = []
+
+        def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            before.append(macs[out_name])
+
+        def post(
+            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+        ) -> None:
+            query = args[0] if args else kwargs["query"]
+            if macs[out_name] == before.pop():  # out_proj's own hook did not fire
+                macs[out_name] += (query.numel() // embed) * embed * embed
+
+        return pre, post
+
     modes = {m: m.training for m in model.modules()}
     handles = [m.register_forward_hook(hook_for(n)) for n, m in layers.items()]
+    for name, m in model.named_modules():
+        out_name = f"{name}.out_proj" if name else "out_proj"
+        if isinstance(m, nn.MultiheadAttention) and out_name in layers:
+            pre, post = mha_hooks(out_name, m.embed_dim)
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(post, with_kwargs=True))
     try:
         model.eval()
         with torch.no_grad():
