@@ -49,6 +49,29 @@ def _state():
     return PartialState()
 
 
+def init_processes(config: GridConfig) -> None:
+    """Initialize accelerate's process state before anything else asks for it.
+
+    On a machine without CUDA, accelerate only joins the processes of a ``torchrun`` /
+    ``accelerate launch --multi_gpu`` launch (gloo) when the state is created with ``cpu=True``;
+    created without it, every process believes it is alone and the main process, so all of them
+    would write every file. Raises ``RuntimeError`` when the launcher started several processes
+    (``WORLD_SIZE``) but accelerate did not join them.
+    """
+    import os
+
+    from accelerate import PartialState
+
+    state = PartialState(cpu=bool(config.cpu) or not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and state.num_processes != launched:
+        raise RuntimeError(
+            f"the launcher started WORLD_SIZE={launched} processes but accelerate joined "
+            f"{state.num_processes} ({state.distributed_type}); on CPU launch with "
+            "`accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`"
+        )
+
+
 def is_main_process() -> bool:
     return _state().is_main_process
 
@@ -318,6 +341,10 @@ def fp32_state(
     t0 = time.perf_counter()
     res = FP32Trainer(model, cfg).fit(data.reseed(s))
     state = {k: v.detach().cpu() for k, v in res.model.state_dict().items()}
+    # DDP keeps the parameters equal on every process, but not the BatchNorm running statistics
+    # (each process updates them from its own share of the last batch): every process continues
+    # from the main process's state, the one saved below.
+    state = _broadcast(state)
     if is_main_process():
         info = {
             "dataset": data.name,
@@ -352,34 +379,40 @@ class CalibrationCache:
     def __call__(self, grouping: str) -> Any:
         if grouping in self.memory:
             return self.memory[grouping]
-        from fq_importance import calibrate
 
         fp = self.config.fingerprint(CALIBRATION_FIELDS)
         path = self.paths.calibration(self.data.name, self.model_name, self.seed, grouping)
         gi = load_group_importance(path, fingerprint=fp) if is_main_process() else None
         gi = _broadcast(gi)
         if gi is None:
-            s = stable_seed("calib", self.data.name, self.model_name, self.seed, grouping)
-            with torch.random.fork_rng(devices=[]):
-                seed_everything(s)
-                model = _fresh_model(self.config, self.model_name, self.data, pretrained=False)
-                model.load_state_dict(self.state)
-                model.to(self.device)
-                loader: Any = self.data.reseed(s)
-                if grouping == "binary":
-                    loader = RemapGroups(loader, self.data.binary_map)
-                gi = calibrate(
-                    model,
-                    Batches(loader, self.config.calib_batches),
-                    metric="grape",
-                    batches=self.config.calib_batches,
-                    device=self.device,
-                    progress=False,
-                )
-            if is_main_process():
-                save_group_importance(path, gi, fingerprint=fp, extra={"grouping": grouping})
-            _barrier()
+            # computed by the main process alone and broadcast: every process must allocate the
+            # same bits, or DDP would average gradients of differently quantized models
+            gi = self._compute(grouping, path, fp) if is_main_process() else None
+            gi = _broadcast(gi)
         self.memory[grouping] = gi
+        return gi
+
+    def _compute(self, grouping: str, path: Path, fp: str) -> Any:
+        from fq_importance import calibrate
+
+        s = stable_seed("calib", self.data.name, self.model_name, self.seed, grouping)
+        with torch.random.fork_rng(devices=[]):
+            seed_everything(s)
+            model = _fresh_model(self.config, self.model_name, self.data, pretrained=False)
+            model.load_state_dict(self.state)
+            model.to(self.device)
+            loader: Any = self.data.reseed(s)
+            if grouping == "binary":
+                loader = RemapGroups(loader, self.data.binary_map)
+            gi = calibrate(
+                model,
+                Batches(loader, self.config.calib_batches),
+                metric="grape",
+                batches=self.config.calib_batches,
+                device=self.device,
+                progress=False,
+            )
+        save_group_importance(path, gi, fingerprint=fp, extra={"grouping": grouping})
         return gi
 
 
@@ -449,7 +482,10 @@ class RunSummary:
 
 
 def _device(config: GridConfig) -> torch.device:
-    return torch.device("cpu") if config.cpu else _state().device
+    # accelerate names the CPU ``cpu:0`` under a multi-process CPU launch, while tensors moved
+    # there report plain ``cpu`` (and fq_importance.calibrate compares the two strictly)
+    device = _state().device
+    return torch.device("cpu") if config.cpu or device.type == "cpu" else device
 
 
 def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0, 1)) -> RunSummary:
@@ -459,6 +495,7 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
     calibrations under ``out`` are reused. Does not build the report (see ``build_report``).
     """
     t_start = time.perf_counter()
+    init_processes(config)
     out = Path(out)
     store, paths = CellStore(out), RunPaths(root=out)
     fp = config.fingerprint()
@@ -479,7 +516,9 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
     bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=not show)
     for dataset in dict.fromkeys(c.dataset for c in todo):
         bar.set_postfix_str(f"loading {dataset}")
-        data = load_data(config, dataset)
+        # the main process first fills the on-disk data caches; the others then read them
+        with _state().main_process_first():
+            data = load_data(config, dataset)
         for model_name, seed in dict.fromkeys(
             (c.model, c.seed) for c in todo if c.dataset == dataset
         ):

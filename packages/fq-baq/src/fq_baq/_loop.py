@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import GradientAccumulationPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
 from fq_quant import BitAssignment
 from torch import nn
 from tqdm.auto import tqdm
@@ -98,10 +98,18 @@ class BAQResult:
 
 def make_accelerator(config: BAQConfig) -> Accelerator:
     """An ``Accelerator`` for ``config``; resets accelerate's process-global state when an earlier
-    trainer in this (non-distributed) process initialized it with other settings."""
+    trainer in this (non-distributed) process initialized it with other settings.
+
+    Under a multi-process launch each batch of the loader is split over the processes
+    (``split_batches=True``): the optimizer sees the same batch size and number of steps per
+    epoch as in one process, so N devices run the same recipe faster instead of a recipe with an
+    N times larger batch. The loader's batch size must then be divisible by N (accelerate raises
+    otherwise).
+    """
     kwargs = dict(
         mixed_precision=config.mixed_precision,
         cpu=config.cpu,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=config.grad_accum_steps, sync_with_dataloader=True
         ),
