@@ -12,8 +12,9 @@ only when the processes cooperate as the runner claims:
   independently from the semi-synthetic dataset);
 * each batch is split over the processes (each step sees ``batch_size / 2`` images, the two
   processes see different images, and each runs as many steps as one process would);
-* DDP keeps the trained parameters bit-identical on both processes, and the FP32 checkpoint on
-  disk holds exactly those parameters.
+* DDP keeps the trained parameters bit-identical on both processes, both processes quantize
+  with the same bits (FQ-QAT's come from the main process's calibration), and the FP32
+  checkpoint on disk holds exactly those parameters.
 
 Launched with ``--multi_gpu`` because ``accelerate launch --cpu --num_processes 2`` starts ONE
 process (accelerate leaves multi-CPU launches to mpirun); on a machine without CUDA the runner
@@ -82,7 +83,10 @@ WRAPPER = textwrap.dedent(
     def train(model, wrapping, config, loader, **kw):
         res = real_train(model, wrapping, config, loader, **kw)
         params = {n: digest(p) for n, p in res.model.named_parameters()}
-        rec["fits"].append({"kind": wrapping.kind, "params": params})
+        bits = {} if res.assignment is None else {
+            n: digest(b) for n, b in res.assignment.bits.items()
+        }
+        rec["fits"].append({"kind": wrapping.kind, "params": params, "bits": bits})
         return res
     trainers.train = train
 
@@ -204,6 +208,9 @@ def test_ddp_keeps_parameters_identical(launched) -> None:
     assert len(r0["fits"]) == 3
     for f0, f1 in zip(r0["fits"], r1["fits"], strict=True):
         assert f0["params"] == f1["params"], f0["kind"]
+        # FQ-QAT's bits come from the calibration: both processes must use the main's
+        assert f0["bits"] == f1["bits"], f0["kind"]
+    assert [bool(f["bits"]) for f in r0["fits"]] == [False, True, True]
     # the FP32 checkpoint holds those very parameters
     saved = load_file(out / "checkpoints" / "fitzpatrick17k__tiny_cnn__s0.safetensors")
     fp32 = next(f for f in r0["fits"] if f["kind"] == "fp32")["params"]
