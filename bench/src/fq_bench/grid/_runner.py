@@ -430,7 +430,11 @@ def run_cell(
     calibration: CalibrationCache,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Run one cell from the FP32 state; returns the JSON-able result."""
+    """Run one cell from the FP32 state; returns the JSON-able result.
+
+    Under several processes every process trains (the trainers split each batch over them), but
+    only the main process evaluates, on the whole test split, and the others return ``{}``.
+    """
     cfg = apply_override(config, key)
     s = stable_seed("cell", key.id)
     seed_everything(s)
@@ -447,6 +451,8 @@ def run_cell(
         seed=s,
     )
     out = METHODS[key.method](ctx)
+    if not is_main_process():
+        return {}
     result = evaluate(out, data, cfg, device)
     result.update(
         {
