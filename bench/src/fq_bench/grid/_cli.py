@@ -40,8 +40,8 @@ FIELD_HELP: dict[str, str] = {
     "baq_bits": "bit-widths of the FQ-BAQ warm-start allocation",
     "baq_warm_avg_bits": "parameter-weighted average bits of the FQ-BAQ warm start",
     "calib_batches": "calibration mini-batches (paper: 50)",
-    "pretrained": "start from ImageNet weights (timm hub, or --weights-dir)",
-    "weights_dir": "folder of <model>.safetensors ImageNet weights (offline --pretrained)",
+    "pretrained": "start from ImageNet weights (timm hub, or --weights DIR)",
+    "weights_dir": "folder of <model>.safetensors ImageNet weights (offline; implies --pretrained)",
     "mixed_precision": "accelerate mixed precision: no, fp16, bf16",
     "cpu": "force the CPU even when a GPU is present",
     "progress": "progress bars",
@@ -132,12 +132,19 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             except ValueError:
                 parser.error(f"--sweep {item!r}: values must be numbers")
         changes["sweeps"] = tuple(sweeps)
+    if changes.get("weights_dir") is not None and "pretrained" not in changes:
+        changes["pretrained"] = True  # --weights DIR means "start from these ImageNet weights"
     try:
         config = base.replace(**changes)
-        from ._models import check_model_names
+        from ._models import check_model_names, check_pretrained_sources
 
         check_model_names(config.models)
-    except (ValueError, TypeError) as exc:
+        # before any data is loaded: a missing weights file or an unreachable hub fails now,
+        # not after minutes of decoding images
+        check_pretrained_sources(
+            config.models, pretrained=config.pretrained, weights_dir=config.weights_dir
+        )
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         parser.error(str(exc))
     return config
 
@@ -183,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{len(summary.computed)} cell(s) computed, {len(summary.skipped)} reused; "
         f"wall {time.perf_counter() - t0:.1f} s; results in {out}/ "
-        f"(table.md, table.csv, table.tex, {', '.join(p.name for p in report.plots) or 'no plots'})"
+        f"({', '.join(report.tables)}, {', '.join(p.name for p in report.plots) or 'no plots'})"
     )
     return 0
 

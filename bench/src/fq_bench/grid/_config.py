@@ -177,6 +177,12 @@ class GridConfig:
             raise _fail("baq_warm_avg_bits", self.baq_warm_avg_bits, f"within {self.baq_bits}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise _fail("mixed_precision", self.mixed_precision, "'no', 'fp16', 'bf16'")
+        if self.weights_dir is not None and not self.pretrained:
+            raise _fail(
+                "weights_dir",
+                self.weights_dir,
+                "None unless pretrained=True (the folder holds the ImageNet weights it loads)",
+            )
         for ds, _src in self.data_sources:
             if ds not in DATASETS:
                 raise ValueError(
@@ -246,7 +252,10 @@ PAPER = GridConfig(
     lr=3e-5,
     calib_batches=50,
     pretrained=True,
-    notes=("Paper protocol (METHOD.md section 9): ImageNet-pretrained backbones, 224 px.",),
+    notes=(
+        "Paper protocol (METHOD.md section 9): ImageNet-pretrained backbones, 224 px, real images; "
+        "the Weights and Data lines above say what this run actually used.",
+    ),
 )
 
 ABLATIONS = GridConfig(
@@ -262,8 +271,9 @@ ABLATIONS = GridConfig(
         ("lr_bits", (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
     ),
     notes=(
-        "Ablations (Fig. 2): FQ-BAQ on ResNet18 sweeping lambda_bits, lambda_fair and the "
-        "bit-logit lr; 5 seeds, mean and 95% t-interval.",
+        "Ablations (Fig. 2): FQ-BAQ with one hyper-parameter swept at a time (lambda_bits, "
+        "lambda_fair, the bit-logit lr), the others at the run's values (the `ref` rows); "
+        "mean, sample std and 95% t-interval over seeds in ablation.md and ablation_<dataset>.png.",
     ),
 )
 

@@ -84,15 +84,20 @@ def build_model(
     if pretrained:
         kwargs["pretrained"] = True
         if weights_dir is not None:
-            path = Path(weights_dir) / f"{name}.safetensors"
+            path = weights_file(weights_dir, name)
             if not path.is_file():
                 raise FileNotFoundError(
                     f"--weights {weights_dir}: expected {path} for model {name!r}"
                 )
             kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-    if "vit" in name or "deit" in name:
-        kwargs["img_size"] = image_size
     try:
+        if "vit" in name or "deit" in name:
+            try:
+                return timm.create_model(name, img_size=image_size, **kwargs)
+            except TypeError as exc:
+                # TinyViT has no img_size argument (its stages adapt to any resolution)
+                if "img_size" not in str(exc):
+                    raise
         return timm.create_model(name, **kwargs)
     except Exception as exc:  # hub unreachable, file unreadable: say how to fix it
         if pretrained and weights_dir is None:
@@ -101,3 +106,72 @@ def build_model(
                 "--weights DIR holding <model>.safetensors, or --no-pretrained"
             ) from exc
         raise
+
+
+def weights_file(weights_dir: str | Path, name: str) -> Path:
+    """``weights_dir/<name>.safetensors``: the offline ImageNet weights of model ``name``."""
+    return Path(weights_dir) / f"{name}.safetensors"
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(name: str) -> bool:
+    """Whether timm would find ``name``'s default pretrained weights in the local HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        return False
+    repo = cfg.hf_hub_id
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else []
+    files += ["model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"]
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+
+
+def check_pretrained_sources(
+    models: tuple[str, ...], *, pretrained: bool, weights_dir: str | None
+) -> None:
+    """Fail fast, before any data is loaded, when ``pretrained`` weights cannot be had.
+
+    Checks that no custom model is asked for ImageNet weights, that ``weights_dir`` holds
+    ``<model>.safetensors`` for every model, and, without ``weights_dir``, that the Hugging Face
+    hub answers (3 s TCP connect to ``huggingface.co:443``; ``HF_HUB_OFFLINE=1`` counts as
+    unreachable) or the weights are already in the local HF cache. Raises ``ValueError`` or
+    ``FileNotFoundError`` (naming ``--weights``) otherwise; does nothing when not ``pretrained``.
+    """
+    if not pretrained:
+        return
+    custom = [m for m in models if m in CUSTOM_MODELS]
+    if custom:
+        raise ValueError(
+            f"pretrained=True but model(s) {custom} are custom models without ImageNet weights; "
+            "pass --no-pretrained or choose timm models"
+        )
+    if weights_dir is not None:
+        missing = [str(weights_file(weights_dir, m)) for m in models]
+        missing = [p for p in missing if not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"--weights {weights_dir}: missing {missing}; the folder must hold "
+                "<model>.safetensors for every model (a timm state_dict, any head)"
+            )
+        return
+    uncached = [m for m in models if not _hub_cached(m)]
+    if uncached and not _hub_reachable():
+        raise RuntimeError(
+            f"pretrained=True needs ImageNet weights for {uncached}, but the Hugging Face hub is "
+            "unreachable and they are not in the local cache; pass --weights DIR holding "
+            "<model>.safetensors (timm state_dicts), or --no-pretrained"
+        )

@@ -82,7 +82,9 @@ def group_bars(cells_raw: Sequence[tuple[CellKey, dict[str, Any]]], path: Path) 
         width = 0.8 / max(len(methods), 1)
         xs = np.arange(len(groups))
         for i, meth in enumerate(methods):
-            acc = 100 * np.nanmean(np.asarray(by[meth], dtype=np.float64), axis=0)
+            arr = np.asarray(by[meth], dtype=np.float64)  # [seeds, groups], NaN = no test image
+            seen = np.isfinite(arr).sum(axis=0)
+            acc = 100 * np.where(seen > 0, np.nansum(arr, axis=0) / np.maximum(seen, 1), np.nan)
             ax.bar(
                 xs + (i - (len(methods) - 1) / 2) * width,
                 acc,
@@ -121,61 +123,80 @@ def baq_bits(cells_raw: Sequence[tuple[CellKey, dict[str, Any]]], path: Path) ->
     return _save(fig, path)
 
 
-def ablation_plots(cells: pl.DataFrame, root: Path) -> list[Path]:
-    """Fig. 2 style: per dataset, metric rows x swept-field columns, mean and 95% t-band."""
-    from fq_fairmetrics import seed_summary
+#: Ablation figure rows: (metric id, axis label, scale, valid range in plotted units).
+ABLATION_METRICS: tuple[tuple[str, str, float, tuple[float, float]], ...] = (
+    ("avg_bits", "average bits per weight", 1.0, (0.0, 32.0)),
+    ("avg_acc", "AvgAcc (%)", 100.0, (0.0, 100.0)),
+    ("worst_acc", "WorstAcc (%)", 100.0, (0.0, 100.0)),
+    ("eodd", "EOdd", 1.0, (0.0, 2.0)),
+)
 
-    ab = cells.filter(pl.col("variant") != "").with_columns(
-        pl.col("variant").str.split_exact("=", 1).struct.field("field_0").alias("field"),
-        pl.col("variant")
-        .str.split_exact("=", 1)
-        .struct.field("field_1")
-        .cast(pl.Float64)
-        .alias("value"),
-    )
+
+def ablation_plots(ablation: pl.DataFrame, root: Path) -> list[Path]:
+    """Fig. 2 style, one PNG per dataset: metric rows x swept-field columns.
+
+    ``ablation``: :func:`fq_bench.grid._report.ablation_frame` (one row per swept value, with
+    mean and 95% t-interval). Each panel draws the mean over seeds (line and markers) and the
+    t-interval as a band; the run's own value of the field is a dashed vertical line (``ref``).
+    The y range is clipped to the metric's valid range (a t-interval over few seeds can extend
+    past it); a field swept over positive values spanning >= 10x gets a log x axis.
+    """
     out = []
     plt = _plt()
-    for ds in dict.fromkeys(ab["dataset"].to_list()):
-        part = ab.filter(pl.col("dataset") == ds)
+    for (ds,), part in ablation.group_by(["dataset"], maintain_order=True):
         fields = list(dict.fromkeys(part["field"].to_list()))
-        metrics = (
-            ("avg_acc", "AvgAcc (%)", 100),
-            ("worst_acc", "WorstAcc (%)", 100),
-            ("eodd", "EOdd", 1),
-        )
+        n_rows = len(ABLATION_METRICS)
         fig, axes = plt.subplots(
-            len(metrics), len(fields), figsize=(4.2 * len(fields), 8), squeeze=False
-        )
+            n_rows, len(fields), figsize=(4.0 * len(fields) + 0.6, 2.5 * n_rows),
+            squeeze=False, layout="constrained",
+        )  # fmt: skip
         for j, f in enumerate(fields):
-            pf = part.filter(pl.col("field") == f)
-            values = sorted(set(pf["value"].to_list()))
-            for i, (m, label, scale) in enumerate(metrics):
-                stats = [
-                    seed_summary(scale * pf.filter(pl.col("value") == v)[m].to_numpy())
-                    for v in values
-                ]
-                mean = np.array([s.mean for s in stats])
-                lo = np.array([s.ci95_low for s in stats])
-                hi = np.array([s.ci95_high for s in stats])
+            pf = part.filter(pl.col("field") == f).sort("value")
+            values = pf["value"].to_numpy()
+            refs = pf.filter(pl.col("ref"))["value"].to_list()
+            for i, (m, label, scale, (vmin, vmax)) in enumerate(ABLATION_METRICS):
+                mean = scale * pf[f"{m}_mean"].to_numpy()
+                lo = scale * pf[f"{m}_ci95_low"].to_numpy()
+                hi = scale * pf[f"{m}_ci95_high"].to_numpy()
                 ax = axes[i, j]
-                ax.plot(values, mean, "o-", color=f"C{i}")
-                ax.fill_between(values, lo, hi, color=f"C{i}", alpha=0.25)
-                if min(values) > 0:
+                ax.fill_between(values, lo, hi, color=f"C{i}", alpha=0.25, lw=0, label="95% CI")
+                ax.plot(values, mean, "o-", color=f"C{i}", ms=4, label="mean")
+                for r in refs:
+                    ax.axvline(r, color="0.4", ls="--", lw=1, label="ref")
+                if values.min() > 0 and values.max() >= 10 * values.min():
                     ax.set_xscale("log")
-                ax.set_xlabel(f)
+                finite = np.concatenate([x[np.isfinite(x)] for x in (mean, lo, hi)])
+                pad = 0.05 * max(float(np.ptp(finite)) if finite.size else 0.0, 1e-3 * vmax)
+                top = min(vmax, float(finite.max()) + pad) if finite.size else vmax
+                bottom = max(vmin, float(finite.min()) - pad) if finite.size else vmin
+                ax.set_ylim(bottom, top)
                 ax.set_ylabel(label)
+                ax.set_xlabel(f"{f} (swept)")
                 ax.grid(alpha=0.3)
+                if i == 0:
+                    ax.set_title(f)
+                    ax.legend(fontsize=7)
+        n = int(part["n_seeds"].max())
         fig.suptitle(
-            f"{part['dataset_label'][0]} {part['model_label'][0]}: FQ-BAQ ablations (95% CI)"
+            f"{part['dataset_label'][0]} {part['model_label'][0]}: FQ-BAQ ablations "
+            f"(mean and 95% t-interval over {n} seed{'s' if n != 1 else ''})"
         )
         out.append(_save(fig, root / f"ablation_{ds}.png"))
     return out
 
 
 def make_plots(
-    root: Path, cells: pl.DataFrame, cells_raw: Sequence[tuple[CellKey, dict[str, Any]]]
+    root: Path,
+    cells: pl.DataFrame,
+    cells_raw: Sequence[tuple[CellKey, dict[str, Any]]],
+    *,
+    ablation: pl.DataFrame | None = None,
 ) -> list[Path]:
-    """Write every plot that the finished cells support; returns their paths."""
+    """Write every plot that the finished cells support; returns their paths.
+
+    ``ablation``: the report's ablation frame (built here with GridConfig defaults as the
+    reference values when not given).
+    """
     made = []
     if not cells.filter(pl.col("variant") == "").is_empty():
         made.append(frontier(cells, root / "frontier.png"))
@@ -184,5 +205,9 @@ def make_plots(
         if p is not None:
             made.append(p)
     if not cells.filter(pl.col("variant") != "").is_empty():
-        made += ablation_plots(cells, root)
+        if ablation is None:
+            from ._report import ablation_frame, reference_values
+
+            ablation = ablation_frame(cells, reference_values(None))
+        made += ablation_plots(ablation, root)
     return made

@@ -3,10 +3,16 @@
 Table 1's columns: Dataset, Model, Method, AvgBits, GBOPs (the paper's convention,
 ``paper_gops``), GBOPs (true, ``gbops``), AvgAcc, WorstAcc, Gap (percent), EOpp0, EOdd; each as
 mean and sample std over seeds (std is left out with a single seed).
+
+Ablation cells (a ``variant`` ``"<field>=<value>"``) go to their own table, ``ablation.md``/
+``.csv``/``.tex``: one row per swept value with mean ± sample std and the 95% Student-t interval
+over seeds (METHOD.md section 7); the row whose value equals the run's own setting of the field
+(``config.json``; the GridConfig default without one) is marked ``ref``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from ._cells import CellKey, CellStore, atomic_write_bytes
-from ._config import DATASETS, METHOD_IDS
+from ._config import DATASET_LABELS, DATASETS, METHOD_IDS, SWEEPABLE, GridConfig
 
 #: (column id, header, scale, decimals, show std) in table order.
 COLUMNS: tuple[tuple[str, str, float, int], ...] = (
@@ -204,9 +210,169 @@ def observations(summary: pl.DataFrame) -> list[str]:
     return lines
 
 
+#: Ablation table columns: (column id, header, scale, decimals).
+ABLATION_COLUMNS: tuple[tuple[str, str, float, int], ...] = (
+    ("avg_bits", "AvgBits", 1.0, 2),
+    ("gbops", "GBOPs (true)", 1.0, 3),
+    ("avg_acc", "AvgAcc", 100.0, 2),
+    ("worst_acc", "WorstAcc", 100.0, 2),
+    ("gap", "Gap", 100.0, 2),
+    ("eopp0", "EOpp0", 1.0, 3),
+    ("eodd", "EOdd", 1.0, 3),
+)
+
+
+def run_config(root: str | Path) -> dict[str, Any] | None:
+    """The ``config`` dict of ``root/config.json`` (written by ``run_grid``), or ``None``."""
+    try:
+        return dict(json.loads((Path(root) / "config.json").read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def reference_values(config: dict[str, Any] | None) -> dict[str, float]:
+    """The run's own value of every sweepable field (GridConfig defaults without a config)."""
+    base = GridConfig().to_dict()
+    src = config or {}
+    return {f: float(src.get(f, base[f])) for f in SWEEPABLE}
+
+
+def ablation_frame(cells: pl.DataFrame, reference: dict[str, float]) -> pl.DataFrame:
+    """One row per (dataset, model, method, swept field, value) over the ablation cells.
+
+    Columns: keys, labels, ``field``, ``value``, ``ref`` (value == the run's own setting),
+    ``n_seeds``, and per metric ``<m>_mean``, ``<m>_std`` (ddof=1), ``<m>_ci95_low``,
+    ``<m>_ci95_high`` (Student t, ``fq_fairmetrics.seed_summary``; NaN with one seed), in raw
+    units (fractions, bits). Order: datasets as :data:`DATASETS`, models by first appearance,
+    fields by first appearance, values ascending.
+    """
+    from fq_fairmetrics import seed_summary
+
+    ab = cells.filter(pl.col("variant") != "")
+    if ab.is_empty():
+        raise ValueError("no ablation cells to summarize")
+    split = pl.col("variant").str.split_exact("=", 1).struct
+    ab = ab.with_columns(
+        split.field("field_0").alias("field"),
+        split.field("field_1").cast(pl.Float64).alias("value"),
+    )
+    d_order = {d: i for i, d in enumerate(DATASETS)}
+    m_order = {m: i for i, m in enumerate(dict.fromkeys(ab["model"].to_list()))}
+    f_order = {f: i for i, f in enumerate(dict.fromkeys(ab["field"].to_list()))}
+    k_order = {m: i for i, m in enumerate(METHOD_IDS)}
+    rows = []
+    keys = ["dataset", "model", "method", "variant", "field", "value"]
+    for (ds, mo, me, var, fld, val), part in ab.group_by(keys, maintain_order=True):
+        ref = reference.get(fld)
+        row: dict[str, Any] = {
+            "dataset": ds, "model": mo, "method": me, "variant": var,
+            "dataset_label": part["dataset_label"][0], "model_label": part["model_label"][0],
+            "method_label": part["method_label"][0], "field": fld, "value": float(val),
+            "ref": ref is not None and math.isclose(float(val), ref, rel_tol=1e-9, abs_tol=1e-15),
+            "n_seeds": part.height,
+        }  # fmt: skip
+        for c in METRIC_IDS:
+            st = seed_summary(part[c].to_numpy())
+            row |= {
+                f"{c}_mean": st.mean, f"{c}_std": st.std,
+                f"{c}_ci95_low": st.ci95_low, f"{c}_ci95_high": st.ci95_high,
+            }  # fmt: skip
+        rows.append(row)
+    rows.sort(
+        key=lambda r: (
+            d_order.get(r["dataset"], 99), m_order[r["model"]], f_order[r["field"]],
+            k_order.get(r["method"], 99), r["value"],
+        )
+    )  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def _ab_cell(r: dict[str, Any], cid: str, scale: float, dec: int) -> str:
+    mean, std = r[f"{cid}_mean"] * scale, r[f"{cid}_std"] * scale
+    if math.isnan(std):
+        return f"{mean:.{dec}f}"
+    lo, hi = r[f"{cid}_ci95_low"] * scale, r[f"{cid}_ci95_high"] * scale
+    return f"{mean:.{dec}f} ± {std:.{dec}f} [{lo:.{dec}f}, {hi:.{dec}f}]"
+
+
+def _ablation_rows(ab: pl.DataFrame) -> tuple[list[str], list[list[str]]]:
+    header = ["Dataset", "Model", "Method", "Swept", "Value"]
+    header += [h for _, h, _, _ in ABLATION_COLUMNS] + ["Seeds"]
+    rows = []
+    for r in ab.iter_rows(named=True):
+        value = f"{r['value']:g}" + (" (ref)" if r["ref"] else "")
+        row = [r["dataset_label"], r["model_label"], r["method_label"], r["field"], value]
+        row += [_ab_cell(r, cid, scale, dec) for cid, _, scale, dec in ABLATION_COLUMNS]
+        rows.append(row + [str(r["n_seeds"])])
+    return header, rows
+
+
+def ablation_markdown(ab: pl.DataFrame) -> str:
+    """Markdown: ``mean ± std [95% t-interval]`` per cell; ``(ref)`` marks the run's own value."""
+    header, rows = _ablation_rows(ab)
+    align = ["---"] * 5 + ["---:"] * (len(header) - 5)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def ablation_latex(ab: pl.DataFrame, *, caption: str = "") -> str:
+    """A booktabs table of :func:`ablation_markdown`'s rows."""
+    header, rows = _ablation_rows(ab)
+    out = [r"\begin{table}[t]", r"\centering", r"\scriptsize",
+           rf"\begin{{tabular}}{{{'l' * 5 + 'r' * (len(header) - 5)}}}", r"\toprule",
+           " & ".join(_tex_escape(h) for h in header) + r" \\", r"\midrule"]  # fmt: skip
+    for r in rows:
+        out.append(" & ".join(_tex_escape(c).replace(" ± ", r"$\pm$") for c in r) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        out.append(rf"\caption{{{_tex_escape(caption)}}}")
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def provenance(
+    cells_raw: Iterable[tuple[CellKey, dict[str, Any]]], config: dict[str, Any] | None
+) -> tuple[str, ...]:
+    """``Data:`` lines (per dataset, from the cells) and a ``Weights:`` line (from the config)."""
+    data: dict[str, dict[str, Any]] = {}
+    for key, res in cells_raw:
+        data.setdefault(key.dataset, res.get("data", {}))
+    lines = []
+    for ds in sorted(data, key=lambda d: DATASETS.index(d) if d in DATASETS else 99):
+        d, label = data[ds], DATASET_LABELS.get(ds, ds)
+        size = f"{d.get('n_train', '?')} train / {d.get('n_test', '?')} test images"
+        if d.get("semisynthetic", False):
+            lines.append(
+                f"Data: {label}: SEMI-SYNTHETIC (real metadata rows, generated pixels), {size}"
+            )
+        elif d.get("source") not in (None, "semisynthetic"):
+            lines.append(f"Data: {label}: real images from {d['source']}, {size}")
+        else:
+            lines.append(f"Data: {label}: source not recorded in the cells")
+    if config is None:
+        lines.append("Weights: not recorded (no config.json next to cells/)")
+    elif not config.get("pretrained"):
+        lines.append("Weights: random initialization (pretrained=False), FP32 trained from scratch")
+    elif config.get("weights_dir"):
+        lines.append(
+            f"Weights: ImageNet-pretrained, loaded from {config['weights_dir']}/<model>.safetensors"
+        )
+    else:
+        lines.append(
+            "Weights: ImageNet-pretrained, timm's default weights from the Hugging Face hub"
+        )
+    return tuple(lines)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Report:
-    """The rebuilt report: the frames and the text written to ``table.md``/``.csv``/``.tex``."""
+    """The rebuilt report: the frames and the text written to ``table.*`` and ``ablation.*``.
+
+    ``summary``/``markdown``/``csv``/``latex`` hold Table 1's rows (variant ``""``; empty text
+    when the run has none); ``ablation`` and ``ablation_*`` the swept FQ-BAQ rows (``None``/empty
+    without sweeps). ``provenance``: the Data and Weights lines; ``tables``: the files written.
+    """
 
     cells: pl.DataFrame
     summary: pl.DataFrame
@@ -216,44 +382,97 @@ class Report:
     semisynthetic: bool
     notes: tuple[str, ...]
     plots: tuple[Path, ...]
+    ablation: pl.DataFrame | None = None
+    ablation_markdown: str = ""
+    ablation_csv: str = ""
+    ablation_latex: str = ""
+    provenance: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
 
     def text(self) -> str:
-        """What the CLI prints: the data caveat, the table, and the observations."""
-        head = "Table 1 (mean ± std over seeds; accuracies and Gap in %)"
-        lines = [head]
+        """What the CLI prints: the data caveat, provenance, the tables, and the observations."""
+        lines: list[str] = []
         if self.semisynthetic:
             lines.append(
                 "DATA IS SEMI-SYNTHETIC: real metadata rows (labels, groups) with generated "
                 "pixels, not the paper's images; numbers are not comparable with the paper."
             )
-        return "\n".join([*lines, "", self.markdown, *self.notes])
+        lines += list(self.provenance)
+        if self.markdown:
+            lines += [
+                "",
+                "Table 1 (mean ± std over seeds; accuracies and Gap in %)",
+                "",
+                self.markdown,
+            ]
+        if self.ablation_markdown:
+            lines += [
+                "",
+                "Ablations (mean ± sample std [95% t-interval] over seeds; accuracies and Gap "
+                "in %; (ref) = the run's own value of the swept field)",
+                "",
+                self.ablation_markdown,
+            ]
+        return "\n".join([*lines, *self.notes])
 
 
 def build_report(root: str | Path, *, plots: bool = True) -> Report:
-    """Rebuild ``table.md``, ``table.csv``, ``table.tex`` and the plots from ``root/cells`` alone."""
+    """Rebuild the tables and plots of ``root`` from ``root/cells`` (plus ``config.json``, when
+    present, for the Weights line and the ablations' reference values).
+
+    Writes ``table.md``/``.csv``/``.tex`` when there are Table 1 cells and ``ablation.md``/
+    ``.csv``/``.tex`` when there are ablation cells.
+    """
     root = Path(root)
-    cells = cells_frame(CellStore(root).all())
+    raw = CellStore(root).all()
+    cells = cells_frame(raw)
     summary = summary_frame(cells)
+    config = run_config(root)
     semi = bool(cells["semisynthetic"].any())
-    md, csv = to_markdown(summary), to_csv(summary)
-    caption = "FairQuant grid" + (" on semi-synthetic data" if semi else "")
-    tex = to_latex(summary, caption=caption)
-    header = "semi-synthetic data (real metadata, generated pixels)\n\n" if semi else ""
-    atomic_write_bytes(root / "table.md", (header + md).encode())
-    atomic_write_bytes(root / "table.csv", csv.encode())
-    atomic_write_bytes(root / "table.tex", tex.encode())
+    prov = provenance(raw, config)
+    head = "".join(f"{line}  \n" for line in prov) + "\n"
+    written: list[str] = []
+    t1 = summary.filter(pl.col("variant") == "")
+    md = csv = tex = ""
+    if not t1.is_empty():
+        md, csv = to_markdown(t1), to_csv(t1)
+        caption = "FairQuant grid" + (" on semi-synthetic data" if semi else "")
+        tex = to_latex(t1, caption=caption)
+        atomic_write_bytes(root / "table.md", (head + md).encode())
+        atomic_write_bytes(root / "table.csv", csv.encode())
+        atomic_write_bytes(root / "table.tex", tex.encode())
+        written += ["table.md", "table.csv", "table.tex"]
+    ab = None
+    ab_md = ab_csv = ab_tex = ""
+    if not cells.filter(pl.col("variant") != "").is_empty():
+        ab = ablation_frame(cells, reference_values(config))
+        ab_md, ab_csv = ablation_markdown(ab), ab.write_csv(float_precision=6)
+        caption = "FQ-BAQ ablations, mean, std and 95% t-interval over seeds" + (
+            " (semi-synthetic data)" if semi else ""
+        )
+        ab_tex = ablation_latex(ab, caption=caption)
+        atomic_write_bytes(root / "ablation.md", (head + ab_md).encode())
+        atomic_write_bytes(root / "ablation.csv", ab_csv.encode())
+        atomic_write_bytes(root / "ablation.tex", ab_tex.encode())
+        written += ["ablation.md", "ablation.csv", "ablation.tex"]
     made: tuple[Path, ...] = ()
     if plots:
         from ._plots import make_plots
 
-        made = tuple(make_plots(root, cells, CellStore(root).all()))
+        made = tuple(make_plots(root, cells, raw, ablation=ab))
     return Report(
         cells=cells,
-        summary=summary,
+        summary=t1,
         markdown=md,
         csv=csv,
         latex=tex,
         semisynthetic=semi,
         notes=tuple(observations(summary)),
         plots=made,
+        ablation=ab,
+        ablation_markdown=ab_md,
+        ablation_csv=ab_csv,
+        ablation_latex=ab_tex,
+        provenance=prov,
+        tables=tuple(written),
     )
