@@ -133,18 +133,23 @@ ABLATION_METRICS: tuple[tuple[str, str, float, tuple[float, float]], ...] = (
 
 
 def ablation_plots(ablation: pl.DataFrame, root: Path) -> list[Path]:
-    """Fig. 2 style, one PNG per dataset: metric rows x swept-field columns.
+    """Fig. 2 style, one PNG per dataset (and model, when several): metric rows x swept fields.
 
     ``ablation``: :func:`fq_bench.grid._report.ablation_frame` (one row per swept value, with
-    mean and 95% t-interval). Each panel draws the mean over seeds (line and markers) and the
-    t-interval as a band; the run's own value of the field is a dashed vertical line (``ref``).
-    The y range is clipped to the metric's valid range (a t-interval over few seeds can extend
-    past it); a field swept over positive values spanning >= 10x gets a log x axis.
+    mean and 95% t-interval). Each panel draws, per method, the mean over seeds (line and
+    markers) and the t-interval as a band; the run's own value of the field is a dashed vertical
+    line (``ref``). The y range is clipped to the metric's valid range (a t-interval over few
+    seeds can extend past it); a field swept over positive values spanning >= 10x gets a log x
+    axis. Files: ``ablation_<dataset>.png``, or ``ablation_<dataset>__<model>.png`` when the
+    frame holds several models.
     """
     out = []
     plt = _plt()
-    for (ds,), part in ablation.group_by(["dataset"], maintain_order=True):
+    several_models = ablation["model"].n_unique() > 1
+    method_order = {m: i for i, m in enumerate(METHOD_IDS)}
+    for (ds, mo), part in ablation.group_by(["dataset", "model"], maintain_order=True):
         fields = list(dict.fromkeys(part["field"].to_list()))
+        methods = sorted(set(part["method"].to_list()), key=lambda m: method_order.get(m, 99))
         n_rows = len(ABLATION_METRICS)
         fig, axes = plt.subplots(
             n_rows, len(fields), figsize=(4.0 * len(fields) + 0.6, 2.5 * n_rows),
@@ -152,36 +157,50 @@ def ablation_plots(ablation: pl.DataFrame, root: Path) -> list[Path]:
         )  # fmt: skip
         for j, f in enumerate(fields):
             pf = part.filter(pl.col("field") == f).sort("value")
-            values = pf["value"].to_numpy()
-            refs = pf.filter(pl.col("ref"))["value"].to_list()
+            refs = sorted(set(pf.filter(pl.col("ref"))["value"].to_list()))
+            all_values = pf["value"].to_numpy()
             for i, (m, label, scale, (vmin, vmax)) in enumerate(ABLATION_METRICS):
-                mean = scale * pf[f"{m}_mean"].to_numpy()
-                lo = scale * pf[f"{m}_ci95_low"].to_numpy()
-                hi = scale * pf[f"{m}_ci95_high"].to_numpy()
                 ax = axes[i, j]
-                ax.fill_between(values, lo, hi, color=f"C{i}", alpha=0.25, lw=0, label="95% CI")
-                ax.plot(values, mean, "o-", color=f"C{i}", ms=4, label="mean")
+                seen: list[np.ndarray] = []
+                for k, meth in enumerate(methods):
+                    pm = pf.filter(pl.col("method") == meth)
+                    if pm.is_empty():
+                        continue
+                    values = pm["value"].to_numpy()
+                    mean = scale * pm[f"{m}_mean"].to_numpy()
+                    lo = scale * pm[f"{m}_ci95_low"].to_numpy()
+                    hi = scale * pm[f"{m}_ci95_high"].to_numpy()
+                    color = f"C{i}" if len(methods) == 1 else f"C{k}"
+                    name = pm["method_label"][0]
+                    ax.fill_between(values, lo, hi, color=color, alpha=0.25, lw=0,
+                                    label=f"{name} 95% CI")  # fmt: skip
+                    ax.plot(values, mean, "o-", color=color, ms=4, label=f"{name} mean")
+                    seen += [x[np.isfinite(x)] for x in (mean, lo, hi)]
                 for r in refs:
-                    ax.axvline(r, color="0.4", ls="--", lw=1, label="ref")
-                if values.min() > 0 and values.max() >= 10 * values.min():
+                    ax.axvline(r, color="0.4", ls="--", lw=1, label="ref (run's value)")
+                if all_values.min() > 0 and all_values.max() >= 10 * all_values.min():
                     ax.set_xscale("log")
-                finite = np.concatenate([x[np.isfinite(x)] for x in (mean, lo, hi)])
-                pad = 0.05 * max(float(np.ptp(finite)) if finite.size else 0.0, 1e-3 * vmax)
-                top = min(vmax, float(finite.max()) + pad) if finite.size else vmax
-                bottom = max(vmin, float(finite.min()) - pad) if finite.size else vmin
-                ax.set_ylim(bottom, top)
+                finite = np.concatenate(seen) if seen else np.zeros(0)
+                if finite.size:
+                    pad = max(0.05 * float(np.ptp(finite)), 0.02 * (vmax - vmin))
+                    ax.set_ylim(
+                        max(vmin, float(finite.min()) - pad), min(vmax, float(finite.max()) + pad)
+                    )
                 ax.set_ylabel(label)
                 ax.set_xlabel(f"{f} (swept)")
                 ax.grid(alpha=0.3)
                 if i == 0:
                     ax.set_title(f)
                     ax.legend(fontsize=7)
-        n = int(part["n_seeds"].max())
-        fig.suptitle(
-            f"{part['dataset_label'][0]} {part['model_label'][0]}: FQ-BAQ ablations "
-            f"(mean and 95% t-interval over {n} seed{'s' if n != 1 else ''})"
+        n = int(part["n_seeds"].min())
+        spread = (
+            f"mean and 95% t-interval over {n} seeds"
+            if n > 1
+            else "one seed: mean only, a t-interval needs >= 2 seeds"
         )
-        out.append(_save(fig, root / f"ablation_{ds}.png"))
+        fig.suptitle(f"{part['dataset_label'][0]} {part['model_label'][0]}: ablations ({spread})")
+        name = f"ablation_{ds}__{mo}.png" if several_models else f"ablation_{ds}.png"
+        out.append(_save(fig, root / name))
     return out
 
 
