@@ -219,6 +219,26 @@ class Session:
         t = min(self.opt_steps / self.total_steps, 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * t))
 
+    def _group_gap(self, ce: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``L_fair`` of the whole batch, also when its samples are split over processes.
+
+        The gap of group means is not a mean over samples, so averaging per-process gaps (what
+        DDP would do) is not the batch's gap. Every process gathers the per-sample losses and
+        groups of all (equal shares, as ``split_batches`` gives), keeps its own losses
+        differentiable and the others' constant, and scales the gradient by the number of
+        processes W: DDP's average of the W partial gradients is then the gradient of the batch's
+        gap, while the value stays the gap.
+        """
+        acc = self.accelerator
+        w = acc.num_processes
+        if w == 1 or self.config.lambda_fair == 0:
+            return group_gap(ce, g)
+        n, i = ce.shape[0], acc.process_index
+        all_ce, all_g = acc.gather(ce.detach()), acc.gather(g)
+        mixed = torch.cat([all_ce[: i * n], ce, all_ce[(i + 1) * n :]])
+        gap = group_gap(mixed, all_g)
+        return w * gap - (w - 1) * gap.detach()
+
     def step(self, batch: Any) -> None:
         """Forward, backward and (at the end of an accumulation window) an optimizer step."""
         cfg, acc = self.config, self.accelerator
@@ -227,7 +247,7 @@ class Session:
             logits = self.model(x)
             ce = F.cross_entropy(logits.float(), y, reduction="none")
             task = ce.mean()
-            fair = group_gap(ce, g) if g is not None else self._zero
+            fair = self._group_gap(ce, g) if g is not None else self._zero
             bits = self.wrapping.bit_loss()
             loss = task + cfg.lambda_fair * fair if cfg.lambda_fair > 0 else task
             if bits is None:
