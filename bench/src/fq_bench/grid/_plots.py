@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from ._cells import CellKey, atomic_write_bytes
-from ._config import METHOD_IDS
+from ._config import DATASETS, METHOD_IDS
 
 
 def _plt():
@@ -31,15 +31,47 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _panels(n: int, width: float = 5.0, height: float = 3.6):
+def _panels(n: int, width: float = 5.0, height: float = 3.6, max_cols: int = 4):
+    """``n`` panels, at most ``max_cols`` per row (the full paper grid has 8 (data, model)
+    pairs; one row of 8 made a 4000 px wide figure); unused trailing axes are hidden."""
     plt = _plt()
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
-    return fig, list(axes[0])
+    cols = min(n, max_cols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained"
+    )
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _table_order(cells: pl.DataFrame) -> list[pl.Expr]:
+    """Sort keys putting (dataset, model) pairs in Table 1's order (the store lists by id)."""
+    from ._report import _model_order
+
+    ds = {d: i for i, d in enumerate(DATASETS)}
+    mo = _model_order(cells["model"].to_list())
+    return [
+        pl.col("dataset").replace_strict(ds, default=len(ds)),
+        pl.col("model").replace_strict(mo, default=len(mo)),
+    ]
+
+
+def _sorted_raw(
+    cells_raw: Sequence[tuple[CellKey, dict[str, Any]]],
+) -> list[tuple[CellKey, dict[str, Any]]]:
+    from ._report import _model_order
+
+    mo = _model_order([k.model for k, _ in cells_raw])
+    ds = {d: i for i, d in enumerate(DATASETS)}
+    return sorted(cells_raw, key=lambda kr: (ds.get(kr[0].dataset, 99), mo[kr[0].model]))
 
 
 def frontier(cells: pl.DataFrame, path: Path) -> Path:
     """Average bits (log2 axis) vs worst-group accuracy, one marker per method (mean ± std)."""
     t1 = cells.filter(pl.col("variant") == "")
+    t1 = t1.sort(_table_order(t1))
     pairs = list(
         dict.fromkeys(zip(t1["dataset_label"].to_list(), t1["model_label"].to_list(), strict=False))
     )
@@ -68,7 +100,7 @@ def group_bars(cells_raw: Sequence[tuple[CellKey, dict[str, Any]]], path: Path) 
     per: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
     names: dict[tuple[str, str], list[str]] = {}
     labels: dict[str, str] = {}
-    for key, res in cells_raw:
+    for key, res in _sorted_raw(cells_raw):
         if key.variant:
             continue
         pair = (res["labels"]["dataset"], res["labels"]["model"])
@@ -103,7 +135,7 @@ def group_bars(cells_raw: Sequence[tuple[CellKey, dict[str, Any]]], path: Path) 
 def baq_bits(cells_raw: Sequence[tuple[CellKey, dict[str, Any]]], path: Path) -> Path | None:
     """Learned FQ-BAQ bits per layer (mean over channels, then over seeds)."""
     per: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for key, res in cells_raw:
+    for key, res in _sorted_raw(cells_raw):
         if key.method != "fq-baq" or key.variant or not res["layer_bits"]:
             continue
         pair = (res["labels"]["dataset"], res["labels"]["model"])
@@ -112,7 +144,11 @@ def baq_bits(cells_raw: Sequence[tuple[CellKey, dict[str, Any]]], path: Path) ->
     if not per:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(len(per), 1, figsize=(10, 3.2 * len(per)), squeeze=False)
+    widest = max(len(layers) for layers in per.values())
+    fig, axes = plt.subplots(
+        len(per), 1, figsize=(max(10.0, 0.12 * widest), 4.2 * len(per)), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
     for ax, (pair, layers) in zip(axes[:, 0], per.items(), strict=False):
         names = list(layers)
         ax.bar(np.arange(len(names)), [float(np.mean(layers[n])) for n in names], color="C6")

@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from ._cells import CellKey, CellStore, atomic_write_bytes
-from ._config import DATASET_LABELS, DATASETS, METHOD_IDS, SWEEPABLE, GridConfig
+from ._config import DATASET_LABELS, DATASETS, METHOD_IDS, PAPER_MODELS, SWEEPABLE, GridConfig
 
 #: (column id, header, scale, decimals, show std) in table order.
 COLUMNS: tuple[tuple[str, str, float, int], ...] = (
@@ -76,15 +76,25 @@ def _std(col: str) -> pl.Expr:
     )
 
 
+def _model_order(models: list[str]) -> dict[str, int]:
+    # the paper's backbones in Table 1's order, then any other model by first appearance (the
+    # cell store lists cells by id, i.e. alphabetically, which would put DeiT before ResNet18)
+    order = {m: i for i, m in enumerate(PAPER_MODELS)}
+    for m in dict.fromkeys(models):
+        order.setdefault(m, len(order))
+    return order
+
+
 def summary_frame(cells: pl.DataFrame) -> pl.DataFrame:
     """Mean and std over seeds per (dataset, model, method, variant), in Table 1 order.
 
-    Order: datasets as in :data:`DATASETS`, models by first appearance, methods as in Table 1,
+    Order: datasets as in :data:`DATASETS`, the paper's models in Table 1 order then others by
+    first appearance, methods as in Table 1,
     variants by field then numeric value.
     """
     if cells.is_empty():
         raise ValueError("no finished cells to summarize")
-    model_order = {m: i for i, m in enumerate(dict.fromkeys(cells["model"].to_list()))}
+    model_order = _model_order(cells["model"].to_list())
     agg = cells.group_by(list(_KEY_COLS)).agg(
         *(pl.col(c).first() for c in _LABEL_COLS),
         pl.len().alias("n_seeds"),
@@ -243,7 +253,7 @@ def ablation_frame(cells: pl.DataFrame, reference: dict[str, float]) -> pl.DataF
     Columns: keys, labels, ``field``, ``value``, ``ref`` (value == the run's own setting),
     ``n_seeds``, and per metric ``<m>_mean``, ``<m>_std`` (ddof=1), ``<m>_ci95_low``,
     ``<m>_ci95_high`` (Student t, ``fq_fairmetrics.seed_summary``; NaN with one seed), in raw
-    units (fractions, bits). Order: datasets as :data:`DATASETS`, models by first appearance,
+    units (fractions, bits). Order: datasets as :data:`DATASETS`, models as in Table 1,
     fields by first appearance, values ascending.
     """
     from fq_fairmetrics import seed_summary
@@ -257,7 +267,7 @@ def ablation_frame(cells: pl.DataFrame, reference: dict[str, float]) -> pl.DataF
         split.field("field_1").cast(pl.Float64).alias("value"),
     )
     d_order = {d: i for i, d in enumerate(DATASETS)}
-    m_order = {m: i for i, m in enumerate(dict.fromkeys(ab["model"].to_list()))}
+    m_order = _model_order(ab["model"].to_list())
     f_order = {f: i for i, f in enumerate(dict.fromkeys(ab["field"].to_list()))}
     k_order = {m: i for i, m in enumerate(METHOD_IDS)}
     rows = []
