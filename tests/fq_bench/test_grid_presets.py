@@ -229,3 +229,15 @@ def test_weights_flag_implies_pretrained_and_tiny_vit_builds(weights_dir) -> Non
     model = build_model("tiny_vit_5m_224", num_classes=3, image_size=32).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_sweeps_run_only_the_methods_they_change(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    # lambda_fair enters FQ-QAT and FQ-BAQ; the default preset's other six rows are dropped
+    args = parser.parse_args(["--sweep", "lambda_fair=0,1", "--models", "tiny_cnn"])
+    assert config_from_args(args, parser).methods == ("fq-qat", "fq-baq")
+    # lr_bits is BAQ's alone, so FQ-QAT would only repeat one cell per swept value
+    with pytest.raises(SystemExit):
+        main(["--sweep", "lr_bits=0.01,0.1", "--methods", "fq-qat", "fq-baq", "--no-progress"])
+    err = capsys.readouterr().err
+    assert "['fq-qat'] do not use every swept field" in err and "allowed: fq-baq" in err

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-source", action="append", default=None, metavar="DATASET=SOURCE",
                    help="real data for a dataset (folder, hub id, parquet); otherwise semi-synthetic")  # fmt: skip
     p.add_argument("--sweep", action="append", default=None, metavar="FIELD=V1,V2,...",
-                   help=f"ablation sweep over FQ-BAQ's {', '.join(SWEEPABLE)} (replaces the preset's)")  # fmt: skip
+                   help=f"ablation sweep over FQ-BAQ's {', '.join(SWEEPABLE)} (replaces the preset's; "
+                   "without --methods, runs only the methods the swept fields change)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -132,6 +133,13 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             except ValueError:
                 parser.error(f"--sweep {item!r}: values must be numbers")
         changes["sweeps"] = tuple(sweeps)
+        if "methods" not in changes:
+            # the preset's methods that every swept field changes (Table 1's FP32 or U4 would
+            # only recompute the same cell per swept value)
+            from ._config import sweep_methods
+
+            allowed = sweep_methods(tuple(name for name, _ in sweeps))
+            changes["methods"] = tuple(m for m in base.methods if m in allowed) or allowed
     if changes.get("weights_dir") is not None and "pretrained" not in changes:
         changes["pretrained"] = True  # --weights DIR means "start from these ImageNet weights"
     try:
