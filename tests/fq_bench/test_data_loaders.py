@@ -133,6 +133,27 @@ def test_paper_augment_flips_and_rotation():
         PaperAugment(-1.0)
 
 
+def test_paper_augment_depends_on_the_image_not_its_position():
+    # accelerate's split_batches hands each process a slice of the batch (same batch seed): each
+    # slice, and any reordering, must be augmented exactly as inside the whole batch
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=g)
+    keys = [40, 7, 13, 2, 99, 5]
+    aug = PaperAugment(15.0)
+    whole = aug(x, 11, keys=keys)
+    halves = torch.cat([aug(x[:3], 11, keys=keys[:3]), aug(x[3:], 11, keys=keys[3:])])
+    assert torch.equal(whole, halves)
+    perm = [5, 2, 0, 4, 1, 3]
+    assert torch.equal(aug(x[perm], 11, keys=[keys[i] for i in perm]), whole[perm])
+    # different images of the same batch draw differently: same pixels, different keys
+    same = x[:1].expand(6, -1, -1, -1).contiguous()
+    outs = aug(same, 11, keys=keys)
+    assert len({o.numpy().tobytes() for o in outs}) > 1
+    assert not torch.equal(aug(x, 12, keys=keys), whole)  # and the batch seed matters
+    with pytest.raises(ValueError, match="keys must name each of the 6 images"):
+        aug(x, 11, keys=keys[:5])
+
+
 def test_bad_arguments_and_non_canonical_input(small_dd):
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         make_loaders(small_dd, image_size=24, batch_size=0)

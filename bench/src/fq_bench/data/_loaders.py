@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -79,14 +80,39 @@ def decode_images(ds: datasets.Dataset, image_size: int, *, cache: bool = True) 
     return torch.from_numpy(chw)
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function on a uint64 array (wrapping arithmetic, no warnings)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _image_streams(seed: int, keys: list[int]) -> np.ndarray:
+    """``[B]`` uint64 stream states, a function of ``(seed, key)`` only."""
+    s = _splitmix64(np.array([seed % 2**64], dtype=np.uint64))
+    k = np.array([key % 2**64 for key in keys], dtype=np.uint64)
+    return _splitmix64(s + _splitmix64(k + _GOLDEN))
+
+
+def _uniforms(stream: np.ndarray, n: int) -> np.ndarray:
+    """``[B, n]`` float64 uniforms in [0, 1) from each stream (53-bit mantissas)."""
+    j = np.arange(n, dtype=np.uint64)[None, :] * _GOLDEN
+    return (_splitmix64(stream[:, None] + j) >> np.uint64(11)).astype(np.float64) / 2.0**53
+
+
 class PaperAugment:
     """The paper's train-time augmentation on a uint8 batch ``[B, 3, S, S]`` (resize done before).
 
     Per image: random horizontal and vertical flips (p = 0.5 each), a random rotation drawn
     uniformly in ``[-rotation_degrees, rotation_degrees]`` (nearest neighbour, zero fill, as
     torchvision's ``RandomRotation``), then AutoAugment with the ImageNet policy. Flips and
-    rotation are batched (one ``grid_sample``); AutoAugment runs per image. Every draw comes
-    from ``seed``, so a batch is reproducible on its own.
+    rotation are batched (one ``grid_sample``); AutoAugment runs per image. Every draw of image
+    ``i`` comes from ``(seed, keys[i])`` alone, so an image is augmented the same way whatever its
+    position, and a batch split over processes (``accelerate``'s ``split_batches``) is augmented
+    exactly like the whole batch.
     """
 
     def __init__(self, rotation_degrees: float = 15.0):
@@ -95,19 +121,27 @@ class PaperAugment:
         self.rotation_degrees = float(rotation_degrees)
         self.autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
 
-    def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, seed: int, keys: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Augment ``x`` (uint8 ``[B, 3, S, S]``); ``keys``: ``B`` ints naming the images (the
+        dataset indices in the loaders; default ``0..B-1``)."""
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise TypeError(
                 f"x must be a uint8 [B, 3, S, S] tensor, got {x.dtype} {tuple(x.shape)}"
             )
         b = x.shape[0]
-        g = torch.Generator().manual_seed(int(seed))
-        hflip = (torch.rand(b, generator=g) < 0.5).view(b, 1, 1, 1)
-        vflip = (torch.rand(b, generator=g) < 0.5).view(b, 1, 1, 1)
+        keys = list(range(b)) if keys is None else [int(k) for k in keys]
+        if len(keys) != b:
+            raise ValueError(f"keys must name each of the {b} images, got {len(keys)} keys")
+        stream = _image_streams(int(seed), keys)  # [B] uint64, one stream per image
+        u = torch.from_numpy(_uniforms(stream, 3)).float()  # [B, 3]
+        hflip = (u[:, 0] < 0.5).view(b, 1, 1, 1)
+        vflip = (u[:, 1] < 0.5).view(b, 1, 1, 1)
         x = torch.where(hflip, x.flip(-1), x)
         x = torch.where(vflip, x.flip(-2), x)
         if self.rotation_degrees > 0:
-            angle = (torch.rand(b, generator=g) * 2 - 1) * np.deg2rad(self.rotation_degrees)
+            angle = (u[:, 2] * 2 - 1) * np.deg2rad(self.rotation_degrees)
             cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(b)
             theta = torch.stack(
                 [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1
@@ -117,10 +151,14 @@ class PaperAugment:
                 x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
             ).to(torch.uint8)
         # AutoAugment draws from the global RNG: fork it so batches stay reproducible and the
-        # caller's RNG stream is untouched
+        # caller's RNG stream is untouched; one torch seed per image, from the image's own stream
+        aa_seeds = (_splitmix64(stream + np.uint64(3)) >> np.uint64(2)).tolist()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed) ^ 0x0A0A)
-            return torch.stack([self.autoaugment(xi) for xi in x])
+            out = []
+            for xi, s in zip(x, aa_seeds, strict=True):
+                torch.default_generator.manual_seed(s)  # CPU only: torch.manual_seed costs 8x
+                out.append(self.autoaugment(xi))
+            return torch.stack(out)
 
 
 class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -176,7 +214,7 @@ class _TensorSplit(torch.utils.data.Dataset):
         idx = torch.tensor([i for _, i in items], dtype=torch.int64)
         x = self.images[idx]
         if self.augment is not None:
-            x = self.augment(x, items[0][0])
+            x = self.augment(x, items[0][0], keys=idx.tolist())
         x = (x.float().div_(255.0) - self.mean).mul_(self.inv_std)
         return x, self.labels[idx], self.groups[idx]
 
