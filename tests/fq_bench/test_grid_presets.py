@@ -11,6 +11,7 @@ the FP32 checkpoint must start from the file's weights and the table must say th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -194,6 +195,40 @@ def test_paper_preset_offline_uses_the_weights_file_and_real_data(
     assert f"Data: FitzP.: real images from {root}" in table
     assert f"Weights: ImageNet-pretrained, loaded from {folder}/<model>.safetensors" in table
     assert "semi-synthetic" not in (out / "table.tex").read_text().lower()
+    # every cell records the weights file and the sha256 of its bytes
+    wfile = folder / "test_resnet.safetensors"
+    digest = hashlib.sha256(wfile.read_bytes()).hexdigest()
+    for _, res in cells:
+        assert res["weights"] == {"file": str(wfile.resolve()), "sha256": digest}
+    # replacing the file under the same name makes checkpoint and cells stale: all recomputed,
+    # and the new checkpoint starts from the new file
+    from safetensors.torch import save_file
+
+    new_sd = {k: (v + 1.0 if v.is_floating_point() else v) for k, v in file_sd.items()}
+    save_file(new_sd, wfile)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "2 cell(s) computed, 0 reused" in capsys.readouterr().out
+    ckpt = load_file(out / "checkpoints" / "fitzpatrick17k__test_resnet__s0.safetensors")
+    assert torch.equal(ckpt[convs[0]], new_sd[convs[0]])
+    new_digest = hashlib.sha256(wfile.read_bytes()).hexdigest()
+    assert {res["weights"]["sha256"] for _, res in CellStore(out).all()} == {new_digest}
+
+
+def test_run_grid_checks_pretrained_sources_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the Python API fails as early as the CLI: nothing is loaded or written
+    from fq_bench.grid import DEFAULT, run_grid
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(grid_models, "_hub_cached", lambda name: False)
+    out = tmp_path / "never"
+    with pytest.raises(RuntimeError, match="--weights DIR"):
+        run_grid(DEFAULT.replace(pretrained=True, progress=False), out)
+    with pytest.raises(FileNotFoundError, match="resnet18.safetensors"):
+        run_grid(DEFAULT.replace(pretrained=True, weights_dir=str(tmp_path)), out)
+    assert not out.exists()
 
 
 def test_pretrained_without_reachable_hub_fails_before_any_work(

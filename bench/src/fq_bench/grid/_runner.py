@@ -8,6 +8,7 @@ trainers use all GPUs); only the main process writes files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -312,13 +313,46 @@ def _fresh_model(
     )
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def weights_source(config: GridConfig, model_name: str) -> dict[str, str] | None:
+    """``{"file", "sha256"}`` of the ``--weights`` file ``model_name`` starts from, else ``None``.
+
+    The digest is of the file's bytes (memoized per path, size and mtime), so replacing a weights
+    file under the same name makes every checkpoint, calibration and cell built on it stale.
+    """
+    if not (config.pretrained and config.weights_dir):
+        return None
+    from ._models import weights_file
+
+    path = weights_file(config.weights_dir, model_name).resolve()
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[memo] = h.hexdigest()
+    return {"file": str(path), "sha256": _DIGESTS[memo]}
+
+
+def with_weights(fingerprint: str, config: GridConfig, model_name: str) -> str:
+    """``fingerprint`` extended by the weights file's digest (unchanged without ``--weights``)."""
+    src = weights_source(config, model_name)
+    if src is None:
+        return fingerprint
+    return hashlib.sha256(f"{fingerprint}:{src['sha256']}".encode()).hexdigest()[:16]
+
+
 def fp32_state(
     config: GridConfig, paths: RunPaths, data: DataBundle, model_name: str, seed: int
 ) -> dict[str, torch.Tensor]:
     """The FP32 reference weights for (dataset, model, seed): loaded, or trained and saved."""
     from fq_baq import BAQConfig, FP32Trainer
 
-    fp = config.fingerprint(FP32_FIELDS)
+    fp = with_weights(config.fingerprint(FP32_FIELDS), config, model_name)
     path = paths.checkpoint(data.name, model_name, seed)
     got = load_tensors(path, fingerprint=fp) if is_main_process() else None
     got = _broadcast(got)
@@ -353,6 +387,7 @@ def fp32_state(
             "epochs": config.fp32_epochs,
             "seconds": time.perf_counter() - t0,
             "final_task_loss": res.history[-1].task_loss,
+            "weights": weights_source(config, model_name),
         }
         save_checkpoint(path, res.model, fingerprint=fp, info=info)
     _barrier()
@@ -380,7 +415,7 @@ class CalibrationCache:
         if grouping in self.memory:
             return self.memory[grouping]
 
-        fp = self.config.fingerprint(CALIBRATION_FIELDS)
+        fp = with_weights(self.config.fingerprint(CALIBRATION_FIELDS), self.config, self.model_name)
         path = self.paths.calibration(self.data.name, self.model_name, self.seed, grouping)
         gi = load_group_importance(path, fingerprint=fp) if is_main_process() else None
         gi = _broadcast(gi)
@@ -470,6 +505,9 @@ def run_cell(
                 "n_test": data.n_test,
                 "image_size": cfg.image_size,
             },
+            # where the FP32 model started: None = random init (or timm's hub weights when
+            # config.pretrained), else the --weights file and its sha256
+            "weights": weights_source(cfg, key.model),
             "seconds": time.perf_counter() - t0,
         }
     )
@@ -501,13 +539,20 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
     calibrations under ``out`` are reused. Does not build the report (see ``build_report``).
     """
     t_start = time.perf_counter()
+    from ._models import check_pretrained_sources
+
+    # before anything is loaded or trained: missing weights files, unreachable hub
+    check_pretrained_sources(
+        config.models, pretrained=config.pretrained, weights_dir=config.weights_dir
+    )
     init_processes(config)
     out = Path(out)
     store, paths = CellStore(out), RunPaths(root=out)
     fp = config.fingerprint()
+    cell_fp = {m: with_weights(fp, config, m) for m in config.models}
     cells = shard_cells(grid_cells(config), *shard)
     done = (
-        [c for c in cells if store.read(c, fingerprint=fp) is not None]
+        [c for c in cells if store.read(c, fingerprint=cell_fp[c.model]) is not None]
         if is_main_process()
         else None
     )
@@ -537,7 +582,7 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
                 bar.set_postfix_str(key.id)
                 result = run_cell(key, config, data, state, calib, device)
                 if is_main_process():
-                    store.write(key, result, fingerprint=fp)
+                    store.write(key, result, fingerprint=cell_fp[key.model])
                 _barrier()
                 summary.computed.append(key)
                 bar.update(1)
