@@ -22,6 +22,17 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("FQ_CACHE_DIR", str(tmp_path_factory.mktemp("fq_cache")))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: two OpenMP threads on a shared 2-core machine spin against each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def jpeg_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=90)

@@ -28,6 +28,8 @@ from fq_bench.grid import (
     shard_cells,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY_ARGS = [
     "--models", "tiny_cnn", "--methods", "fp32", "u4", "fq-qat", "--seeds", "0",
@@ -46,17 +48,6 @@ TINY = DEFAULT.replace(
     calib_batches=2,
     progress=False,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: two OpenMP threads on a shared 2-core machine spin against each other."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

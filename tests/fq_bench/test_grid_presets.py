@@ -25,14 +25,7 @@ from fq_bench.grid import _models as grid_models
 from fq_bench.grid._cli import build_parser, config_from_args
 from scipy import stats
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: two OpenMP threads on a shared 2-core machine spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)
 
 
 # ------------------------------------------------------------------------------------ ablations
