@@ -174,18 +174,12 @@ def _tex_escape(text: str) -> str:
     return text
 
 
-def to_latex(summary: pl.DataFrame, *, caption: str = "") -> str:
-    """A booktabs ``table`` environment (``\\pm`` for the spread)."""
-    header, rows = _rows(summary)
-    n_text = 4 if "Variant" in header else 3
+def _booktabs(
+    header: list[str], rows: list[list[str]], *, n_text: int, size: str, caption: str
+) -> str:
+    """A booktabs ``table``: ``n_text`` left-aligned columns, the rest right-aligned."""
     spec = "l" * n_text + "r" * (len(header) - n_text)
-    out = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\small",
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-    ]
+    out = [r"\begin{table}[t]", r"\centering", size, rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
     out.append(" & ".join(_tex_escape(h) for h in header) + r" \\")
     out.append(r"\midrule")
     for r in rows:
@@ -195,6 +189,13 @@ def to_latex(summary: pl.DataFrame, *, caption: str = "") -> str:
         out.append(rf"\caption{{{_tex_escape(caption)}}}")
     out.append(r"\end{table}")
     return "\n".join(out) + "\n"
+
+
+def to_latex(summary: pl.DataFrame, *, caption: str = "") -> str:
+    """A booktabs ``table`` environment (``\\pm`` for the spread)."""
+    header, rows = _rows(summary)
+    n_text = 4 if "Variant" in header else 3
+    return _booktabs(header, rows, n_text=n_text, size=r"\small", caption=caption)
 
 
 def observations(summary: pl.DataFrame) -> list[str]:
@@ -326,16 +327,7 @@ def ablation_markdown(ab: pl.DataFrame) -> str:
 def ablation_latex(ab: pl.DataFrame, *, caption: str = "") -> str:
     """A booktabs table of :func:`ablation_markdown`'s rows."""
     header, rows = _ablation_rows(ab)
-    out = [r"\begin{table}[t]", r"\centering", r"\scriptsize",
-           rf"\begin{{tabular}}{{{'l' * 5 + 'r' * (len(header) - 5)}}}", r"\toprule",
-           " & ".join(_tex_escape(h) for h in header) + r" \\", r"\midrule"]  # fmt: skip
-    for r in rows:
-        out.append(" & ".join(_tex_escape(c).replace(" ± ", r"$\pm$") for c in r) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        out.append(rf"\caption{{{_tex_escape(caption)}}}")
-    out.append(r"\end{table}")
-    return "\n".join(out) + "\n"
+    return _booktabs(header, rows, n_text=5, size=r"\scriptsize", caption=caption)
 
 
 def provenance(
