@@ -233,3 +233,30 @@ def test_typos_are_errors_listing_valid_names(capsys: pytest.CaptureFixture[str]
     assert "lambda_bits" in capsys.readouterr().err
     with pytest.raises(ValueError, match="0 <= i < n"):
         parse_shard("2/2")
+
+
+def test_observations_pair_methods_with_fp32_by_seed() -> None:
+    import polars as pl
+    from fq_bench.grid._report import observations
+
+    def row(method: str, label: str, seed: int, avg: float, worst: float, variant: str = ""):
+        return {"dataset": "fitzpatrick17k", "model": "resnet18", "method": method, "seed": seed,
+                "variant": variant, "dataset_label": "FitzP.", "model_label": "ResNet18",
+                "method_label": label, "avg_acc": avg, "worst_acc": worst}  # fmt: skip
+
+    cells = pl.DataFrame(
+        [
+            *(row("fp32", "FP32", s, a, w) for s, a, w in [(0, .85, .80), (1, .86, .82), (2, .84, .78)]),
+            *(row("u4", "U4", s, a, w) for s, a, w in [(0, .84, .75), (1, .86, .80), (2, .83, .74)]),
+            row("fq-baq", "FQ-BAQ", 1, 0.90, 0.90),  # one seed: paired with FP32 seed 1 only
+            row("fq-baq", "FQ-BAQ", 0, 0.10, 0.10, variant="lambda_fair=0"),  # ablation: ignored
+        ]
+    )  # fmt: skip
+    # U4 - FP32 per seed: AvgAcc -1, 0, -1 -> mean -0.67, sample std 0.58;
+    # WorstAcc -5, -2, -4 -> mean -3.67, std sqrt(((-4/3)^2 + (5/3)^2 + (-1/3)^2) / 2) = 1.53.
+    # FQ-BAQ (seed 1 only): +4.0 / +8.0, no std.
+    assert observations(cells) == [
+        "FitzP. ResNet18: AvgAcc / WorstAcc change vs FP32 in points, paired by seed (3 seeds; "
+        "mean ± std): U4 -0.7 ± 0.6 / -3.7 ± 1.5, FQ-BAQ +4.0 / +8.0."
+    ]
+    assert observations(cells.filter(pl.col("method") != "fp32")) == []

@@ -198,25 +198,35 @@ def to_latex(summary: pl.DataFrame, *, caption: str = "") -> str:
     return _booktabs(header, rows, n_text=n_text, size=r"\small", caption=caption)
 
 
-def observations(summary: pl.DataFrame) -> list[str]:
-    """Plain-language deltas vs FP32 (worst-group and average accuracy), computed, per cell group."""
+def observations(cells: pl.DataFrame) -> list[str]:
+    """Per (dataset, model): each method's AvgAcc/WorstAcc change vs FP32 in points.
+
+    ``cells``: :func:`cells_frame`. Changes are paired by seed (a method's cell starts from the
+    FP32 checkpoint of its seed), then summarized as mean ± sample std over the paired seeds (the
+    std is left out with one seed). Ablation variants are ignored.
+    """
     lines = []
-    t1 = summary.filter(pl.col("variant") == "")
+    t1 = cells.filter(pl.col("variant") == "")
     for (ds, mo), part in t1.group_by(["dataset_label", "model_label"], maintain_order=True):
-        by = {r["method"]: r for r in part.iter_rows(named=True)}
-        if "fp32" not in by:
+        ref = part.filter(pl.col("method") == "fp32").select("seed", "avg_acc", "worst_acc")
+        if ref.is_empty():
             continue
-        ref = by["fp32"]
         bits = []
         for meth in METHOD_IDS[1:]:
-            if meth in by:
-                r = by[meth]
-                dw = 100 * (r["worst_acc_mean"] - ref["worst_acc_mean"])
-                da = 100 * (r["avg_acc_mean"] - ref["avg_acc_mean"])
-                bits.append(f"{r['method_label']} {da:+.1f}/{dw:+.1f}")
+            rows = part.filter(pl.col("method") == meth)
+            paired = rows.join(ref, on="seed", suffix="_fp32")
+            if paired.is_empty():
+                continue
+            parts = []
+            for col in ("avg_acc", "worst_acc"):
+                d = 100 * (paired[col] - paired[f"{col}_fp32"]).to_numpy()
+                parts.append(f"{d.mean():+.1f}" + (f" ± {d.std(ddof=1):.1f}" if len(d) > 1 else ""))
+            bits.append(f"{rows['method_label'][0]} {parts[0]} / {parts[1]}")
         if bits:
+            n = ref.height
             lines.append(
-                f"{ds} {mo}: AvgAcc/WorstAcc change vs FP32 in points: " + ", ".join(bits) + "."
+                f"{ds} {mo}: AvgAcc / WorstAcc change vs FP32 in points, paired by seed "
+                f"({n} seed{'s' if n > 1 else ''}; mean ± std): " + ", ".join(bits) + "."
             )
     return lines
 
@@ -466,7 +476,7 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
         csv=csv,
         latex=tex,
         semisynthetic=semi,
-        notes=tuple(observations(summary)),
+        notes=tuple(observations(cells)),
         plots=made,
         ablation=ab,
         ablation_markdown=ab_md,
