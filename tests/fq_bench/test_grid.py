@@ -6,6 +6,9 @@ End-to-end runs use ``tiny_cnn`` (two convs and a linear head) on 120 semi-synth
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 import os
 import signal
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fq_bench.data import DataError
 from fq_bench.grid import (
     DEFAULT,
     CellKey,
@@ -27,6 +31,7 @@ from fq_bench.grid import (
     run_grid,
     shard_cells,
 )
+from fq_bench.grid._config import _NOT_FINGERPRINTED, FP32_FIELDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)
 
@@ -260,3 +265,40 @@ def test_observations_pair_methods_with_fp32_by_seed() -> None:
         "mean ± std): U4 -0.7 ± 0.6 / -3.7 ± 1.5, FQ-BAQ +4.0 / +8.0."
     ]
     assert observations(cells.filter(pl.col("method") != "fp32")) == []
+
+
+def test_label_column_chooses_the_class_granularity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import polars as pl
+    from fq_bench.data._common import METADATA_DIR
+    from safetensors.torch import load_file
+
+    real = pl.read_csv(METADATA_DIR / "fitzpatrick17k.csv", infer_schema_length=0)
+    n_nine = real["nine_partition_label"].drop_nulls().n_unique()
+    assert n_nine == 9
+    base = [a for a in TINY_ARGS if a not in ("u4", "fq-qat")]  # FP32 only
+    out = tmp_path / "nine"
+    args = [*base, "--label-column", "fitzpatrick17k=nine_partition_label", "--out", str(out)]
+    assert main(args) == 0
+    head = load_file(out / "checkpoints" / "fitzpatrick17k__tiny_cnn__s0.safetensors")
+    assert head["head.weight"].shape[0] == n_nine  # the default column has 3 classes
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["label_columns"] == [["fitzpatrick17k", "nine_partition_label"]]
+    # a column the metadata does not have: an error listing the columns found
+    with pytest.raises(DataError, match=r"missing column\(s\) \['diagnosis_x'\].*columns found"):
+        main([*base, "--label-column", "fitzpatrick17k=diagnosis_x", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):
+        main([*base, "--label-column", "fitzpatrick=label"])
+    assert "DATASET=COLUMN with DATASET in fitzpatrick17k, isic2019" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="label_columns: unknown dataset 'isic'"):
+        DEFAULT.replace(label_columns=(("isic", "diagnosis"),))
+    # the class column changes the FP32 checkpoint's fingerprint; leaving it unset keeps results
+    # written before the field existed valid (the field is left out of the hash when empty)
+    nine = DEFAULT.replace(label_columns=(("fitzpatrick17k", "nine_partition_label"),))
+    assert nine.fingerprint(FP32_FIELDS) != DEFAULT.fingerprint(FP32_FIELDS)
+    before = dataclasses.asdict(DEFAULT)  # the hash as computed before the field existed
+    for k in ("label_columns", *_NOT_FINGERPRINTED):
+        before.pop(k)
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode())
+    assert DEFAULT.fingerprint() == digest.hexdigest()[:16]

@@ -46,7 +46,7 @@ FIELD_HELP: dict[str, str] = {
     "cpu": "force the CPU even when a GPU is present",
     "progress": "progress bars",
 }
-_SPECIAL = {"preset", "data_sources", "sweeps", "notes"}
+_SPECIAL = {"preset", "data_sources", "label_columns", "sweeps", "notes"}
 
 
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: Any) -> None:
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--data-source", action="append", default=None, metavar="DATASET=SOURCE",
                    help="real data for a dataset (folder, hub id, parquet); otherwise semi-synthetic")  # fmt: skip
+    p.add_argument("--label-column", action="append", default=None, metavar="DATASET=COLUMN",
+                   help="metadata column holding the class, e.g. fitzpatrick17k=nine_partition_label "
+                   "(default: label for real Fitzpatrick17k, three_partition_label semi-synthetic)")  # fmt: skip
     p.add_argument("--sweep", action="append", default=None, metavar="FIELD=V1,V2,...",
                    help=f"ablation sweep over FQ-BAQ's {', '.join(SWEEPABLE)} (replaces the preset's; "
                    "without --methods, runs only the methods the swept fields change)")  # fmt: skip
@@ -120,6 +123,16 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                 )
             pairs.append((ds, src))
         changes["data_sources"] = tuple(pairs)
+    if args.label_column:
+        pairs = []
+        for item in args.label_column:
+            ds, sep, col = item.partition("=")
+            if not sep or ds not in DATASETS or not col:
+                parser.error(
+                    f"--label-column {item!r}: expected DATASET=COLUMN with DATASET in {', '.join(DATASETS)}"
+                )
+            pairs.append((ds, col))
+        changes["label_columns"] = tuple(pairs)
     if args.sweep:
         sweeps = []
         for item in args.sweep:

@@ -81,6 +81,7 @@ FP32_FIELDS: tuple[str, ...] = (
     "pretrained",
     "weights_dir",
     "data_sources",
+    "label_columns",
     "mixed_precision",
 )
 #: Fields a calibration depends on.
@@ -124,6 +125,10 @@ class GridConfig:
     parameter-weighted average bits of FQ-BAQ's warm-start allocation (``allocate_to_budget``).
     ``sweeps``: ablation sweeps ``((field, (values...)), ...)`` over FQ-BAQ (empty for Table 1).
     ``data_sources``: ``((dataset, source), ...)``; a dataset not listed uses semi-synthetic data.
+    ``label_columns``: ``((dataset, column), ...)``: the metadata column holding the class, e.g.
+    Fitzpatrick17k's ``label`` (114 conditions), ``nine_partition_label`` or
+    ``three_partition_label``; a dataset not listed uses its loader's default (real Fitzpatrick17k:
+    ``label``; semi-synthetic Fitzpatrick17k: ``three_partition_label``; ISIC 2019: the diagnosis).
     """
 
     preset: str = "default"
@@ -153,6 +158,7 @@ class GridConfig:
     pretrained: bool = False
     weights_dir: str | None = None
     data_sources: tuple[tuple[str, str], ...] = ()
+    label_columns: tuple[tuple[str, str], ...] = ()
     sweeps: tuple[tuple[str, tuple[float, ...]], ...] = ()
     mixed_precision: str = "no"
     cpu: bool = False
@@ -201,6 +207,20 @@ class GridConfig:
                 raise ValueError(
                     f"data_sources: unknown dataset {ds!r}; valid names: {', '.join(DATASETS)}"
                 )
+        for field_name, pairs in (
+            ("data_sources", self.data_sources),
+            ("label_columns", self.label_columns),
+        ):
+            names = [ds for ds, _ in pairs]
+            if len(set(names)) != len(names):
+                raise _fail(field_name, pairs, "at most one entry per dataset")
+        for ds, col in self.label_columns:
+            if ds not in DATASETS:
+                raise ValueError(
+                    f"label_columns: unknown dataset {ds!r}; valid names: {', '.join(DATASETS)}"
+                )
+            if not isinstance(col, str) or not col:
+                raise _fail(f"label_columns[{ds}]", col, "a non-empty column name")
         for name, values in self.sweeps:
             if name not in SWEEPABLE:
                 raise ValueError(
@@ -228,6 +248,10 @@ class GridConfig:
         """``"semisynthetic"`` or the source given for ``dataset``."""
         return dict(self.data_sources).get(dataset, "semisynthetic")
 
+    def label_column(self, dataset: str) -> str | None:
+        """The class column given for ``dataset``, or ``None`` for the loader's default."""
+        return dict(self.label_columns).get(dataset)
+
     def fingerprint(self, fields: tuple[str, ...] | None = None) -> str:
         """Hash of the fields that change a cell's numbers (default: all but the grid's extent,
         the preset name and UI switches); ``fields`` restricts it (e.g. :data:`FP32_FIELDS`).
@@ -240,6 +264,8 @@ class GridConfig:
                 d.pop(k)
         else:
             d = {k: d[k] for k in fields}
+        if not d.get("label_columns"):  # added later: absent = default keeps old results valid
+            d.pop("label_columns", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

@@ -185,6 +185,8 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
     from fq_bench.data import is_semisynthetic, make_loaders
 
     source = config.data_source(dataset)
+    label_col = config.label_column(dataset)
+    label_kw = {} if label_col is None else {"label_col": label_col}
     if source == "semisynthetic":
         from fq_bench.data import load_semisynthetic
 
@@ -194,15 +196,16 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
             image_size=config.image_size,
             seed=0,
             test_fraction=config.test_fraction,
+            label_col=label_col,
         )
     elif dataset == "fitzpatrick17k":
         from fq_bench.data import load_fitzpatrick17k
 
-        dd = load_fitzpatrick17k(source, seed=0, test_fraction=config.test_fraction)
+        dd = load_fitzpatrick17k(source, seed=0, test_fraction=config.test_fraction, **label_kw)
     else:
         from fq_bench.data import load_isic2019
 
-        dd = load_isic2019(source, seed=0, test_fraction=config.test_fraction)
+        dd = load_isic2019(source, seed=0, test_fraction=config.test_fraction, **label_kw)
     loaders = make_loaders(
         dd, image_size=config.image_size, batch_size=config.batch_size, train=True, seed=0
     )
