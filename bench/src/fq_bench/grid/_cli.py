@@ -103,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _dataset_pair(
+    parser: argparse.ArgumentParser, flag: str, what: str, item: str
+) -> tuple[str, str]:
+    """``DATASET=VALUE`` -> ``(dataset, value)``; a parser error naming ``flag`` otherwise."""
+    ds, sep, value = item.partition("=")
+    if not sep or ds not in DATASETS or not value:
+        parser.error(
+            f"{flag} {item!r}: expected DATASET={what} with DATASET in {', '.join(DATASETS)}"
+        )
+    return ds, value
+
+
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> GridConfig:
     """The preset with every given flag applied; errors name the flag and the valid values."""
     base = PRESETS[args.preset]
@@ -113,26 +125,15 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         v = getattr(args, f.name)
         if v is not None:
             changes[f.name] = tuple(v) if isinstance(v, list) else v
-    if args.data_source:
-        pairs = []
-        for item in args.data_source:
-            ds, sep, src = item.partition("=")
-            if not sep or ds not in DATASETS:
-                parser.error(
-                    f"--data-source {item!r}: expected DATASET=SOURCE with DATASET in {', '.join(DATASETS)}"
-                )
-            pairs.append((ds, src))
-        changes["data_sources"] = tuple(pairs)
-    if args.label_column:
-        pairs = []
-        for item in args.label_column:
-            ds, sep, col = item.partition("=")
-            if not sep or ds not in DATASETS or not col:
-                parser.error(
-                    f"--label-column {item!r}: expected DATASET=COLUMN with DATASET in {', '.join(DATASETS)}"
-                )
-            pairs.append((ds, col))
-        changes["label_columns"] = tuple(pairs)
+    for flag, field_name, what in (
+        ("data_source", "data_sources", "SOURCE"),
+        ("label_column", "label_columns", "COLUMN"),
+    ):
+        items = getattr(args, flag)
+        if items:
+            changes[field_name] = tuple(
+                _dataset_pair(parser, f"--{flag.replace('_', '-')}", what, i) for i in items
+            )
     if args.sweep:
         sweeps = []
         for item in args.sweep:
