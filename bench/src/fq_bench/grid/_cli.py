@@ -71,36 +71,57 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: A
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python bench/run_grid.py",
-        description="Reproduce the FairQuant paper's Table 1 grid (and ablations). Every preset field "
-        "can be overridden; a finished cell is never recomputed; SIGKILL and re-run to resume.",
-    )
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``--preset``, one flag per :class:`GridConfig` field, ``--data-source``,
+    ``--label-column``, ``--threads`` and ``-v`` to ``p`` (shared by every bench entry point
+    that builds a grid config; :func:`config_from_args` reads them back)."""
     p.add_argument("--preset", choices=tuple(PRESETS), default="default",
                    help="default: CPU demo on semi-synthetic data; paper: the paper's grid; "
                    "ablations: Fig. 2 sweeps")  # fmt: skip
-    p.add_argument("--out", default=None, help="results folder (default results/<run>)")
-    p.add_argument("--run", default=None, help="run name under results/ (default: the preset)")
-    p.add_argument("--shard", default="0/1", help="run shard i/n of the cells (0-based), e.g. 2/8")
-    p.add_argument("--report", metavar="DIR", default=None,
-                   help="only rebuild tables and plots of DIR from its cell files")  # fmt: skip
-    p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--data-source", action="append", default=None, metavar="DATASET=SOURCE",
                    help="real data for a dataset (folder, hub id, parquet); otherwise semi-synthetic")  # fmt: skip
     p.add_argument("--label-column", action="append", default=None, metavar="DATASET=COLUMN",
                    help="metadata column holding the class, e.g. fitzpatrick17k=nine_partition_label "
                    "(default: label for real Fitzpatrick17k, three_partition_label semi-synthetic)")  # fmt: skip
-    p.add_argument("--sweep", action="append", default=None, metavar="FIELD=V1,V2,...",
-                   help=f"ablation sweep over FQ-BAQ's {', '.join(SWEEPABLE)} (replaces the preset's; "
-                   "without --methods, runs only the methods the swept fields change)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     for f in dataclasses.fields(GridConfig):
         if f.name not in _SPECIAL:
             _add_field(p, f, getattr(PRESETS["default"], f.name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python bench/run_grid.py",
+        description="Reproduce the FairQuant paper's Table 1 grid (and ablations). Every preset field "
+        "can be overridden; a finished cell is never recomputed; SIGKILL and re-run to resume.",
+    )
+    p.add_argument("--out", default=None, help="results folder (default results/<run>)")
+    p.add_argument("--run", default=None, help="run name under results/ (default: the preset)")
+    p.add_argument("--shard", default="0/1", help="run shard i/n of the cells (0-based), e.g. 2/8")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="only rebuild tables and plots of DIR from its cell files")  # fmt: skip
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--sweep", action="append", default=None, metavar="FIELD=V1,V2,...",
+                   help=f"ablation sweep over FQ-BAQ's {', '.join(SWEEPABLE)} (replaces the preset's; "
+                   "without --methods, runs only the methods the swept fields change)")  # fmt: skip
+    add_config_arguments(p)
     return p
+
+
+def set_up_process(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Apply ``--verbose`` (logging level) and ``--threads`` (torch CPU threads)."""
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1; got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def _dataset_pair(
@@ -134,7 +155,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             changes[field_name] = tuple(
                 _dataset_pair(parser, f"--{flag.replace('_', '-')}", what, i) for i in items
             )
-    if args.sweep:
+    if getattr(args, "sweep", None):
         sweeps = []
         for item in args.sweep:
             name, sep, vals = item.partition("=")
@@ -174,16 +195,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1; got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_up_process(args, parser)
     from ._report import build_report
 
     if args.report is not None:
