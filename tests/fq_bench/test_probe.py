@@ -67,7 +67,13 @@ def test_probe_agrees_with_the_grid_cells(grid_and_probe) -> None:
         assert r["avg_acc"] == pytest.approx(result["metrics"]["avg_acc"], abs=1e-12)
         assert r["group_acc"] == pytest.approx(result["group_acc"], abs=1e-12, nan_ok=True)
         if key.method == "fp32":
-            assert r["logit_rel_err"] == 0.0 and r["flips"] == 0.0
+            assert r["logit_rel_err"] == r["flips"] == r["lost"] == r["gained"] == 0.0
+            continue
+        ref = next(res for k, res in cells if k.method == "fp32" and k.seed == key.seed)
+        # overall accuracy (sample-weighted) moves by exactly what flipped to right minus to wrong
+        change = result["overall_acc"] - ref["overall_acc"]
+        assert r["gained"] - r["lost"] == pytest.approx(change, abs=1e-12)
+        assert r["lost"] + r["gained"] <= r["flips"] + 1e-12
 
 
 def _float64_uniform(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
@@ -101,11 +107,14 @@ def test_logit_error_and_flips_match_a_float64_requantization(grid_and_probe, gr
         z = torch.cat([model(x) for x in xs])
     rel = ((z - z_ref).norm(dim=1) / z_ref.norm(dim=1)).median().item()
     flips = (z.argmax(1) != z_ref.argmax(1)).double().mean().item()
+    y = torch.cat([yb for _, yb, _ in data.loaders.test])
+    lost = ((z_ref.argmax(1) == y) & (z.argmax(1) != y)).double().mean().item()
     r = frame.filter((pl.col("seed") == 0) & (pl.col("bits") == 3)).row(0, named=True)
     assert rel > 1e-3  # 3 bits do change the logits: the comparison below is not 0 == 0
     assert r["logit_rel_err"] == pytest.approx(rel, rel=1e-4)
     n_test = z.shape[0]
     assert abs(r["flips"] - flips) <= 1 / n_test + 1e-12  # float32 vs float64: a near-tie at most
+    assert abs(r["lost"] - lost) <= 1 / n_test + 1e-12
 
 
 def test_summary_pairs_by_seed_against_hand_computed_values() -> None:
@@ -115,7 +124,9 @@ def test_summary_pairs_by_seed_against_hand_computed_values() -> None:
             rows.append({"dataset": "d", "model": "m", "seed": seed, "bits": bits,
                          "avg_acc": w + 0.1, "worst_acc": w, "worst_group": f"g{seed}",
                          "logit_rel_err": 0.0 if bits == 32 else 0.1 * (seed + 1),
-                         "flips": 0.0 if bits == 32 else 0.05})  # fmt: skip
+                         "flips": 0.0 if bits == 32 else 0.05,
+                         "lost": 0.0 if bits == 32 else 0.04 - 0.02 * seed,
+                         "gained": 0.0 if bits == 32 else 0.01})  # fmt: skip
     s = probe_summary(pl.DataFrame(rows))
     assert s["bits"].to_list() == [32, 4]
     u4 = s.row(1, named=True)
@@ -125,10 +136,13 @@ def test_summary_pairs_by_seed_against_hand_computed_values() -> None:
     assert u4["d_worst_acc_std"] == pytest.approx(math.sqrt(18.0))  # sample std of -10, -4
     assert u4["logit_rel_err"] == pytest.approx(0.15)
     assert u4["flips"] == pytest.approx(5.0)
+    assert u4["lost"] == pytest.approx(3.0) and u4["lost_std"] == pytest.approx(math.sqrt(2.0))
+    assert u4["gained"] == pytest.approx(1.0)
     assert u4["worst_groups"] == ["g0", "g1"]
     md = probe_markdown(s)
     assert "| d | m | U4 | 78.00 ± 2.83 | 68.00 ± 2.83 | -7.00 ± 4.24 |" in md
-    assert "| d | m | FP32 | 85.00 ± 7.07 | 75.00 ± 7.07 | - | - | - | - | g0, g1 |" in md
+    assert "| 0.150 ± 0.071 | 5.0 ± 0.0 | 3.0 ± 1.4 | 1.0 ± 0.0 | g0, g1 |" in md
+    assert "| d | m | FP32 | 85.00 ± 7.07 | 75.00 ± 7.07 | - | - | - | - | - | - | g0, g1 |" in md
 
 
 def test_cli_writes_its_files_and_rejects_bad_input(

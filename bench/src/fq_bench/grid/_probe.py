@@ -7,7 +7,9 @@ accuracies it reports two signals that explain them:
 
 - ``logit_rel_err``: median over test images of ``|z_b - z_fp32|_2 / |z_fp32|_2`` (the logits'
   relative change), the size of the quantization error where it reaches the decision;
-- ``flips``: share of test images whose predicted class changes;
+- ``flips``: share of test images whose predicted class changes, of which ``lost`` were right
+  and are now wrong and ``gained`` the reverse. Small random weight errors flip images on both
+  sides of the decision boundary about equally, so overall accuracy moves only by ``gained - lost``;
 - ``w_max_over_std``: mean over the quantized layers' output channels of ``max|w| / std(w)``.
   Per-channel max-abs scaling spends its 2^(b-1) - 1 positive levels on ``[0, max|w|]``, so this
   ratio is what sets the rounding error relative to the typical weight.
@@ -87,6 +89,7 @@ def _row(
     )
     rel = (z - z_ref).norm(dim=1) / z_ref.norm(dim=1).clamp_min(1e-12)
     acc = np.asarray(rep.group_acc, dtype=np.float64)
+    ref_ok, ok = z_ref.argmax(1) == y, pred == y
     return {
         "avg_acc": float(rep.avg_acc),
         "worst_acc": float(rep.worst_acc),
@@ -94,6 +97,8 @@ def _row(
         "group_acc": [float(a) for a in acc],
         "logit_rel_err": float(rel.median()),
         "flips": float((pred != z_ref.argmax(1)).double().mean()),
+        "lost": float((ref_ok & ~ok).double().mean()),
+        "gained": float((~ref_ok & ok).double().mean()),
     }
 
 
@@ -111,7 +116,7 @@ def ptq_probe(
     ``"channel"`` (Table 1's U8/U4) or ``"tensor"``. Returns one row per quantized model plus a
     ``bits == 32`` row per FP32 reference, with columns ``dataset, model, seed, bits, avg_acc,
     worst_acc`` (fractions in [0, 1]), ``worst_group, group_names, group_acc, logit_rel_err,
-    flips`` (fraction) ``, w_max_over_std``.
+    flips, lost, gained`` (fractions of the test images) ``, w_max_over_std``.
     """
     from fq_quant import (
         BitAssignment,
@@ -158,8 +163,8 @@ def ptq_probe(
 def probe_summary(frame: pl.DataFrame) -> pl.DataFrame:
     """Mean and std over seeds per (dataset, model, bits), with changes paired by seed vs FP32.
 
-    Accuracies and their changes in percentage points; ``d_worst_acc`` = ``worst_acc(bits) -
-    worst_acc(FP32)`` of the same seed.
+    Accuracies, their changes and ``flips``/``lost``/``gained`` in percent (points); ``d_worst_acc``
+    = ``worst_acc(bits) - worst_acc(FP32)`` of the same seed.
     """
     ref = frame.filter(pl.col("bits") == 32).select(
         "dataset", "model", "seed", pl.col("avg_acc").alias("ref_avg"),
@@ -170,9 +175,10 @@ def probe_summary(frame: pl.DataFrame) -> pl.DataFrame:
         (100 * (pl.col("worst_acc") - pl.col("ref_worst"))).alias("d_worst_acc"),
         (100 * pl.col("avg_acc")).alias("avg_acc"),
         (100 * pl.col("worst_acc")).alias("worst_acc"),
-        (100 * pl.col("flips")).alias("flips"),
+        *[(100 * pl.col(c)).alias(c) for c in ("flips", "lost", "gained")],
     )
-    cols = ("avg_acc", "worst_acc", "d_avg_acc", "d_worst_acc", "logit_rel_err", "flips")
+    cols = ("avg_acc", "worst_acc", "d_avg_acc", "d_worst_acc", "logit_rel_err", "flips", "lost",
+            "gained")  # fmt: skip
     return (
         paired.group_by("dataset", "model", "bits", maintain_order=True)
         .agg(
@@ -195,8 +201,8 @@ def probe_markdown(summary: pl.DataFrame) -> str:
 
     head = (
         "| Dataset | Model | Bits | AvgAcc | WorstAcc | ΔAvgAcc | ΔWorstAcc | "
-        "logit rel. err. | flips % | worst group(s) |\n"
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
+        "logit rel. err. | flips % | lost % | gained % | worst group(s) |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
     )
     lines = []
     for r in summary.iter_rows(named=True):
@@ -207,7 +213,8 @@ def probe_markdown(summary: pl.DataFrame) -> str:
             f"{pm(r, 'worst_acc', 2)} | {pm(r, 'd_avg_acc', 2) if delta else '-'} | "
             f"{pm(r, 'd_worst_acc', 2) if delta else '-'} | "
             f"{pm(r, 'logit_rel_err', 3) if delta else '-'} | "
-            f"{pm(r, 'flips', 1) if delta else '-'} | {', '.join(r['worst_groups'])} |"
+            f"{pm(r, 'flips', 1) if delta else '-'} | {pm(r, 'lost', 1) if delta else '-'} | "
+            f"{pm(r, 'gained', 1) if delta else '-'} | {', '.join(r['worst_groups'])} |"
         )
     return head + "\n".join(lines) + "\n"
 
