@@ -280,8 +280,9 @@ DEFAULT = GridConfig(
         "Default run: semi-synthetic Fitzpatrick17k-like data (real metadata rows, generated "
         "pixels), timm resnet18 from scratch at 32 px, short schedules; the numbers show the "
         "method's mechanics on CPU, not the paper's values. U3 (extra) is a lower uniform point: "
-        "per-channel U4 barely hurts this small from-scratch model, so U3 shows where uniform "
-        "precision breaks. 40% of the rows are held out so the rarest group (type 6) has ~25 test "
+        "per-channel U4 barely hurts this small from-scratch model (`uv run python "
+        "bench/ptq_probe.py` prints the cost of each bit-width per group, and bench/README.md "
+        "why). 40% of the rows are held out so the rarest group (type 6) has ~25 test "
         "images; worst-group accuracy is still coarse (one image ~ 4 points).",
     ),
 )
