@@ -76,7 +76,8 @@ def layer_costs(
     twice counts twice; a layer never called gets 0 MACs. ``nn.MultiheadAttention`` applies its
     ``out_proj`` without calling it: that layer is counted from the attention's query shape
     (``tokens * E * E``). Its input projection is a bare parameter (``in_proj_weight``), not a
-    layer, and the attention matmuls are not layers: neither is counted.
+    layer, and the attention matmuls are not layers: neither is counted
+    (``fq_quant.unpack_attention(model)`` turns the input projection into counted layers).
 
     The pass runs under ``torch.no_grad()`` in eval mode; each module's training flag is
     restored afterwards. The model and input stay on the caller's device.

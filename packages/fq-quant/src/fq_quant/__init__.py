@@ -6,6 +6,7 @@ The one way in::
 """
 
 from ._assignment import ALLOWED_BITS, BitAssignment
+from ._attention import LinearMultiheadAttention, pack_attention, unpack_attention
 from ._granularity import Granularity
 from ._importance_map import ImportanceMap
 from ._layers import quantizable_layers
@@ -21,6 +22,7 @@ __all__ = [
     "Granularity",
     "ImportanceMap",
     "LayerScopes",
+    "LinearMultiheadAttention",
     "RoundSTE",
     "ScopeLayout",
     "current_assignment",
@@ -28,6 +30,7 @@ __all__ = [
     "fake_quantize",
     "is_quantized",
     "load_packed",
+    "pack_attention",
     "plain_state_dict",
     "predicted_packed_size",
     "q_levels",
@@ -36,4 +39,5 @@ __all__ = [
     "round_ste",
     "scope_view",
     "strip_quantization",
+    "unpack_attention",
 ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ._assignment import BitAssignment
+from ._attention import bare_attention_modules
 from ._layers import quantizable_layers
 from ._layout import ScopeLayout
 from ._quantizer import FixedBitsQuantizer
@@ -20,10 +23,21 @@ def quantize_model(model: nn.Module, assignment: BitAssignment) -> nn.Module:
     trainable (QAT), and the bits live in ``state_dict`` as buffers. Returns ``model``.
 
     Raises ``ValueError`` if the assignment's layers, shapes or granularity do not match the model,
-    or if a weight is not finite; a model already quantized is re-assigned its new bits.
+    or if a weight is not finite; a model already quantized is re-assigned its new bits. Warns
+    when ``model`` holds ``nn.MultiheadAttention`` modules, whose query/key/value projections are
+    bare parameters that stay in float: :func:`fq_quant.unpack_attention` makes them layers.
     """
     if not isinstance(assignment, BitAssignment):
         raise TypeError(f"assignment must be a BitAssignment; got {type(assignment).__name__}")
+    bare = bare_attention_modules(model)
+    if bare:
+        warnings.warn(
+            f"{len(bare)} nn.MultiheadAttention module(s) (first: {bare[0]!r}) keep their "
+            "query/key/value projections in float32 (a bare in_proj_weight, not a layer); call "
+            "fq_quant.unpack_attention(model) before quantize_model to quantize them",
+            UserWarning,
+            stacklevel=2,
+        )
     layout = ScopeLayout.from_model(model, assignment.granularity)
     modules = dict(model.named_modules())
     for name in assignment.bits:
