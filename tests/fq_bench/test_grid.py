@@ -302,3 +302,29 @@ def test_label_column_chooses_the_class_granularity(
         before.pop(k)
     digest = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode())
     assert DEFAULT.fingerprint() == digest.hexdigest()[:16]
+
+
+def test_a_registered_torchvision_vit_gets_its_attention_quantized(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision
+    from fq_bench.grid import CUSTOM_MODELS
+
+    def vit(num_classes: int, image_size: int):
+        return torchvision.models.VisionTransformer(
+            image_size=image_size, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
+            mlp_dim=32, num_classes=num_classes,
+        )  # fmt: skip
+
+    monkeypatch.setitem(CUSTOM_MODELS, "tv_vit", vit)
+    run_grid(TINY.replace(models=("tv_vit",), methods=("u4",)), tmp_path)
+    [(_, cell)] = CellStore(tmp_path).all()
+    names = {name for name, _, _ in cell["layer_bits"]}
+    attn = "encoder.layers.encoder_layer_0.self_attention"
+    assert {f"{attn}.{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")} <= names
+    # every weight matrix but the two embeddings is quantized at 4 bits
+    model = vit(3, 16)
+    matrices = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2)
+    embeddings = model.class_token.numel() + model.encoder.pos_embedding.numel()
+    assert cell["cost"]["n_params"] == matrices - embeddings
+    assert cell["cost"]["avg_bits"] == 4.0

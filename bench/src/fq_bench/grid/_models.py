@@ -70,6 +70,10 @@ def build_model(
 ) -> nn.Module:
     """A fresh model with a ``num_classes`` head; weights from the global torch RNG (seed first).
 
+    A custom model's ``nn.MultiheadAttention`` modules are replaced by
+    ``fq_quant.LinearMultiheadAttention`` (same function), so their q/k/v projections are
+    quantized too; timm's attention already uses ``nn.Linear``.
+
     ``pretrained``: ImageNet weights, from ``weights_dir/<name>.safetensors`` when given (timm's
     ``pretrained_cfg_overlay=dict(file=...)``; the head is replaced), else through timm's hub
     download. ViT-style models get ``img_size=image_size``.
@@ -77,7 +81,11 @@ def build_model(
     if name in CUSTOM_MODELS:
         if pretrained:
             raise ValueError(f"model {name!r} is a custom model without pretrained weights")
-        return CUSTOM_MODELS[name](num_classes, image_size)
+        from fq_quant import unpack_attention
+
+        # torch's nn.MultiheadAttention (torchvision ViTs, nn.Transformer*) keeps q/k/v in a bare
+        # parameter that would stay float: every weight matrix must be a quantizable layer
+        return unpack_attention(CUSTOM_MODELS[name](num_classes, image_size))
     import timm
 
     kwargs: dict = {"num_classes": num_classes}
