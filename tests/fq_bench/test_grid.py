@@ -132,7 +132,8 @@ def test_union_of_shards_is_the_grid(full_run: Path, tmp_path: Path) -> None:
         datasets=("fitzpatrick17k", "isic2019"), models=("a", "b"), seeds=(0, 1, 2)
     )
     cells = grid_cells(config)
-    assert len(cells) == 2 * 2 * 8 * 3 == len({c.id for c in cells})
+    assert len(cells) == 2 * 2 * len(DEFAULT.methods) * 3 == len({c.id for c in cells})
+    assert len(DEFAULT.methods) == 9  # Table 1 + U3 (extra) + FP32 + FT (control)
     for n in (1, 2, 5):
         shards = [shard_cells(cells, i, n) for i in range(n)]
         ids = [c.id for s in shards for c in s]
@@ -231,7 +232,9 @@ def test_typos_are_errors_listing_valid_names(capsys: pytest.CaptureFixture[str]
         main(["--models", "resnt18", "--no-progress"])
     err = capsys.readouterr().err
     assert "resnt18" in err and "resnet18" in err and "tiny_vit_5m_224" in err
-    with pytest.raises(ValueError, match="valid names: fp32, u8, u4, u3, lin, guo, fq-qat, fq-baq"):
+    with pytest.raises(
+        ValueError, match="valid names: fp32, u8, u4, u3, fp32-ft, lin, guo, fq-qat, fq-baq"
+    ):
         GridConfig(methods=("fp32", "U4"))
     with pytest.raises(SystemExit):
         main(["--sweep", "lambda_bit=0.1,1", "--no-progress"])
@@ -265,6 +268,15 @@ def test_observations_pair_methods_with_fp32_by_seed() -> None:
         "mean ± std): U4 -0.7 ± 0.6 / -3.7 ± 1.5, FQ-BAQ +4.0 / +8.0."
     ]
     assert observations(cells.filter(pl.col("method") != "fp32")) == []
+    # with the control: fine-tuned rows are also paired with it (U4 is not a fine-tune)
+    ctrl = pl.DataFrame([row("fp32-ft", "FP32 + FT (control)", 1, 0.88, 0.85)])
+    lines = observations(pl.concat([cells, ctrl]))
+    assert len(lines) == 2
+    assert "FP32 + FT (control) +2.0 / +3.0, FQ-BAQ +4.0 / +8.0." in lines[0]
+    assert lines[1] == (
+        "FitzP. ResNet18: AvgAcc / WorstAcc change vs FP32 + FT (control: the same extra "
+        "training, unquantized) in points, paired by seed (1 seed; mean ± std): FQ-BAQ +2.0 / +5.0."
+    )
 
 
 def test_label_column_chooses_the_class_granularity(
@@ -328,3 +340,42 @@ def test_a_registered_torchvision_vit_gets_its_attention_quantized(
     embeddings = model.class_token.numel() + model.encoder.pos_embedding.numel()
     assert cell["cost"]["n_params"] == matrices - embeddings
     assert cell["cost"]["avg_bits"] == 4.0
+
+
+def test_fp32_ft_control_is_the_fine_tune_schedule_without_quantization(tmp_path: Path) -> None:
+    """The control cell equals an independent re-run: FP32Trainer from the checkpoint with the
+    fine-tunes' lr, epochs and the cell's seed, evaluated unquantized (avg bits 32)."""
+    import numpy as np
+    import torch
+    from fq_baq import BAQConfig, FP32Trainer
+    from fq_bench.grid import stable_seed
+    from fq_bench.grid._runner import _fresh_model, load_data, seed_everything
+    from safetensors.torch import load_file
+
+    cfg = TINY.replace(methods=("fp32", "fp32-ft"))
+    run_grid(cfg, tmp_path)
+    cells = {k.method: r for k, r in CellStore(tmp_path).all()}
+    got = cells["fp32-ft"]
+    assert got["cost"]["avg_bits"] == 32.0 and len(got["history"]) == cfg.epochs
+    assert got["labels"]["method"] == "FP32 + FT (control)"
+
+    data = load_data(cfg, "fitzpatrick17k")
+    key = next(k for k, _ in CellStore(tmp_path).all() if k.method == "fp32-ft")
+    s = stable_seed("cell", key.id)
+    seed_everything(s)
+    model = _fresh_model(cfg, "tiny_cnn", data, pretrained=False)
+    ckpt = tmp_path / "checkpoints" / "fitzpatrick17k__tiny_cnn__s0.safetensors"
+    model.load_state_dict(load_file(str(ckpt)))
+    res = FP32Trainer(
+        model, BAQConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
+                         lambda_fair=0.0, seed=s, cpu=True, progress=False)
+    ).fit(data.reseed(s))  # fmt: skip
+    res.model.eval()
+    with torch.no_grad():
+        pred = torch.cat([res.model(x).argmax(1) for x, _, _ in data.loaders.test]).numpy()
+    y = np.concatenate([yb.numpy() for _, yb, _ in data.loaders.test])
+    g = np.concatenate([gb.numpy() for _, _, gb in data.loaders.test])
+    accs = [float((pred[g == k] == y[g == k]).mean()) for k in range(6)]
+    assert got["group_acc"] == pytest.approx(accs, abs=1e-12)
+    # the training itself (accuracies on 48 test images are too coarse to tell schedules apart)
+    assert [h["task_loss"] for h in got["history"]] == [h.task_loss for h in res.history]

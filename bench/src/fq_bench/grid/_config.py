@@ -15,13 +15,15 @@ METHOD_LABELS: dict[str, str] = {
     "u8": "U8",
     "u4": "U4",
     "u3": "U3 (extra)",
+    "fp32-ft": "FP32 + FT (control)",
     "lin": "Lin et al.",
     "guo": "Guo et al.",
     "fq-qat": "FQ-QAT",
     "fq-baq": "FQ-BAQ",
 }
 METHOD_IDS: tuple[str, ...] = tuple(METHOD_LABELS)
-#: Table 1's seven rows (``u3`` is an extra, lower uniform point for the frontier).
+#: Table 1's seven rows (``u3`` is an extra, lower uniform point for the frontier; ``fp32-ft`` an
+#: extra control: FP32 trained as long again as the fine-tunes, unquantized, without L_fair).
 TABLE1_METHODS: tuple[str, ...] = ("fp32", "u8", "u4", "lin", "guo", "fq-qat", "fq-baq")
 
 DATASET_LABELS: dict[str, str] = {"fitzpatrick17k": "FitzP.", "isic2019": "ISIC"}
@@ -275,7 +277,7 @@ class GridConfig:
 DEFAULT = GridConfig(
     calib_batches=10,
     test_fraction=0.4,
-    methods=(*TABLE1_METHODS[:3], "u3", *TABLE1_METHODS[3:]),
+    methods=(*TABLE1_METHODS[:3], "u3", "fp32-ft", *TABLE1_METHODS[3:]),
     notes=(
         "Default run: semi-synthetic Fitzpatrick17k-like data (real metadata rows, generated "
         "pixels), timm resnet18 from scratch at 32 px, short schedules; the numbers show the "

@@ -117,6 +117,19 @@ def run_fp32(ctx: CellContext) -> MethodOutput:
     return MethodOutput(model=ctx.model, assignment=None)
 
 
+def run_fp32_ft(ctx: CellContext) -> MethodOutput:
+    """Control: the FP32 model trained ``epochs`` more epochs exactly as the QAT/BAQ fine-tunes
+    are (same lr, schedule, data and cell seed), unquantized and without L_fair.
+
+    The fine-tuned rows also get this extra training; comparing them with this row, rather than
+    with FP32, separates what quantization and the fairness loss do from what training does.
+    """
+    from fq_baq import FP32Trainer
+
+    res = FP32Trainer(ctx.model, _train_config(ctx, lambda_fair=0.0)).fit(ctx.train_loader)
+    return MethodOutput(model=res.model, assignment=None, history=_history(res))
+
+
 def run_lin(ctx: CellContext) -> MethodOutput:
     """Lin et al. (FairGRAPE-style): grape + max over groups, fixed palette, QAT without L_fair."""
     from fq_alloc import allocate
@@ -184,6 +197,7 @@ METHODS: dict[str, Callable[[CellContext], MethodOutput]] = {
     "u8": _uniform(8),
     "u4": _uniform(4),
     "u3": _uniform(3),
+    "fp32-ft": run_fp32_ft,
     "lin": run_lin,
     "guo": run_guo,
     "fq-qat": run_fq_qat,

@@ -198,8 +198,30 @@ def to_latex(summary: pl.DataFrame, *, caption: str = "") -> str:
     return _booktabs(header, rows, n_text=n_text, size=r"\small", caption=caption)
 
 
+#: The rows that train after FP32 (compared with the ``fp32-ft`` control when it was run).
+FINE_TUNED: tuple[str, ...] = ("lin", "guo", "fq-qat", "fq-baq")
+
+
+def _paired_changes(part: pl.DataFrame, ref_method: str, methods: tuple[str, ...]) -> list[str]:
+    """``"<label> <dAvg> / <dWorst>"`` per method of ``methods`` present, paired by seed."""
+    ref = part.filter(pl.col("method") == ref_method).select("seed", "avg_acc", "worst_acc")
+    bits = []
+    for meth in methods:
+        rows = part.filter(pl.col("method") == meth)
+        paired = rows.join(ref, on="seed", suffix="_ref")
+        if paired.is_empty():
+            continue
+        parts = []
+        for col in ("avg_acc", "worst_acc"):
+            d = 100 * (paired[col] - paired[f"{col}_ref"]).to_numpy()
+            parts.append(f"{d.mean():+.1f}" + (f" ± {d.std(ddof=1):.1f}" if len(d) > 1 else ""))
+        bits.append(f"{rows['method_label'][0]} {parts[0]} / {parts[1]}")
+    return bits
+
+
 def observations(cells: pl.DataFrame) -> list[str]:
-    """Per (dataset, model): each method's AvgAcc/WorstAcc change vs FP32 in points.
+    """Per (dataset, model): each method's AvgAcc/WorstAcc change vs FP32 in points, and, when the
+    ``fp32-ft`` control was run, each fine-tuned method's change vs that control.
 
     ``cells``: :func:`cells_frame`. Changes are paired by seed (a method's cell starts from the
     FP32 checkpoint of its seed), then summarized as mean ± sample std over the paired seeds (the
@@ -208,26 +230,17 @@ def observations(cells: pl.DataFrame) -> list[str]:
     lines = []
     t1 = cells.filter(pl.col("variant") == "")
     for (ds, mo), part in t1.group_by(["dataset_label", "model_label"], maintain_order=True):
-        ref = part.filter(pl.col("method") == "fp32").select("seed", "avg_acc", "worst_acc")
-        if ref.is_empty():
-            continue
-        bits = []
-        for meth in METHOD_IDS[1:]:
-            rows = part.filter(pl.col("method") == meth)
-            paired = rows.join(ref, on="seed", suffix="_fp32")
-            if paired.is_empty():
-                continue
-            parts = []
-            for col in ("avg_acc", "worst_acc"):
-                d = 100 * (paired[col] - paired[f"{col}_fp32"]).to_numpy()
-                parts.append(f"{d.mean():+.1f}" + (f" ± {d.std(ddof=1):.1f}" if len(d) > 1 else ""))
-            bits.append(f"{rows['method_label'][0]} {parts[0]} / {parts[1]}")
-        if bits:
-            n = ref.height
-            lines.append(
-                f"{ds} {mo}: AvgAcc / WorstAcc change vs FP32 in points, paired by seed "
-                f"({n} seed{'s' if n > 1 else ''}; mean ± std): " + ", ".join(bits) + "."
-            )
+        for ref_method, methods, what in (
+            ("fp32", METHOD_IDS[1:], "FP32"),
+            ("fp32-ft", FINE_TUNED, "FP32 + FT (control: the same extra training, unquantized)"),
+        ):
+            n = part.filter(pl.col("method") == ref_method).height
+            bits = _paired_changes(part, ref_method, methods) if n else []
+            if bits:
+                lines.append(
+                    f"{ds} {mo}: AvgAcc / WorstAcc change vs {what} in points, paired by seed "
+                    f"({n} seed{'s' if n > 1 else ''}; mean ± std): " + ", ".join(bits) + "."
+                )
     return lines
 
 
