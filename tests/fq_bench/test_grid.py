@@ -269,10 +269,13 @@ def test_observations_pair_methods_with_fp32_by_seed() -> None:
     ]
     assert observations(cells.filter(pl.col("method") != "fp32")) == []
     # with the control: fine-tuned rows are also paired with it (U4 is not a fine-tune)
-    ctrl = pl.DataFrame([row("fp32-ft", "FP32 + FT (control)", 1, 0.88, 0.85)])
+    ctrl = pl.DataFrame(
+        [row("fp32-ft", "FP32 + FT (control)", 1, 0.88, 0.85), row("u3", "U3", 1, 0.8596, 0.80)]
+    )
     lines = observations(pl.concat([cells, ctrl]))
     assert len(lines) == 2
-    assert "FP32 + FT (control) +2.0 / +3.0, FQ-BAQ +4.0 / +8.0." in lines[0]
+    # U3: -0.04 rounds to zero and prints as +0.0, not -0.0
+    assert "U3 +0.0 / -2.0, FP32 + FT (control) +2.0 / +3.0, FQ-BAQ +4.0 / +8.0." in lines[0]
     assert lines[1] == (
         "FitzP. ResNet18: AvgAcc / WorstAcc change vs FP32 + FT (control: the same extra "
         "training, unquantized) in points, paired by seed (1 seed; mean ± std): FQ-BAQ +2.0 / +5.0."

@@ -214,7 +214,8 @@ def _paired_changes(part: pl.DataFrame, ref_method: str, methods: tuple[str, ...
         parts = []
         for col in ("avg_acc", "worst_acc"):
             d = 100 * (paired[col] - paired[f"{col}_ref"]).to_numpy()
-            parts.append(f"{d.mean():+.1f}" + (f" ± {d.std(ddof=1):.1f}" if len(d) > 1 else ""))
+            mean = d.mean() if round(d.mean(), 1) != 0 else 0.0  # no "-0.0"
+            parts.append(f"{mean:+.1f}" + (f" ± {d.std(ddof=1):.1f}" if len(d) > 1 else ""))
         bits.append(f"{rows['method_label'][0]} {parts[0]} / {parts[1]}")
     return bits
 
