@@ -128,7 +128,8 @@ def group_bars(cells_raw: Sequence[tuple[CellKey, dict[str, Any]]], path: Path) 
         ax.set_xlabel("group")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{pair[0]} {pair[1]}: per-group accuracy")
-        ax.legend(fontsize=7, ncol=2)
+        # below the axes: inside, nine methods' legend hides the bars of the last groups
+        ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     return _save(fig, path)
 
 
