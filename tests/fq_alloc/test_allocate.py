@@ -198,7 +198,9 @@ def test_budget_met(target: float, seed: int) -> None:
     widths = [
         (int(o), int(k))
         for o, k in zip(
-            torch.randint(16, 64, (5,), generator=g), torch.randint(1, 40, (5,), generator=g), strict=False
+            torch.randint(16, 64, (5,), generator=g),
+            torch.randint(1, 40, (5,), generator=g),
+            strict=False,
         )
     ]
     layout = _layout(widths)

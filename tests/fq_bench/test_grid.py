@@ -382,3 +382,17 @@ def test_fp32_ft_control_is_the_fine_tune_schedule_without_quantization(tmp_path
     assert got["group_acc"] == pytest.approx(accs, abs=1e-12)
     # the training itself (accuracies on 48 test images are too coarse to tell schedules apart)
     assert [h["task_loss"] for h in got["history"]] == [h.task_loss for h in res.history]
+
+
+def test_a_cell_is_the_same_whether_its_calibration_was_computed_or_loaded(tmp_path: Path) -> None:
+    """Calibration reads the cell's own train loader; it must leave its shuffle as it found it.
+
+    In A, FQ-QAT's cell computes the calibration; in B, Lin et al.'s cell computed it first (same
+    'type' grouping) and FQ-QAT's cell only loads it. FQ-QAT must be bit-identical in both."""
+    run_grid(TINY.replace(methods=("fq-qat",)), tmp_path / "a")
+    run_grid(TINY.replace(methods=("lin",)), tmp_path / "b")
+    run_grid(TINY.replace(methods=("fq-qat",)), tmp_path / "b")
+    [(_, a)] = CellStore(tmp_path / "a").all()
+    b = {k.method: r for k, r in CellStore(tmp_path / "b").all()}["fq-qat"]
+    assert a["history"] == b["history"]
+    assert a["group_acc"] == b["group_acc"] and a["cost"] == b["cost"]

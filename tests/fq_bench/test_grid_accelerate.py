@@ -42,6 +42,7 @@ import pytest
 import torch
 from fq_bench.grid import CellStore, build_parser, grid_cells
 from fq_bench.grid._cli import config_from_args
+from fq_bench.grid._runner import cell_fingerprint
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,7 +170,7 @@ def test_cells_valid_and_table_built(launched) -> None:
     keys = grid_cells(config)
     assert len(keys) == 4
     for key in keys:
-        assert store.read(key, fingerprint=config.fingerprint()) is not None, key.id
+        assert store.read(key, fingerprint=cell_fingerprint(config, key.model)) is not None, key.id
     table = (out / "table.md").read_text()
     for label in ("FP32", "U4", "FQ-QAT", "FQ-BAQ"):
         assert f"| TinyCNN | {label} |" in table

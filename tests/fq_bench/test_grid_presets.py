@@ -269,3 +269,42 @@ def test_sweeps_run_only_the_methods_they_change(capsys: pytest.CaptureFixture[s
         main(["--sweep", "lr_bits=0.01,0.1", "--methods", "fq-qat", "fq-baq", "--no-progress"])
     err = capsys.readouterr().err
     assert "['fq-qat'] do not use every swept field" in err and "allowed: fq-baq" in err
+
+
+def test_a_sweeps_reference_point_is_the_plain_cell_computed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lambda_fair=0.5 and lambda_bits=0.01 are the run's own values: both variants are the plain
+    FQ-BAQ cell, so they are trained once, read the same, and equal Table 1's FQ-BAQ cell."""
+    from fq_bench.grid import _methods, run_grid
+    from fq_bench.grid._cli import build_parser, config_from_args
+
+    calls: list[float] = []
+    real = _methods.METHODS["fq-baq"]
+
+    def counting(ctx):
+        calls.append(ctx.config.lambda_bits)
+        return real(ctx)
+
+    monkeypatch.setitem(_methods.METHODS, "fq-baq", counting)
+    parser = build_parser()
+    base = [*ABL_ARGS[: ABL_ARGS.index("--sweep")], "--seeds", "0"]  # the last --seeds wins
+    sweeps = ["--sweep", "lambda_fair=0.5", "--sweep", "lambda_bits=0.01,0.1"]
+    config = config_from_args(parser.parse_args([*base, *sweeps]), parser)
+    assert (config.lambda_fair, config.lambda_bits) == (0.5, 0.01)
+    run_grid(config, tmp_path / "ab")
+    assert sorted(calls) == [0.01, 0.1]  # three variants, two trainings
+    cells = {k.variant: r for k, r in CellStore(tmp_path / "ab").all()}
+    assert cells["lambda_fair=0.5"] == cells["lambda_bits=0.01"]
+    # Table 1's FQ-BAQ cell under the same config is the same computation
+    run_grid(config.replace(sweeps=()), tmp_path / "t1")
+    [(_, plain)] = CellStore(tmp_path / "t1").all()
+    for field in ("metrics", "group_acc", "cost", "history"):
+        assert plain[field] == cells["lambda_fair=0.5"][field], field
+    # resume: a missing reference cell is restored from its finished twin, without training
+    calls.clear()
+    ref = next(p for p in (tmp_path / "ab" / "cells").glob("*.json") if "lambda_fair" in p.name)
+    body = ref.read_bytes()
+    ref.unlink()
+    run_grid(config, tmp_path / "ab")
+    assert calls == [] and ref.read_bytes() == body

@@ -341,14 +341,23 @@ def test_auto_falls_back_when_fused_identity_fails(kind: str) -> None:
         model = _Bypass()
     model = model.double()
     data = _data()
-    kw = dict(metric="grape", granularity="channel", batches=None, device=None, groups=None,
-              probes=1, seed=0, progress=False)
+    kw = dict(
+        metric="grape",
+        granularity="channel",
+        batches=None,
+        device=None,
+        groups=None,
+        probes=1,
+        seed=0,
+        progress=False,
+    )
     auto = _calibrate(model, data, strategy="auto", **kw)
     loop = _calibrate(model, data, strategy="loop", **kw)
     fused = _calibrate(model, data, strategy="fused", **kw)
     same = lambda a: all(  # noqa: E731
         torch.allclose(a.importance[g][n], loop.importance[g][n], rtol=1e-9, atol=0)
-        for g in loop.groups for n in loop.layers
+        for g in loop.groups
+        for n in loop.layers
     )
     assert same(auto)
     assert not same(fused)  # the fused identity really fails here

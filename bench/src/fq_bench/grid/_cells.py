@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,21 @@ def stable_seed(*parts: object) -> int:
 
 def variant_name(field_name: str, value: float) -> str:
     return f"{field_name}={value:g}"
+
+
+def canonical_key(key: CellKey, config: GridConfig) -> CellKey:
+    """The cell ``key`` computes: itself, or the plain cell (no variant) when its override sets
+    the value ``config`` (the run's config, before overrides) already has.
+
+    An ablation sweep's reference point is the same configuration in every sweep and in Table 1;
+    keyed by this, it gets one cell seed, so it is computed once and reads the same everywhere.
+    """
+    ov = key.override
+    if ov is not None and math.isclose(
+        float(getattr(config, ov[0])), ov[1], rel_tol=1e-9, abs_tol=1e-15
+    ):
+        return dataclasses.replace(key, variant="")
+    return key
 
 
 def grid_cells(config: GridConfig) -> list[CellKey]:

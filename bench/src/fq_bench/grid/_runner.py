@@ -28,7 +28,15 @@ from ._artifacts import (
     save_checkpoint,
     save_group_importance,
 )
-from ._cells import CellKey, CellStore, atomic_write_bytes, grid_cells, shard_cells, stable_seed
+from ._cells import (
+    CellKey,
+    CellStore,
+    atomic_write_bytes,
+    canonical_key,
+    grid_cells,
+    shard_cells,
+    stable_seed,
+)
 from ._config import (
     CALIBRATION_FIELDS,
     DATASET_LABELS,
@@ -341,6 +349,18 @@ def weights_source(config: GridConfig, model_name: str) -> dict[str, str] | None
     return {"file": str(path), "sha256": _DIGESTS[memo]}
 
 
+#: Bumped when the same config computes different cell numbers, so that older cell files are
+#: recomputed rather than mixed in (2: a calibration computed inside a cell no longer reseeds that
+#: cell's training shuffle; an ablation variant that changes nothing is seeded as the plain cell).
+CELL_VERSION = 2
+
+
+def cell_fingerprint(config: GridConfig, model_name: str) -> str:
+    """What a cell file of ``model_name`` under ``config`` must carry to be reused."""
+    fp = hashlib.sha256(f"{config.fingerprint()}:cell-v{CELL_VERSION}".encode()).hexdigest()[:16]
+    return with_weights(fp, config, model_name)
+
+
 def with_weights(fingerprint: str, config: GridConfig, model_name: str) -> str:
     """``fingerprint`` extended by the weights file's digest (unchanged without ``--weights``)."""
     src = weights_source(config, model_name)
@@ -431,9 +451,24 @@ class CalibrationCache:
         return gi
 
     def _compute(self, grouping: str, path: Path, fp: str) -> Any:
+        s = stable_seed("calib", self.data.name, self.model_name, self.seed, grouping)
+        # calibration draws from the same train loader as the cell that asked for it: put the
+        # loader's seed and epoch back afterwards, or that cell (and only it, on the process that
+        # calibrated) would train on the calibration's shuffle, so its numbers would depend on
+        # whether the calibration was computed here or loaded
+        sampler = self.data.loaders.train.batch_sampler
+        saved = (sampler.seed, sampler.epoch)
+        try:
+            gi = self._calibrate(grouping, s)
+        finally:
+            sampler.seed = saved[0]
+            sampler.set_epoch(saved[1])
+        save_group_importance(path, gi, fingerprint=fp, extra={"grouping": grouping})
+        return gi
+
+    def _calibrate(self, grouping: str, s: int) -> Any:
         from fq_importance import calibrate
 
-        s = stable_seed("calib", self.data.name, self.model_name, self.seed, grouping)
         with torch.random.fork_rng(devices=[]):
             seed_everything(s)
             model = _fresh_model(self.config, self.model_name, self.data, pretrained=False)
@@ -450,7 +485,6 @@ class CalibrationCache:
                 device=self.device,
                 progress=False,
             )
-        save_group_importance(path, gi, fingerprint=fp, extra={"grouping": grouping})
         return gi
 
 
@@ -474,7 +508,8 @@ def run_cell(
     only the main process evaluates, on the whole test split, and the others return ``{}``.
     """
     cfg = apply_override(config, key)
-    s = stable_seed("cell", key.id)
+    # an override that changes nothing is the plain cell: same seed, same numbers
+    s = stable_seed("cell", canonical_key(key, config).id)
     seed_everything(s)
     t0 = time.perf_counter()
     model = _fresh_model(cfg, key.model, data, pretrained=False)
@@ -535,6 +570,17 @@ def _device(config: GridConfig) -> torch.device:
     return torch.device("cpu") if config.cpu or device.type == "cpu" else device
 
 
+def _finished_twin(
+    store: CellStore, twins: Any, fingerprints: dict[str, str]
+) -> dict[str, Any] | None:
+    """The stored result of a finished cell that computes the same thing, if one is readable."""
+    for twin in twins:
+        got = store.read(twin, fingerprint=fingerprints[twin.model])
+        if got is not None:
+            return got
+    return None
+
+
 def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0, 1)) -> RunSummary:
     """Compute every missing cell of ``config`` (this shard's share) into ``out``.
 
@@ -552,7 +598,7 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
     out = Path(out)
     store, paths = CellStore(out), RunPaths(root=out)
     fp = config.fingerprint()
-    cell_fp = {m: with_weights(fp, config, m) for m in config.models}
+    cell_fp = {m: cell_fingerprint(config, m) for m in config.models}
     cells = shard_cells(grid_cells(config), *shard)
     done = (
         [c for c in cells if store.read(c, fingerprint=cell_fp[c.model]) is not None]
@@ -560,6 +606,12 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
         else None
     )
     done_ids = {c.id for c in _broadcast(done)}
+    canon = {c.id: canonical_key(c, config).id for c in cells}
+    # finished cells by the cell they compute (main process only: it alone reads the store)
+    done_by_canon: dict[str, list[CellKey]] = {}
+    for c in done or []:
+        done_by_canon.setdefault(canon[c.id], []).append(c)
+    memo: dict[str, dict[str, Any]] = {}  # canonical id -> result computed in this run
     todo = [c for c in cells if c.id not in done_ids]
     summary = RunSummary(out=out, cells=cells, skipped=[c for c in cells if c.id in done_ids])
     if is_main_process():
@@ -583,7 +635,13 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
                 c for c in todo if (c.dataset, c.model, c.seed) == (dataset, model_name, seed)
             ]:
                 bar.set_postfix_str(key.id)
-                result = run_cell(key, config, data, state, calib, device)
+                result = memo.get(canon[key.id])
+                if result is None and is_main_process():
+                    result = _finished_twin(store, done_by_canon.get(canon[key.id], ()), cell_fp)
+                # every process takes the same branch (run_cell trains on all of them)
+                if not _broadcast(result is not None):
+                    result = run_cell(key, config, data, state, calib, device)
+                memo[canon[key.id]] = result if result is not None else {}
                 if is_main_process():
                     store.write(key, result, fingerprint=cell_fp[key.model])
                 _barrier()
