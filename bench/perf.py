@@ -248,6 +248,25 @@ def fig_packed(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     return out
 
 
+def fig_attention(s: Settings, cache: dict[str, Any]) -> list[Figure]:
+    r = _module("bench_quant").bench_attention(s.image_size, s.batch, s.steps, device=s.device)
+    setting = (
+        f"torchvision ViT (4 layers, width 192, 6 heads), {s.image_size} px = {r['tokens']} "
+        f"tokens, batch {s.batch}, float, {s.device}"
+    )
+    return [
+        Figure(
+            figure=f"unpack_attention {what} / nn.MultiheadAttention {what}",
+            setting=setting if what == "train step" else "same, eval forward (torch's fused path)",
+            value=f"{r[f'{k}_ratio']:.3f} {_spread(r[f'{k}_ratio_min'], r[f'{k}_ratio_max'])} "
+            f"({r[f'{k}_unpacked_ms']:.0f} / {r[f'{k}_packed_ms']:.0f} ms)",
+            target="<= 1.10",
+            ok=r[f"{k}_ratio"] <= 1.10,
+        )
+        for k, what in (("train", "train step"), ("eval", "forward"))
+    ]
+
+
 FIGURES: dict[str, Callable[[Settings, dict[str, Any]], list[Figure]]] = {
     "qat": fig_qat,
     "baq": fig_baq,
@@ -256,6 +275,7 @@ FIGURES: dict[str, Callable[[Settings, dict[str, Any]], list[Figure]]] = {
     "loading": fig_loading,
     "group_report": fig_group_report,
     "packed": fig_packed,
+    "attention": fig_attention,
 }
 
 

@@ -38,6 +38,8 @@ def test_perf_suite_writes_every_figure(tmp_path: Path) -> None:
         "group_report",
         "packed export size / predicted, U4",
         "packed export size / predicted, mixed 2..8",
+        "unpack_attention train step / nn.MultiheadAttention train step",
+        "unpack_attention forward / nn.MultiheadAttention forward",
     }
     assert expected <= figures, expected - figures
     # the loading share compares batches of the same size as the step it is divided by
