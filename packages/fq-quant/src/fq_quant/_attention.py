@@ -11,6 +11,7 @@ with four ``nn.Linear`` layers; :func:`pack_attention` swaps back.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -211,7 +212,9 @@ class LinearMultiheadAttention(nn.Module):
         return out, weights
 
 
-def _swap(model: nn.Module, kind: type[nn.Module], convert) -> nn.Module:  # noqa: ANN001
+def _swap(
+    model: nn.Module, kind: type[nn.Module], convert: Callable[[nn.Module], nn.Module]
+) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if isinstance(model, kind):
