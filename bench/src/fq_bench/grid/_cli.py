@@ -19,7 +19,8 @@ FIELD_HELP: dict[str, str] = {
     "datasets": "datasets to run",
     "models": "backbones: timm names (resnet18, resnet50, deit_tiny_patch16_224, tiny_vit_5m_224, ...) "
     "or tiny_cnn",
-    "methods": "Table 1 rows to run",
+    "methods": "Table 1 rows to run (u3: a lower uniform point; fp32-ft: FP32 trained as long as the "
+    "fine-tunes, unquantized, the extra-training control)",
     "seeds": "training seeds [ints]",
     "image_size": "input resolution [px]",
     "n_images": "rows of semi-synthetic data, train + test (real data: ignored)",
