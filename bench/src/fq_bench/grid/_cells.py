@@ -6,14 +6,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_bytes
-from ._config import METHOD_IDS, GridConfig
+from ._config import METHOD_IDS, GridConfig, same_swept_value
 
 logger = logging.getLogger("fq_bench.grid")
 
@@ -88,9 +87,7 @@ def canonical_key(key: CellKey, config: GridConfig) -> CellKey:
     keyed by this, it gets one cell seed, so it is computed once and reads the same everywhere.
     """
     ov = key.override
-    if ov is not None and math.isclose(
-        float(getattr(config, ov[0])), ov[1], rel_tol=1e-9, abs_tol=1e-15
-    ):
+    if ov is not None and same_swept_value(ov[1], getattr(config, ov[0])):
         return dataclasses.replace(key, variant="")
     return key
 

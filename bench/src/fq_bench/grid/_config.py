@@ -55,6 +55,14 @@ SWEEP_METHODS: dict[str, tuple[str, ...]] = {
 }
 
 
+def same_swept_value(a: float, b: float) -> bool:
+    """Whether a swept value ``a`` is the run's own value ``b`` (the sweep's reference point).
+
+    One rule for the ablation table's ``(ref)`` mark and for running that point as the plain cell.
+    """
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-15)
+
+
 def sweep_methods(fields: tuple[str, ...]) -> tuple[str, ...]:
     """The methods every one of ``fields`` changes, in Table 1 order."""
     return tuple(m for m in METHOD_IDS if all(m in SWEEP_METHODS[f] for f in fields))

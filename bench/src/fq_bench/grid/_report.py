@@ -22,7 +22,15 @@ from typing import Any
 import polars as pl
 
 from ._cells import CellKey, CellStore, atomic_write_bytes
-from ._config import DATASET_LABELS, DATASETS, METHOD_IDS, PAPER_MODELS, SWEEPABLE, GridConfig
+from ._config import (
+    DATASET_LABELS,
+    DATASETS,
+    METHOD_IDS,
+    PAPER_MODELS,
+    SWEEPABLE,
+    GridConfig,
+    same_swept_value,
+)
 
 #: (column id, header, scale, decimals, show std) in table order.
 COLUMNS: tuple[tuple[str, str, float, int], ...] = (
@@ -300,7 +308,7 @@ def ablation_frame(cells: pl.DataFrame, reference: dict[str, float]) -> pl.DataF
             "dataset": ds, "model": mo, "method": me, "variant": var,
             "dataset_label": part["dataset_label"][0], "model_label": part["model_label"][0],
             "method_label": part["method_label"][0], "field": fld, "value": float(val),
-            "ref": ref is not None and math.isclose(float(val), ref, rel_tol=1e-9, abs_tol=1e-15),
+            "ref": ref is not None and same_swept_value(val, ref),
             "n_seeds": part.height,
         }  # fmt: skip
         for c in METRIC_IDS:

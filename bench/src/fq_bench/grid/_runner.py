@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -571,7 +571,7 @@ def _device(config: GridConfig) -> torch.device:
 
 
 def _finished_twin(
-    store: CellStore, twins: Any, fingerprints: dict[str, str]
+    store: CellStore, twins: Iterable[CellKey], fingerprints: dict[str, str]
 ) -> dict[str, Any] | None:
     """The stored result of a finished cell that computes the same thing, if one is readable."""
     for twin in twins:
