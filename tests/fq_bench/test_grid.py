@@ -40,6 +40,8 @@ TINY_ARGS = [
     "--models", "tiny_cnn", "--methods", "fp32", "u4", "fq-qat", "--seeds", "0",
     "--image-size", "16", "--n-images", "120", "--batch-size", "32", "--fp32-epochs", "1",
     "--epochs", "1", "--calib-batches", "2", "--no-progress", "--threads", "1",
+    "--budgets", "--frontier-methods", "--min-test-per-group", "0",
+    "--bootstrap-resamples", "100",
 ]  # fmt: skip
 TINY = DEFAULT.replace(
     models=("tiny_cnn",),
@@ -52,6 +54,10 @@ TINY = DEFAULT.replace(
     epochs=1,
     calib_batches=2,
     progress=False,
+    budgets=(),
+    frontier_methods=(),
+    min_test_per_group=0,
+    bootstrap_resamples=100,
 )
 
 
@@ -71,7 +77,7 @@ def test_tiny_grid_end_to_end(full_run: Path) -> None:
     store = CellStore(full_run)
     cells = store.all()
     assert sorted(k.method for k, _ in cells) == ["fp32", "fq-qat", "u4"]
-    for name in ("table.md", "table.csv", "table.tex", "frontier.png", "group_accuracy.png"):
+    for name in ("table.md", "table.csv", "table.tex", "table1_bits.png", "group_accuracy.png"):
         assert (full_run / name).stat().st_size > 0, name
     assert len(list((full_run / "checkpoints").glob("*.safetensors"))) == 1
     assert len(list((full_run / "calibration").glob("*grape-type.safetensors"))) == 1
@@ -132,8 +138,10 @@ def test_union_of_shards_is_the_grid(full_run: Path, tmp_path: Path) -> None:
         datasets=("fitzpatrick17k", "isic2019"), models=("a", "b"), seeds=(0, 1, 2)
     )
     cells = grid_cells(config)
-    assert len(cells) == 2 * 2 * len(DEFAULT.methods) * 3 == len({c.id for c in cells})
-    assert len(DEFAULT.methods) == 9  # Table 1 + U3 (extra) + FP32 + FT (control)
+    per_seed = len(DEFAULT.methods) + len(DEFAULT.budgets) * len(DEFAULT.frontier_methods)
+    assert len(cells) == 2 * 2 * per_seed * 3 == len({c.id for c in cells})
+    assert len(DEFAULT.methods) == 10  # Table 1 + U3, U2 (extra) + FP32 + FT (control)
+    assert len(DEFAULT.budgets) * len(DEFAULT.frontier_methods) == 18  # 3 budgets x 6 methods
     for n in (1, 2, 5):
         shards = [shard_cells(cells, i, n) for i in range(n)]
         ids = [c.id for s in shards for c in s]
@@ -233,7 +241,8 @@ def test_typos_are_errors_listing_valid_names(capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err
     assert "resnt18" in err and "resnet18" in err and "tiny_vit_5m_224" in err
     with pytest.raises(
-        ValueError, match="valid names: fp32, u8, u4, u3, fp32-ft, lin, guo, fq-qat, fq-baq"
+        ValueError,
+        match="valid names: fp32, u8, u4, u3, u2, fp32-ft, blind, blind-fair, fq-alloc, lin, guo",
     ):
         GridConfig(methods=("fp32", "U4"))
     with pytest.raises(SystemExit):
@@ -351,8 +360,7 @@ def test_fp32_ft_control_is_the_fine_tune_schedule_without_quantization(tmp_path
     import numpy as np
     import torch
     from fq_baq import BAQConfig, FP32Trainer
-    from fq_bench.grid import stable_seed
-    from fq_bench.grid._runner import _fresh_model, load_data, seed_everything
+    from fq_bench.grid._runner import _fresh_model, cell_seed, load_data, seed_everything
     from safetensors.torch import load_file
 
     cfg = TINY.replace(methods=("fp32", "fp32-ft"))
@@ -364,7 +372,7 @@ def test_fp32_ft_control_is_the_fine_tune_schedule_without_quantization(tmp_path
 
     data = load_data(cfg, "fitzpatrick17k")
     key = next(k for k, _ in CellStore(tmp_path).all() if k.method == "fp32-ft")
-    s = stable_seed("cell", key.id)
+    s = cell_seed(key)  # every fine-tune of a seed trains on the same batches
     seed_everything(s)
     model = _fresh_model(cfg, "tiny_cnn", data, pretrained=False)
     ckpt = tmp_path / "checkpoints" / "fitzpatrick17k__tiny_cnn__s0.safetensors"

@@ -158,7 +158,7 @@ def test_paper_preset_offline_uses_the_weights_file_and_real_data(
     args = [
         "--preset", "paper", "--datasets", "fitzpatrick17k", "--models", "test_resnet",
         "--data-source", f"fitzpatrick17k={root}", "--weights", str(folder),
-        "--image-size", "32", "--batch-size", "16", "--seeds", "0", "--methods", "fp32", "u4",
+        "--image-size", "32", "--batch-size", "16", "--seeds", "0", "--methods", "fp32", "u4", "--budgets", "--frontier-methods",
         "--fp32-epochs", "1", "--epochs", "1", "--calib-batches", "2", "--no-progress",
         # a vanishing FP32 learning rate: AdamW's steps (~1e-30) round away on every conv weight,
         # so the saved checkpoint must hold the file's weights bit for bit

@@ -27,6 +27,9 @@ TINY = DEFAULT.replace(
     epochs=1,
     calib_batches=2,
     progress=False,
+    budgets=(),
+    frontier_methods=(),
+    min_test_per_group=0,
 )
 
 

@@ -24,7 +24,8 @@ class CellKey:
     """One cell of the grid: a method on one (dataset, model) with one training seed.
 
     ``variant`` is ``""`` for Table 1 and ``"<field>=<value>"`` for an ablation point (an FQ-BAQ
-    hyper-parameter override).
+    hyper-parameter override). ``budget`` is ``""`` for Table 1 and, for a frontier cell, the
+    budget in parameter-weighted average bits per weight as :func:`format_value` writes it.
     """
 
     dataset: str
@@ -32,14 +33,22 @@ class CellKey:
     method: str
     seed: int
     variant: str = ""
+    budget: str = ""
 
     @property
     def id(self) -> str:
-        """File-name-safe, unique string: ``dataset__model__method__s<seed>[__variant]``."""
+        """File-name-safe, unique string: ``dataset__model__method__s<seed>[__b<budget>][__variant]``."""
         parts = [self.dataset, self.model, self.method, f"s{self.seed}"]
+        if self.budget:
+            parts.append(f"b{self.budget}")
         if self.variant:
             parts.append(self.variant)
         return "__".join(parts)
+
+    @property
+    def budget_bits(self) -> float | None:
+        """The frontier budget (average bits per weight), or ``None`` for a Table 1 cell."""
+        return float(self.budget) if self.budget else None
 
     @property
     def override(self) -> tuple[str, float] | None:
@@ -56,6 +65,7 @@ class CellKey:
             "method": self.method,
             "seed": self.seed,
             "variant": self.variant,
+            "budget": self.budget,
         }
 
     @classmethod
@@ -66,6 +76,7 @@ class CellKey:
             method=str(d["method"]),
             seed=int(d["seed"]),
             variant=str(d.get("variant", "")),
+            budget=str(d.get("budget", "")),
         )
 
 
@@ -75,8 +86,16 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def format_value(value: float) -> str:
+    """The shortest text that reads back as exactly ``value`` (``3.0`` -> ``"3"``, ``2.25`` ->
+    ``"2.25"``, ``1.2345678`` -> ``"1.2345678"``): never rounded, so two values never share a name."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def variant_name(field_name: str, value: float) -> str:
-    return f"{field_name}={value:g}"
+    """``"<field>=<value>"`` with the value written exactly (:func:`format_value`)."""
+    return f"{field_name}={format_value(value)}"
 
 
 def canonical_key(key: CellKey, config: GridConfig) -> CellKey:
@@ -96,23 +115,32 @@ def grid_cells(config: GridConfig) -> list[CellKey]:
     """Every cell of ``config`` in a fixed order (dataset, model, seed, method order of Table 1).
 
     Without sweeps: datasets x models x methods x seeds. With sweeps: for each swept field and
-    value, each method (normally only ``fq-baq``) with that override.
+    value, each method (normally only ``fq-baq``) with that override. Then, per (dataset, model,
+    seed), the frontier: each of ``frontier_methods`` at each of ``budgets``.
     """
     order = {m: i for i, m in enumerate(METHOD_IDS)}
     methods = sorted(config.methods, key=order.__getitem__)
+    frontier = sorted(config.frontier_methods, key=order.__getitem__)
     variants = (
         [""]
         if not config.sweeps
         else [variant_name(name, v) for name, values in config.sweeps for v in values]
     )
-    return [
-        CellKey(dataset=d, model=m, method=meth, seed=s, variant=var)
-        for d in config.datasets
-        for m in config.models
-        for s in config.seeds
-        for var in variants
-        for meth in methods
-    ]
+    cells = []
+    for d in config.datasets:
+        for m in config.models:
+            for s in config.seeds:
+                cells += [
+                    CellKey(dataset=d, model=m, method=meth, seed=s, variant=var)
+                    for var in variants
+                    for meth in methods
+                ]
+                cells += [
+                    CellKey(dataset=d, model=m, method=meth, seed=s, budget=format_value(b))
+                    for b in sorted(config.budgets)
+                    for meth in frontier
+                ]
+    return cells
 
 
 def shard_cells(cells: list[CellKey], index: int, count: int) -> list[CellKey]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._cells import parse_shard
-from ._config import DATASETS, METHOD_IDS, PRESETS, SWEEPABLE, GridConfig
+from ._config import DATASETS, METHOD_IDS, MIXED_METHODS, PRESETS, SWEEPABLE, GridConfig
 
 #: Help for every GridConfig field (units in brackets); the CLI flag is ``--field-name``.
 FIELD_HELP: dict[str, str] = {
@@ -41,6 +41,14 @@ FIELD_HELP: dict[str, str] = {
     "baq_bits": "bit-widths of the FQ-BAQ warm-start allocation",
     "baq_warm_avg_bits": "parameter-weighted average bits of the FQ-BAQ warm start",
     "calib_batches": "calibration mini-batches (paper: 50)",
+    "budgets": "frontier budgets [parameter-weighted average bits per weight], e.g. 2.5 3 3.5 4; "
+    "every method of --frontier-methods is allocated to each",
+    "frontier_methods": "mixed-precision methods run at every budget (blind: group-blind "
+    "importance, QAT without L_fair; blind-fair: the same bits with L_fair; fq-alloc: balanced "
+    "bits without L_fair; fq-qat: both)",
+    "budget_bits": "bit-widths the frontier's allocations may use",
+    "min_test_per_group": "semi-synthetic data: test images every group gets at least",
+    "bootstrap_resamples": "resamples of each cell's stratified bootstrap interval (0: none)",
     "pretrained": "start from ImageNet weights (timm hub, or --weights DIR)",
     "weights_dir": "folder of <model>.safetensors ImageNet weights (offline; implies --pretrained)",
     "mixed_precision": "accelerate mixed precision: no, fp16, bf16",
@@ -58,6 +66,10 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: A
         parser.add_argument(flag, nargs="+", choices=DATASETS, default=None, help=help_)
     elif f.name == "methods":
         parser.add_argument(flag, nargs="+", choices=METHOD_IDS, default=None, help=help_)
+    elif f.name == "frontier_methods":
+        parser.add_argument(flag, nargs="*", choices=MIXED_METHODS, default=None, help=help_)
+    elif f.name == "budgets":
+        parser.add_argument(flag, nargs="*", type=float, default=None, help=help_)
     elif t.startswith("bool"):
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
     elif t.startswith("tuple"):
@@ -77,8 +89,9 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     ``--label-column``, ``--threads`` and ``-v`` to ``p`` (shared by every bench entry point
     that builds a grid config; :func:`config_from_args` reads them back)."""
     p.add_argument("--preset", choices=tuple(PRESETS), default="default",
-                   help="default: CPU demo on semi-synthetic data; paper: the paper's grid; "
-                   "ablations: Fig. 2 sweeps")  # fmt: skip
+                   help="default: CPU demo on semi-synthetic data (Table 1 and a 3-budget frontier); "
+                   "paper: the paper's grid (+ a 3-6 bit frontier); frontier: a denser frontier "
+                   "on the default's data; ablations: Fig. 2 sweeps")  # fmt: skip
     p.add_argument("--data-source", action="append", default=None, metavar="DATASET=SOURCE",
                    help="real data for a dataset (folder, hub id, parquet); otherwise semi-synthetic")  # fmt: skip
     p.add_argument("--label-column", action="append", default=None, metavar="DATASET=COLUMN",

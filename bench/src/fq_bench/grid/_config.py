@@ -10,21 +10,51 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Method ids in Table 1 order, with the label the table prints.
+#: This is the one place that defines the order of methods in every table, plot and cell list.
 METHOD_LABELS: dict[str, str] = {
     "fp32": "FP32",
     "u8": "U8",
     "u4": "U4",
     "u3": "U3 (extra)",
+    "u2": "U2 (extra)",
     "fp32-ft": "FP32 + FT (control)",
+    "blind": "Group-blind MP",
+    "blind-fair": "Group-blind MP + L_fair",
+    "fq-alloc": "FQ alloc. (no L_fair)",
     "lin": "Lin et al.",
     "guo": "Guo et al.",
     "fq-qat": "FQ-QAT",
     "fq-baq": "FQ-BAQ",
 }
 METHOD_IDS: tuple[str, ...] = tuple(METHOD_LABELS)
-#: Table 1's seven rows (``u3`` is an extra, lower uniform point for the frontier; ``fp32-ft`` an
-#: extra control: FP32 trained as long again as the fine-tunes, unquantized, without L_fair).
+#: Table 1's seven rows (``u3``/``u2`` are extra, lower uniform points; ``fp32-ft`` an extra
+#: control: FP32 trained as long again as the fine-tunes, unquantized, without L_fair; ``blind``,
+#: ``blind-fair`` and ``fq-alloc`` are the frontier's controls, see :data:`MIXED_METHODS`).
 TABLE1_METHODS: tuple[str, ...] = ("fp32", "u8", "u4", "lin", "guo", "fq-qat", "fq-baq")
+#: Uniform post-training rows and their bit-width (per channel, no training).
+UNIFORM_BITS: dict[str, int] = {"u8": 8, "u4": 4, "u3": 3, "u2": 2}
+#: Mixed-precision methods: they take a budget (parameter-weighted average bits per weight) on
+#: the frontier, and Table 1's fixed palette otherwise. ``blind``: importance of the pooled loss
+#: (all samples one group), QAT without L_fair; ``blind-fair``: the same bits, QAT with L_fair;
+#: ``fq-alloc``: FairQuant's balanced allocation, QAT without L_fair; ``fq-qat``: both.
+MIXED_METHODS: tuple[str, ...] = (
+    "blind",
+    "blind-fair",
+    "fq-alloc",
+    "lin",
+    "guo",
+    "fq-qat",
+    "fq-baq",
+)
+#: The 2x2 design that separates FairQuant's two ingredients: (allocation, fairness term).
+TWO_BY_TWO: dict[str, tuple[str, str]] = {
+    "blind": ("blind", "off"),
+    "blind-fair": ("blind", "on"),
+    "fq-alloc": ("balanced", "off"),
+    "fq-qat": ("balanced", "on"),
+}
+#: The frontier's control: every other mixed method is compared with it at the same budget.
+CONTROL_METHOD = "blind"
 
 DATASET_LABELS: dict[str, str] = {"fitzpatrick17k": "FitzP.", "isic2019": "ISIC"}
 DATASETS: tuple[str, ...] = tuple(DATASET_LABELS)
@@ -78,6 +108,8 @@ _NOT_FINGERPRINTED = (
     "models",
     "datasets",
     "sweeps",
+    "budgets",
+    "frontier_methods",
 )
 #: Fields the FP32 checkpoint depends on (so changing the fine-tune epochs reuses it).
 FP32_FIELDS: tuple[str, ...] = (
@@ -93,6 +125,7 @@ FP32_FIELDS: tuple[str, ...] = (
     "data_sources",
     "label_columns",
     "mixed_precision",
+    "min_test_per_group",
 )
 #: Fields a calibration depends on.
 CALIBRATION_FIELDS: tuple[str, ...] = (*FP32_FIELDS, "calib_batches")
@@ -117,6 +150,16 @@ def _check_pos_int(name: str, value: Any, low: int = 1) -> None:
         raise _fail(name, value, f"an int >= {low}")
 
 
+def _check_palette(name: str, bits: tuple[int, ...], props: tuple[float, ...] | None) -> None:
+    """Validate a palette now, so a bad one fails before any training (fq_alloc's own rules)."""
+    from fq_alloc import Palette
+
+    try:
+        Palette(tuple(bits), tuple(props) if props is not None else (1.0 / len(bits),) * len(bits))
+    except (ValueError, TypeError, ZeroDivisionError) as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 def _check_pos_float(name: str, value: Any, *, zero_ok: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not zero_ok):
@@ -134,6 +177,12 @@ class GridConfig:
     and FQ-QAT (paper: 2/4/8 at 0.2/0.4/0.4). ``baq_bits``/``baq_warm_avg_bits``: the palette and
     parameter-weighted average bits of FQ-BAQ's warm-start allocation (``allocate_to_budget``).
     ``sweeps``: ablation sweeps ``((field, (values...)), ...)`` over FQ-BAQ (empty for Table 1).
+    ``budgets``: the frontier's budgets in parameter-weighted average bits per weight; each method
+    of ``frontier_methods`` (a subset of :data:`MIXED_METHODS`) runs once per budget, allocated
+    with ``allocate_to_budget`` over ``budget_bits`` (FQ-BAQ: warm start there and
+    ``target_avg_bits``). ``min_test_per_group``: semi-synthetic data only, every group gets at
+    least this many test images (train rows unchanged). ``bootstrap_resamples``: resamples of each
+    cell's stratified bootstrap interval (0 = none).
     ``data_sources``: ``((dataset, source), ...)``; a dataset not listed uses semi-synthetic data.
     ``label_columns``: ``((dataset, column), ...)``: the metadata column holding the class, e.g.
     Fitzpatrick17k's ``label`` (114 conditions), ``nine_partition_label`` or
@@ -170,6 +219,11 @@ class GridConfig:
     data_sources: tuple[tuple[str, str], ...] = ()
     label_columns: tuple[tuple[str, str], ...] = ()
     sweeps: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    budgets: tuple[float, ...] = ()
+    frontier_methods: tuple[str, ...] = ()
+    budget_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    min_test_per_group: int = 0
+    bootstrap_resamples: int = 1000
     mixed_precision: str = "no"
     cpu: bool = False
     progress: bool = True
@@ -200,6 +254,12 @@ class GridConfig:
             )
         if len(self.palette_bits) != len(self.palette_props):
             raise _fail("palette_props", self.palette_props, "one proportion per palette bit-width")
+        _check_palette("palette_bits/palette_props", self.palette_bits, self.palette_props)
+        _check_palette("baq_bits", self.baq_bits, None)
+        _check_palette("budget_bits", self.budget_bits, None)
+        _check_pos_int("min_test_per_group", self.min_test_per_group, low=0)
+        _check_pos_int("bootstrap_resamples", self.bootstrap_resamples, low=0)
+        self._check_frontier()
         if not (isinstance(self.test_fraction, float) and 0.05 <= self.test_fraction <= 0.6):
             raise _fail("test_fraction", self.test_fraction, "a float in [0.05, 0.6]")
         if not min(self.baq_bits) <= self.baq_warm_avg_bits <= max(self.baq_bits):
@@ -250,6 +310,31 @@ class GridConfig:
                     f"(each value would recompute the same cell); allowed: {', '.join(allowed)}"
                 )
 
+    def _check_frontier(self) -> None:
+        bad = [m for m in self.frontier_methods if m not in MIXED_METHODS]
+        if bad:
+            raise ValueError(
+                f"frontier_methods: {bad} take no budget; allowed: {', '.join(MIXED_METHODS)}"
+            )
+        if len(set(self.frontier_methods)) != len(self.frontier_methods):
+            raise _fail("frontier_methods", self.frontier_methods, "each name at most once")
+        if len(set(self.budgets)) != len(self.budgets):
+            raise _fail("budgets", self.budgets, "distinct values")
+        if bool(self.budgets) != bool(self.frontier_methods):
+            raise _fail(
+                "budgets/frontier_methods",
+                (self.budgets, self.frontier_methods),
+                "both empty (no frontier) or both given",
+            )
+        low = max(min(self.budget_bits), self.bit_min if "fq-baq" in self.frontier_methods else 0)
+        high = max(self.budget_bits)
+        if "fq-baq" in self.frontier_methods:
+            high = min(high, self.bit_max)
+        for b in self.budgets:
+            _check_pos_float("budgets", b)
+            if not low <= b <= high:
+                raise _fail("budgets", self.budgets, f"values in [{low}, {high}] bits per weight")
+
     def replace(self, **changes: Any) -> GridConfig:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -274,26 +359,35 @@ class GridConfig:
                 d.pop(k)
         else:
             d = {k: d[k] for k in fields}
-        if not d.get("label_columns"):  # added later: absent = default keeps old results valid
+        # added later: absent = default keeps results computed before them valid
+        if not d.get("label_columns"):
             d.pop("label_columns", None)
+        if not d.get("min_test_per_group"):
+            d.pop("min_test_per_group", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
+#: The frontier's methods in the default run: the 2x2 design, Lin et al. and FQ-BAQ.
+DEFAULT_FRONTIER: tuple[str, ...] = ("blind", "blind-fair", "fq-alloc", "lin", "fq-qat", "fq-baq")
+
 DEFAULT = GridConfig(
     calib_batches=10,
     test_fraction=0.4,
-    methods=(*TABLE1_METHODS[:3], "u3", "fp32-ft", *TABLE1_METHODS[3:]),
+    min_test_per_group=150,
+    methods=(*TABLE1_METHODS[:3], "u3", "u2", "fp32-ft", *TABLE1_METHODS[3:]),
+    budgets=(2.5, 3.0, 4.0),
+    frontier_methods=DEFAULT_FRONTIER,
     notes=(
         "Default run: semi-synthetic Fitzpatrick17k-like data (real metadata rows, generated "
         "pixels), timm resnet18 from scratch at 32 px, short schedules; the numbers show the "
-        "method's mechanics on CPU, not the paper's values. U3 (extra) is a lower uniform point: "
-        "per-channel U4 barely hurts this small from-scratch model (`uv run python "
+        "method's mechanics on CPU, not the paper's values. U3 and U2 (extra) are lower uniform "
+        "points: per-channel U4 barely hurts this small from-scratch model (`uv run python "
         "bench/ptq_probe.py` prints the cost of each bit-width per group, and bench/README.md "
-        "why). 40% of the rows are held out so the rarest group (type 6) has ~25 test "
-        "images; worst-group accuracy is still coarse (one image ~ 4 points).",
+        "why). Every skin type has at least 150 test images (the rarer types are topped up with "
+        "generated images of their own real metadata rows; the training set is unchanged).",
     ),
 )
 
@@ -311,11 +405,27 @@ PAPER = GridConfig(
     lr=3e-5,
     calib_batches=50,
     pretrained=True,
+    budgets=(3.0, 4.0, 5.0, 6.0),
+    frontier_methods=("blind", "blind-fair", "fq-alloc", "lin", "guo", "fq-qat", "fq-baq"),
     notes=(
         "Paper protocol (METHOD.md section 9): ImageNet-pretrained backbones, 224 px, real images; "
         "the Weights and Data lines above say what this run actually used. The paper fine-tunes "
         "the ViTs for 20 FP32 epochs, the ResNets for 200: run the ViTs as a second invocation "
-        "into the same --out with --models deit_tiny_patch16_224 tiny_vit_5m_224 --fp32-epochs 20.",
+        "into the same --out with --models deit_tiny_patch16_224 tiny_vit_5m_224 --fp32-epochs 20. "
+        "The frontier (3, 4, 5 and 6 bits) is an addition to the paper's single operating points.",
+    ),
+)
+
+FRONTIER = DEFAULT.replace(
+    preset="frontier",
+    methods=("fp32", "u8", "u4", "u3", "u2"),
+    budgets=(2.25, 2.5, 2.75, 3.0, 3.5, 4.0, 5.0, 6.0),
+    frontier_methods=("blind", "blind-fair", "fq-alloc", "lin", "guo", "fq-qat", "fq-baq"),
+    seeds=(0, 1, 2, 3, 4),
+    notes=(
+        "Frontier preset: the default's data and schedules, every mixed method at budgets 2.25 to "
+        "6 bits per weight over 5 seeds, with the uniform rows as reference points (about ten "
+        "times the default's cells).",
     ),
 )
 
@@ -338,4 +448,9 @@ ABLATIONS = GridConfig(
     ),
 )
 
-PRESETS: dict[str, GridConfig] = {"default": DEFAULT, "paper": PAPER, "ablations": ABLATIONS}
+PRESETS: dict[str, GridConfig] = {
+    "default": DEFAULT,
+    "paper": PAPER,
+    "frontier": FRONTIER,
+    "ablations": ABLATIONS,
+}

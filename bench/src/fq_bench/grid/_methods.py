@@ -7,6 +7,7 @@ method quantizes) and its bit assignment.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,9 +15,10 @@ from typing import Any
 from fq_quant import BitAssignment, Granularity, ScopeLayout, quantize_model
 from torch import nn
 
-from ._config import GridConfig
+from ._config import UNIFORM_BITS, GridConfig
 
-#: Grouping of the calibration data: ``"type"`` the dataset's groups, ``"binary"`` two groups.
+#: ``calibration(grouping)`` -> ``GroupImportance``; grouping ``"type"``: the dataset's groups,
+#: ``"binary"``: two groups (Guo et al.), ``"pooled"``: every sample in one group (group-blind).
 Calibrator = Callable[[str], Any]
 
 
@@ -31,7 +33,12 @@ class CellContext:
         calibration: ``calibration(grouping)`` -> ``fq_importance.GroupImportance`` of the FP32
             model, computed once per (dataset, model, seed, grouping) and cached.
         privileged_binary: the privileged group id (0 or 1) of the binary grouping (Guo et al.).
-        seed: the cell's seed (derived from the grid seed and the cell key).
+        seed: the cell's training seed (the same for every method of one (dataset, model,
+            seed): the fine-tunes that a paired comparison sets side by side see the same batches
+            in the same order with the same augmentation).
+        budget: the frontier budget in parameter-weighted average bits per weight, or ``None``
+            for Table 1 (the fixed palette).
+        progress: show the fine-tune's epoch progress bar.
     """
 
     config: GridConfig
@@ -40,6 +47,7 @@ class CellContext:
     calibration: Calibrator
     privileged_binary: int
     seed: int
+    budget: float | None = None
     progress: bool = False
 
 
@@ -80,6 +88,8 @@ def _history(result: Any) -> tuple[dict[str, Any], ...]:
             "epoch": h.epoch,
             "task_loss": h.task_loss,
             "fair_loss": h.fair_loss,
+            "group_loss": list(h.group_loss),
+            "worst_group_loss": h.worst_group_loss,
             "avg_bits": h.avg_bits,
             "lambda_bits": h.lambda_bits,
         }
@@ -87,10 +97,15 @@ def _history(result: Any) -> tuple[dict[str, Any], ...]:
     )
 
 
-def _palette(c: GridConfig):
-    from fq_alloc import Palette
+def _allocate(ctx: CellContext, importance: Any) -> BitAssignment:
+    """Table 1's fixed palette (``palette_bits`` at ``palette_props``), or, on the frontier,
+    ``allocate_to_budget`` over ``budget_bits`` at the cell's budget (within 0.05 bits)."""
+    from fq_alloc import Palette, allocate, allocate_to_budget
 
-    return Palette(tuple(c.palette_bits), tuple(c.palette_props))
+    c = ctx.config
+    if ctx.budget is None:
+        return allocate(importance, Palette(tuple(c.palette_bits), tuple(c.palette_props)))
+    return allocate_to_budget(importance, tuple(c.budget_bits), ctx.budget, layout=ctx.model)
 
 
 def _qat(ctx: CellContext, assignment: BitAssignment, *, lambda_fair: float) -> MethodOutput:
@@ -99,6 +114,12 @@ def _qat(ctx: CellContext, assignment: BitAssignment, *, lambda_fair: float) -> 
     trainer = QATTrainer(ctx.model, assignment, _train_config(ctx, lambda_fair=lambda_fair))
     res = trainer.fit(ctx.train_loader)
     return MethodOutput(model=res.model, assignment=res.assignment, history=_history(res))
+
+
+def _reduced(ctx: CellContext, grouping: str, reducer: str, **kw: Any) -> Any:
+    from fq_importance import reduce
+
+    return reduce(ctx.calibration(grouping), reducer, **kw)
 
 
 def _uniform(bits: int) -> Callable[[CellContext], MethodOutput]:
@@ -130,13 +151,26 @@ def run_fp32_ft(ctx: CellContext) -> MethodOutput:
     return MethodOutput(model=res.model, assignment=None, history=_history(res))
 
 
+def run_blind(ctx: CellContext) -> MethodOutput:
+    """Group-blind mixed precision: the same ``grape`` importance on the pooled loss of all
+    samples as one group (a standard sensitivity-based allocation), QAT without L_fair."""
+    return _qat(ctx, _allocate(ctx, _reduced(ctx, "pooled", "mean")), lambda_fair=0.0)
+
+
+def run_blind_fair(ctx: CellContext) -> MethodOutput:
+    """The group-blind allocation, QAT with L_fair: the fairness term alone."""
+    imap = _reduced(ctx, "pooled", "mean")
+    return _qat(ctx, _allocate(ctx, imap), lambda_fair=ctx.config.lambda_fair)
+
+
+def run_fq_alloc(ctx: CellContext) -> MethodOutput:
+    """FairQuant's balanced allocation, QAT without L_fair: the allocation alone."""
+    return _qat(ctx, _allocate(ctx, _reduced(ctx, "type", "balanced")), lambda_fair=0.0)
+
+
 def run_lin(ctx: CellContext) -> MethodOutput:
     """Lin et al. (FairGRAPE-style): grape + max over groups, fixed palette, QAT without L_fair."""
-    from fq_alloc import allocate
-    from fq_importance import reduce
-
-    imap = reduce(ctx.calibration("type"), "max")
-    return _qat(ctx, allocate(imap, _palette(ctx.config)), lambda_fair=0.0)
+    return _qat(ctx, _allocate(ctx, _reduced(ctx, "type", "max")), lambda_fair=0.0)
 
 
 def run_guo(ctx: CellContext) -> MethodOutput:
@@ -146,44 +180,38 @@ def run_guo(ctx: CellContext) -> MethodOutput:
     (Fitzpatrick 1-3 vs 4-6; ISIC female vs male, unknown sex left out); the privileged group is
     the larger one in the training split.
     """
-    from fq_alloc import allocate
-    from fq_importance import reduce
-
-    imap = reduce(ctx.calibration("binary"), "subtractive", privileged=ctx.privileged_binary)
-    return _qat(ctx, allocate(imap, _palette(ctx.config)), lambda_fair=0.0)
-
-
-def _balanced(ctx: CellContext):
-    from fq_importance import reduce
-
-    return reduce(ctx.calibration("type"), "balanced")
+    imap = _reduced(ctx, "binary", "subtractive", privileged=ctx.privileged_binary)
+    return _qat(ctx, _allocate(ctx, imap), lambda_fair=0.0)
 
 
 def run_fq_qat(ctx: CellContext) -> MethodOutput:
-    """FQ-QAT: grape + balanced, fixed palette, QAT with the fairness loss."""
-    from fq_alloc import allocate
-
-    assignment = allocate(_balanced(ctx), _palette(ctx.config))
-    return _qat(ctx, assignment, lambda_fair=ctx.config.lambda_fair)
+    """FQ-QAT: grape + balanced, fixed palette (or the budget), QAT with the fairness loss."""
+    imap = _reduced(ctx, "type", "balanced")
+    return _qat(ctx, _allocate(ctx, imap), lambda_fair=ctx.config.lambda_fair)
 
 
 def run_fq_baq(ctx: CellContext) -> MethodOutput:
     """FQ-BAQ: learn bits in [bit_min, bit_max], warm-started from the balanced allocation.
 
-    The warm start is ``allocate_to_budget`` over ``baq_bits`` (2..8) at ``baq_warm_avg_bits``
-    parameter-weighted average bits.
+    Table 1: the warm start is ``allocate_to_budget`` over ``baq_bits`` (2..8) at
+    ``baq_warm_avg_bits``, and the bits are free to move. Frontier: the warm start is at the
+    cell's budget over ``budget_bits``, and training ends at that budget (``target_avg_bits``).
     """
     from fq_alloc import allocate_to_budget
     from fq_baq import BAQTrainer
 
     c = ctx.config
-    warm = allocate_to_budget(
-        _balanced(ctx), tuple(c.baq_bits), c.baq_warm_avg_bits, layout=ctx.model
-    )
+    imap = _reduced(ctx, "type", "balanced")
+    if ctx.budget is None:
+        warm = allocate_to_budget(imap, tuple(c.baq_bits), c.baq_warm_avg_bits, layout=ctx.model)
+    else:
+        warm = _allocate(ctx, imap)
     layout = ScopeLayout.from_model(ctx.model, Granularity.CHANNEL)
     warm_bits = warm.avg_bits(layout)
-    trainer = BAQTrainer(ctx.model, _train_config(ctx, lambda_fair=c.lambda_fair), warm_start=warm)
-    res = trainer.fit(ctx.train_loader)
+    cfg = dataclasses.replace(
+        _train_config(ctx, lambda_fair=c.lambda_fair), target_avg_bits=ctx.budget
+    )
+    res = BAQTrainer(ctx.model, cfg, warm_start=warm).fit(ctx.train_loader)
     return MethodOutput(
         model=res.model,
         assignment=res.assignment,
@@ -194,21 +222,14 @@ def run_fq_baq(ctx: CellContext) -> MethodOutput:
 
 METHODS: dict[str, Callable[[CellContext], MethodOutput]] = {
     "fp32": run_fp32,
-    "u8": _uniform(8),
-    "u4": _uniform(4),
-    "u3": _uniform(3),
+    **{m: _uniform(b) for m, b in UNIFORM_BITS.items()},
     "fp32-ft": run_fp32_ft,
+    "blind": run_blind,
+    "blind-fair": run_blind_fair,
+    "fq-alloc": run_fq_alloc,
     "lin": run_lin,
     "guo": run_guo,
     "fq-qat": run_fq_qat,
     "fq-baq": run_fq_baq,
 }
 """Method id -> runner; the ids are :data:`fq_bench.grid._config.METHOD_IDS`."""
-
-#: Methods that need group-conditioned calibration, and with which grouping.
-CALIBRATION_GROUPING: dict[str, str] = {
-    "lin": "type",
-    "guo": "binary",
-    "fq-qat": "type",
-    "fq-baq": "type",
-}

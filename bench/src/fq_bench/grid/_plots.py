@@ -1,17 +1,18 @@
-"""Plots (matplotlib, Agg, PNG) from cell files: frontier, per-group accuracy, BAQ bits, ablations."""
+"""Plots (matplotlib, Agg, PNG) from the report's frames: Table 1, per-group accuracy, BAQ bits,
+the frontier, which group pays, ablations. Plots receive frames; they never read cell files."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from ._cells import CellKey, atomic_write_bytes
-from ._config import DATASETS, METHOD_IDS
+from ._cells import atomic_write_bytes
+from ._config import DATASET_LABELS, METHOD_IDS, MODEL_LABELS, UNIFORM_BITS
+from ._order import ordered_methods, ordered_pairs
 
 
 def _plt():
@@ -46,39 +47,33 @@ def _panels(n: int, width: float = 5.0, height: float = 3.6, max_cols: int = 4):
     return fig, flat[:n]
 
 
-def _table_order(cells: pl.DataFrame) -> list[pl.Expr]:
-    """Sort keys putting (dataset, model) pairs in Table 1's order (the store lists by id)."""
-    from ._report import _model_order
-
-    ds = {d: i for i, d in enumerate(DATASETS)}
-    mo = _model_order(cells["model"].to_list())
-    return [
-        pl.col("dataset").replace_strict(ds, default=len(ds)),
-        pl.col("model").replace_strict(mo, default=len(mo)),
-    ]
+def method_color(method: str) -> str:
+    """One color per method in every plot (its position in the grid's method order)."""
+    return f"C{METHOD_IDS.index(method) % 10}" if method in METHOD_IDS else "0.3"
 
 
-def _sorted_raw(
-    cells_raw: Sequence[tuple[CellKey, dict[str, Any]]],
-) -> list[tuple[CellKey, dict[str, Any]]]:
-    from ._report import _model_order
-
-    mo = _model_order([k.model for k, _ in cells_raw])
-    ds = {d: i for i, d in enumerate(DATASETS)}
-    return sorted(cells_raw, key=lambda kr: (ds.get(kr[0].dataset, 99), mo[kr[0].model]))
+def _pairs(frame: pl.DataFrame) -> list[tuple[str, str]]:
+    """The (dataset, model) pairs of ``frame`` in the grid's order."""
+    return ordered_pairs(frame["dataset"].to_list(), frame["model"].to_list())
 
 
-def frontier(cells: pl.DataFrame, path: Path) -> Path:
-    """Average bits (log2 axis) vs worst-group accuracy, one marker per method (mean ± std)."""
-    t1 = cells.filter(pl.col("variant") == "")
-    t1 = t1.sort(_table_order(t1))
-    pairs = list(
-        dict.fromkeys(zip(t1["dataset_label"].to_list(), t1["model_label"].to_list(), strict=False))
-    )
+def _of(frame: pl.DataFrame, dataset: str, model: str) -> pl.DataFrame:
+    return frame.filter((pl.col("dataset") == dataset) & (pl.col("model") == model))
+
+
+def _title(part: pl.DataFrame) -> str:
+    return f"{part['dataset_label'][0]} {part['model_label'][0]}"
+
+
+def table1_bits(cells: pl.DataFrame, path: Path) -> Path:
+    """Table 1's rows: average bits (log2 axis) vs worst-group accuracy, one marker per method
+    (mean ± std over seeds)."""
+    t1 = cells.filter((pl.col("variant") == "") & (pl.col("budget") == ""))
+    pairs = _pairs(t1)
     fig, axes = _panels(len(pairs))
-    for ax, (ds, mo) in zip(axes, pairs, strict=False):
-        part = t1.filter((pl.col("dataset_label") == ds) & (pl.col("model_label") == mo))
-        for i, meth in enumerate(m for m in METHOD_IDS if m in part["method"].to_list()):
+    for ax, (ds, mo) in zip(axes, pairs, strict=True):
+        part = _of(t1, ds, mo)
+        for i, meth in enumerate(ordered_methods(part["method"].to_list())):
             p = part.filter(pl.col("method") == meth)
             x, y = p["avg_bits"].to_numpy(), 100 * p["worst_acc"].to_numpy()
             ax.errorbar(
@@ -89,74 +84,192 @@ def frontier(cells: pl.DataFrame, path: Path) -> Path:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("average bits per weight")
         ax.set_ylabel("worst-group accuracy (%)")
-        ax.set_title(f"{ds} {mo}")
+        ax.set_title(f"{_title(part)}: Table 1")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path)
 
 
-def group_bars(cells_raw: Sequence[tuple[CellKey, dict[str, Any]]], path: Path) -> Path:
-    """Per-group accuracy (mean over seeds), grouped bars per method, one panel per (data, model)."""
-    per: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
-    names: dict[tuple[str, str], list[str]] = {}
-    labels: dict[str, str] = {}
-    for key, res in _sorted_raw(cells_raw):
-        if key.variant:
-            continue
-        pair = (res["labels"]["dataset"], res["labels"]["model"])
-        per.setdefault(pair, {}).setdefault(key.method, []).append(res["group_acc"])
-        names[pair] = res["group_names"]
-        labels[key.method] = res["labels"]["method"]
-    fig, axes = _panels(max(len(per), 1), width=6.0)
-    for ax, (pair, by) in zip(axes, per.items(), strict=False):
-        methods = [m for m in METHOD_IDS if m in by]
-        groups = names[pair]
+def group_bars(groups: pl.DataFrame, path: Path) -> Path:
+    """Per-group accuracy of Table 1's rows (mean over seeds), grouped bars per method, one panel
+    per (dataset, model). ``groups``: :func:`fq_bench.grid._report.groups_frame`."""
+    t1 = groups.filter((pl.col("variant") == "") & (pl.col("budget") == ""))
+    pairs = _pairs(t1)
+    fig, axes = _panels(max(len(pairs), 1), width=6.0)
+    for ax, (ds, mo) in zip(axes, pairs, strict=False):
+        part = _of(t1, ds, mo)
+        methods = ordered_methods(part["method"].to_list())
+        names = part.sort("group_index").unique("group_index", maintain_order=True)["group"]
         width = 0.8 / max(len(methods), 1)
-        xs = np.arange(len(groups))
+        xs = np.arange(len(names))
         for i, meth in enumerate(methods):
-            arr = np.asarray(by[meth], dtype=np.float64)  # [seeds, groups], NaN = no test image
-            seen = np.isfinite(arr).sum(axis=0)
-            acc = 100 * np.where(seen > 0, np.nansum(arr, axis=0) / np.maximum(seen, 1), np.nan)
-            ax.bar(
-                xs + (i - (len(methods) - 1) / 2) * width,
-                acc,
-                width,
-                label=labels[meth],
-                color=f"C{i}",
+            pm = part.filter(pl.col("method") == meth)
+            # mean over seeds of the groups that had test images (NaN = none)
+            acc = (
+                pm.group_by("group_index")
+                .agg(pl.col("acc").fill_nan(None).mean())
+                .sort("group_index")
             )
-        ax.set_xticks(xs, groups)
+            ax.bar(xs + (i - (len(methods) - 1) / 2) * width,
+                   100 * acc["acc"].fill_null(np.nan).to_numpy(), width,
+                   label=pm["method_label"][0], color=f"C{i}")  # fmt: skip
+        ax.set_xticks(xs, names.to_list())
         ax.set_xlabel("group")
         ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{pair[0]} {pair[1]}: per-group accuracy")
-        # below the axes: inside, nine methods' legend hides the bars of the last groups
+        ax.set_title(f"{_title(part)}: per-group accuracy")
+        # below the axes: inside, many methods' legend hides the bars of the last groups
         ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     return _save(fig, path)
 
 
-def baq_bits(cells_raw: Sequence[tuple[CellKey, dict[str, Any]]], path: Path) -> Path | None:
-    """Learned FQ-BAQ bits per layer (mean over channels, then over seeds)."""
-    per: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for key, res in _sorted_raw(cells_raw):
-        if key.method != "fq-baq" or key.variant or not res["layer_bits"]:
-            continue
-        pair = (res["labels"]["dataset"], res["labels"]["model"])
-        for name, bits, _n in res["layer_bits"]:
-            per.setdefault(pair, {}).setdefault(name, []).append(bits)
-    if not per:
+def baq_bits(layer_bits: pl.DataFrame, path: Path) -> Path | None:
+    """Learned FQ-BAQ bits per layer of Table 1's FQ-BAQ (mean over channels, then seeds)."""
+    part = layer_bits.filter(
+        (pl.col("method") == "fq-baq") & (pl.col("variant") == "") & (pl.col("budget") == "")
+    )
+    if part.is_empty():
         return None
+    pairs = _pairs(part)
     plt = _plt()
-    widest = max(len(layers) for layers in per.values())
+    widest = int(part["position"].max()) + 1
     fig, axes = plt.subplots(
-        len(per), 1, figsize=(max(10.0, 0.12 * widest), 4.2 * len(per)), squeeze=False,
+        len(pairs), 1, figsize=(max(10.0, 0.12 * widest), 4.2 * len(pairs)), squeeze=False,
         layout="constrained",
     )  # fmt: skip
-    for ax, (pair, layers) in zip(axes[:, 0], per.items(), strict=False):
-        names = list(layers)
-        ax.bar(np.arange(len(names)), [float(np.mean(layers[n])) for n in names], color="C6")
-        ax.set_xticks(np.arange(len(names)), names, rotation=90, fontsize=6)
+    for ax, (ds, mo) in zip(axes[:, 0], pairs, strict=True):
+        pm = _of(part, ds, mo)
+        per = pm.group_by("position").agg(pl.col("layer").first(), pl.col("bits").mean())
+        per = per.sort("position")
+        xs = np.arange(per.height)
+        ax.bar(xs, per["bits"].to_numpy(), color="C6")
+        ax.set_xticks(xs, per["layer"].to_list(), rotation=90, fontsize=6)
         ax.set_ylabel("learned bits (mean)")
-        ax.set_title(f"{pair[0]} {pair[1]}: FQ-BAQ bits per layer")
+        ax.set_title(f"{_title(pm)}: FQ-BAQ bits per layer")
         ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def frontier_plot(frontier: pl.DataFrame, cells: pl.DataFrame, path: Path) -> Path:
+    """Worst-group accuracy against average bits: per mixed method one line over the budgets with
+    its 95% t-interval band and every seed's value as a dot; the uniform rows as one dashed line
+    (with their own band); FP32 as a horizontal band. One panel per (dataset, model).
+
+    ``frontier``: :func:`fq_bench.grid._frontier.frontier_frame`; ``cells``: the cell frame (for
+    the per-seed dots).
+    """
+    pairs = _pairs(frontier)
+    fig, axes = _panels(len(pairs), width=6.5, height=4.6)
+    for ax, (ds, mo) in zip(axes, pairs, strict=True):
+        part = _of(frontier, ds, mo)
+        fp = part.filter(pl.col("method") == "fp32")
+        if not fp.is_empty():
+            r = fp.row(0, named=True)
+            lo, hi = r["worst_acc_low"], r["worst_acc_high"]
+            if lo is not None and np.isfinite(lo):
+                ax.axhspan(100 * lo, 100 * hi, color="0.85", lw=0, label="FP32 95% CI")
+            ax.axhline(100 * r["worst_acc_mean"], color="0.4", lw=1, label="FP32 mean")
+        uni = part.filter(pl.col("method").is_in(list(UNIFORM_BITS))).sort("avg_bits")
+        lines = [("Uniform (U2..U8)", uni, "k", "--")]
+        for meth in ordered_methods(part["method"].to_list()):
+            if meth in UNIFORM_BITS or meth == "fp32":
+                continue
+            pm = part.filter(pl.col("method") == meth).sort("avg_bits")
+            lines.append((pm["method_label"][0], pm, method_color(meth), "-"))
+        per_seed = cells.filter(
+            (pl.col("dataset") == ds) & (pl.col("model") == mo) & (pl.col("budget") != "")
+        )
+        for label, pm, color, style in lines:
+            if pm.is_empty():
+                continue
+            x = pm["avg_bits"].to_numpy()
+            y = 100 * pm["worst_acc_mean"].to_numpy()
+            lo = 100 * pm["worst_acc_low"].fill_null(np.nan).to_numpy()
+            hi = 100 * pm["worst_acc_high"].fill_null(np.nan).to_numpy()
+            ax.plot(x, y, style, marker="o", ms=4, color=color, label=label)
+            if np.isfinite(lo).any():
+                ax.fill_between(x, lo, hi, color=color, alpha=0.12, lw=0)
+            meth = pm["method"][0]
+            if meth not in UNIFORM_BITS:
+                seeds = per_seed.filter(pl.col("method") == meth)
+                ax.scatter(seeds["avg_bits"].to_numpy(), 100 * seeds["worst_acc"].to_numpy(),
+                           s=9, color=color, alpha=0.6, lw=0)  # fmt: skip
+        # a t-interval over few seeds can run past [0, 100]: frame the means and the seeds
+        shown = np.concatenate(
+            [100 * part["worst_acc_mean"].to_numpy(), 100 * per_seed["worst_acc"].to_numpy()]
+        )
+        pad = max(2.0, 0.1 * float(np.ptp(shown)))
+        ax.set_ylim(max(0.0, float(shown.min()) - pad), min(100.0, float(shown.max()) + pad))
+        ax.set_xlabel("average bits per weight (parameter-weighted)")
+        ax.set_ylabel("worst-group accuracy (%)")
+        n = int(part["seeds"].min())
+        title = f"{DATASET_LABELS.get(ds, ds)} {MODEL_LABELS.get(mo, mo)}"
+        ax.set_title(f"{title}: frontier (mean, 95% t-interval over {n} seeds; dots: seeds)",
+                     fontsize=9)  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    return _save(fig, path)
+
+
+def group_drop(groups: pl.DataFrame, path: Path) -> Path | None:
+    """Which group pays, and where: per group (one panel each, one row per (dataset, model)),
+    the accuracy change against FP32 of the same seed (mean over seeds, points) at each budget,
+    one line per mixed method; the uniform rows as a dashed line at their bit-widths."""
+    fp = groups.filter(
+        (pl.col("method") == "fp32") & (pl.col("variant") == "") & (pl.col("budget") == "")
+    ).select("dataset", "model", "seed", "group_index", pl.col("acc").alias("acc_fp32"))
+    cells = groups.filter(
+        (pl.col("variant") == "")
+        & ((pl.col("budget") != "") | pl.col("method").is_in(list(UNIFORM_BITS)))
+    )
+    if fp.is_empty() or cells.filter(pl.col("budget") != "").is_empty():
+        return None
+    d = cells.join(fp, on=["dataset", "model", "seed", "group_index"])
+    d = d.with_columns(
+        pl.when(pl.col("budget") != "")
+        .then(pl.col("budget").replace("", None).cast(pl.Float64))
+        .otherwise(pl.col("method").replace_strict(UNIFORM_BITS, default=None,
+                                                  return_dtype=pl.Float64))
+        .alias("bits"),
+        (100 * (pl.col("acc") - pl.col("acc_fp32"))).fill_nan(None).alias("change"),
+    )  # fmt: skip
+    pairs = _pairs(d)
+    n_groups = int(d["group_index"].max()) + 1
+    plt = _plt()
+    fig, axes = plt.subplots(
+        len(pairs), n_groups, figsize=(3.2 * n_groups, 3.0 * len(pairs) + 0.8), squeeze=False,
+        layout="constrained", sharey="row",
+    )  # fmt: skip
+    handles: dict[str, Any] = {}
+    for row, (ds, mo) in enumerate(pairs):
+        part = _of(d, ds, mo)
+        names = part.sort("group_index").unique("group_index", maintain_order=True)
+        methods = ordered_methods(part["method"].to_list())
+        mixed = [m for m in methods if m not in UNIFORM_BITS]
+        for gi in range(n_groups):
+            ax = axes[row, gi]
+            pg = part.filter(pl.col("group_index") == gi)
+            series = [("Uniform", pg.filter(pl.col("method").is_in(list(UNIFORM_BITS))), "k",
+                       "--")]  # fmt: skip
+            for meth in mixed:
+                pm = pg.filter(pl.col("method") == meth)
+                if not pm.is_empty():
+                    series.append((pm["method_label"][0], pm, method_color(meth), "-"))
+            for label, pm, color, style in series:
+                if pm.is_empty():
+                    continue
+                mean = pm.group_by("bits").agg(pl.col("change").mean()).sort("bits")
+                (h,) = ax.plot(mean["bits"].to_numpy(), mean["change"].fill_null(np.nan).to_numpy(),
+                               style, marker="o", ms=3, color=color, label=label)  # fmt: skip
+                handles.setdefault(label, h)
+            ax.axhline(0, color="0.5", lw=0.8)
+            name = names.filter(pl.col("group_index") == gi)["group"]
+            ax.set_title(f"{_title(part)}: group {name[0] if len(name) else gi}", fontsize=8)
+            ax.set_xlabel("bits per weight")
+            if gi == 0:
+                ax.set_ylabel("accuracy change vs FP32 (points)")
+            ax.grid(alpha=0.3)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+               ncol=min(len(handles), 5), fontsize=7)  # fmt: skip
     return _save(fig, path)
 
 
@@ -183,10 +296,9 @@ def ablation_plots(ablation: pl.DataFrame, root: Path) -> list[Path]:
     out = []
     plt = _plt()
     several_models = ablation["model"].n_unique() > 1
-    method_order = {m: i for i, m in enumerate(METHOD_IDS)}
     for (ds, mo), part in ablation.group_by(["dataset", "model"], maintain_order=True):
         fields = list(dict.fromkeys(part["field"].to_list()))
-        methods = sorted(set(part["method"].to_list()), key=lambda m: method_order.get(m, 99))
+        methods = ordered_methods(part["method"].to_list())
         n_rows = len(ABLATION_METRICS)
         fig, axes = plt.subplots(
             n_rows, len(fields), figsize=(4.0 * len(fields) + 0.6, 2.5 * n_rows),
@@ -244,26 +356,30 @@ def ablation_plots(ablation: pl.DataFrame, root: Path) -> list[Path]:
 def make_plots(
     root: Path,
     cells: pl.DataFrame,
-    cells_raw: Sequence[tuple[CellKey, dict[str, Any]]],
     *,
+    groups: pl.DataFrame,
+    layer_bits: pl.DataFrame,
     ablation: pl.DataFrame | None = None,
+    frontier: pl.DataFrame | None = None,
 ) -> list[Path]:
-    """Write every plot that the finished cells support; returns their paths.
+    """Write every plot the given frames support; returns their paths.
 
-    ``ablation``: the report's ablation frame (built here with GridConfig defaults as the
-    reference values when not given).
+    ``cells``, ``groups``, ``layer_bits``: the report's cell, per-group and per-layer frames;
+    ``ablation`` and ``frontier``: the report's ablation and frontier frames (``None``: no
+    such plots).
     """
     made = []
-    if not cells.filter(pl.col("variant") == "").is_empty():
-        made.append(frontier(cells, root / "frontier.png"))
-        made.append(group_bars(cells_raw, root / "group_accuracy.png"))
-        p = baq_bits(cells_raw, root / "baq_bits.png")
+    if not cells.filter((pl.col("variant") == "") & (pl.col("budget") == "")).is_empty():
+        made.append(table1_bits(cells, root / "table1_bits.png"))
+        made.append(group_bars(groups, root / "group_accuracy.png"))
+        p = baq_bits(layer_bits, root / "baq_bits.png")
         if p is not None:
             made.append(p)
-    if not cells.filter(pl.col("variant") != "").is_empty():
-        if ablation is None:
-            from ._report import ablation_frame, reference_values
-
-            ablation = ablation_frame(cells, reference_values(None))
+    if frontier is not None and not frontier.is_empty():
+        made.append(frontier_plot(frontier, cells, root / "frontier.png"))
+        p = group_drop(groups, root / "group_drop.png")
+        if p is not None:
+            made.append(p)
+    if ablation is not None:
         made += ablation_plots(ablation, root)
     return made

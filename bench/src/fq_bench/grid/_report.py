@@ -26,11 +26,20 @@ from ._config import (
     DATASET_LABELS,
     DATASETS,
     METHOD_IDS,
-    PAPER_MODELS,
     SWEEPABLE,
     GridConfig,
     same_swept_value,
 )
+from ._frontier import (
+    best_lines,
+    effects_frame,
+    effects_markdown,
+    frontier_frame,
+    frontier_markdown,
+    has_frontier,
+    seeds_frame,
+)
+from ._order import sort_rows
 
 #: (column id, header, scale, decimals, show std) in table order.
 COLUMNS: tuple[tuple[str, str, float, int], ...] = (
@@ -44,12 +53,21 @@ COLUMNS: tuple[tuple[str, str, float, int], ...] = (
     ("eodd", "EOdd", 1.0, 3),
 )
 METRIC_IDS: tuple[str, ...] = tuple(c[0] for c in COLUMNS)
-_KEY_COLS = ("dataset", "model", "method", "variant")
+_KEY_COLS = ("dataset", "model", "method", "variant", "budget")
 _LABEL_COLS = ("dataset_label", "model_label", "method_label")
+#: Metrics with a per-cell stratified bootstrap interval (``<m>_boot_low``/``<m>_boot_high``).
+BOOT_IDS: tuple[str, ...] = ("worst_acc", "avg_acc", "gap")
+
+
+def _boot(res: dict[str, Any], metric: str, side: int) -> float:
+    pair = res.get("bootstrap", {}).get(metric)
+    return float(pair[side]) if pair else math.nan
 
 
 def cells_frame(cells: Iterable[tuple[CellKey, dict[str, Any]]]) -> pl.DataFrame:
-    """One row per cell: key, labels, and the Table 1 metrics (fractions, not percent)."""
+    """One row per cell: key, labels, the Table 1 metrics (fractions, not percent), the packed
+    size in bytes, the frontier target (``target_bits``, null off the frontier) and each cell's
+    bootstrap interval (``<metric>_boot_low``/``_high``, NaN when none was computed)."""
     rows = []
     for key, res in cells:
         m, c, lab = res["metrics"], res["cost"], res["labels"]
@@ -59,19 +77,82 @@ def cells_frame(cells: Iterable[tuple[CellKey, dict[str, Any]]]) -> pl.DataFrame
                 "dataset_label": lab["dataset"],
                 "model_label": lab["model"],
                 "method_label": lab["method"],
+                "target_bits": key.budget_bits,
                 "avg_bits": float(c["avg_bits"]),
                 "paper_gops": float(c["paper_gops"]),
                 "gbops": float(c["gbops"]),
+                "size_bytes": float(c.get("size_bytes", math.nan)),
                 **{k: float(m[k]) for k in ("avg_acc", "worst_acc", "gap", "eopp0", "eodd")},
+                **{f"{k}_boot_low": _boot(res, k, 0) for k in BOOT_IDS},
+                **{f"{k}_boot_high": _boot(res, k, 1) for k in BOOT_IDS},
                 "semisynthetic": bool(res.get("data", {}).get("semisynthetic", False)),
             }
         )
     schema = {
         "dataset": pl.String, "model": pl.String, "method": pl.String, "seed": pl.Int64,
-        "variant": pl.String, "dataset_label": pl.String, "model_label": pl.String,
-        "method_label": pl.String, **{k: pl.Float64 for k in METRIC_IDS}, "semisynthetic": pl.Boolean,
+        "variant": pl.String, "budget": pl.String, "dataset_label": pl.String,
+        "model_label": pl.String, "method_label": pl.String, "target_bits": pl.Float64,
+        **{k: pl.Float64 for k in METRIC_IDS}, "size_bytes": pl.Float64,
+        **{f"{k}_boot_{s}": pl.Float64 for s in ("low", "high") for k in BOOT_IDS},
+        "semisynthetic": pl.Boolean,
     }  # fmt: skip
-    return pl.DataFrame(rows, schema=schema)
+    return pl.DataFrame(rows, schema=schema).select(list(schema))
+
+
+def groups_frame(cells: Iterable[tuple[CellKey, dict[str, Any]]]) -> pl.DataFrame:
+    """Long form of every cell's per-group test accuracy: one row per (cell, group), with the
+    cell's key and labels, ``group`` (name), ``group_index``, ``n`` and ``acc`` (fraction, NaN
+    for a group without test images)."""
+    rows = []
+    for key, res in cells:
+        for i, (name, acc, n) in enumerate(
+            zip(res["group_names"], res["group_acc"], res["group_n"], strict=True)
+        ):
+            rows.append(
+                {
+                    **key.to_dict(),
+                    "dataset_label": res["labels"]["dataset"],
+                    "model_label": res["labels"]["model"],
+                    "method_label": res["labels"]["method"],
+                    "group": str(name),
+                    "group_index": i,
+                    "n": int(n),
+                    "acc": math.nan if acc is None else float(acc),
+                }
+            )
+    schema = {
+        "dataset": pl.String, "model": pl.String, "method": pl.String, "seed": pl.Int64,
+        "variant": pl.String, "budget": pl.String, "dataset_label": pl.String,
+        "model_label": pl.String, "method_label": pl.String, "group": pl.String,
+        "group_index": pl.Int64, "n": pl.Int64, "acc": pl.Float64,
+    }  # fmt: skip
+    return pl.DataFrame(rows, schema=schema).select(list(schema))
+
+
+def layer_bits_frame(cells: Iterable[tuple[CellKey, dict[str, Any]]]) -> pl.DataFrame:
+    """One row per (cell, quantized layer): key, labels, ``layer``, ``bits`` (mean over the
+    layer's channels) and ``n_params``; empty for float cells."""
+    rows = []
+    for key, res in cells:
+        for position, (name, bits, n) in enumerate(res.get("layer_bits", [])):
+            rows.append(
+                {
+                    **key.to_dict(),
+                    "dataset_label": res["labels"]["dataset"],
+                    "model_label": res["labels"]["model"],
+                    "layer": str(name),
+                    "position": position,
+                    "bits": float(bits),
+                    "n_params": int(n),
+                }
+            )
+    schema = {
+        "dataset": pl.String, "model": pl.String, "method": pl.String, "seed": pl.Int64,
+        "variant": pl.String, "budget": pl.String, "dataset_label": pl.String,
+        "model_label": pl.String, "layer": pl.String, "position": pl.Int64,
+        "bits": pl.Float64, "n_params": pl.Int64,
+    }  # fmt: skip
+    return pl.DataFrame(rows, schema=schema).select(list(schema))
 
 
 def _std(col: str) -> pl.Expr:
@@ -84,49 +165,29 @@ def _std(col: str) -> pl.Expr:
     )
 
 
-def _model_order(models: list[str]) -> dict[str, int]:
-    # the paper's backbones in Table 1's order, then any other model by first appearance (the
-    # cell store lists cells by id, i.e. alphabetically, which would put DeiT before ResNet18)
-    order = {m: i for i, m in enumerate(PAPER_MODELS)}
-    for m in dict.fromkeys(models):
-        order.setdefault(m, len(order))
-    return order
+def table1_cells(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``frame`` that belong to Table 1: no ablation variant, no frontier budget."""
+    keep = pl.col("variant") == ""
+    if "budget" in frame.columns:
+        keep = keep & (pl.col("budget") == "")
+    return frame.filter(keep)
 
 
 def summary_frame(cells: pl.DataFrame) -> pl.DataFrame:
-    """Mean and std over seeds per (dataset, model, method, variant), in Table 1 order.
-
-    Order: datasets as in :data:`DATASETS`, the paper's models in Table 1 order then others by
-    first appearance, methods as in Table 1,
-    variants by field then numeric value.
-    """
+    """Mean and std over seeds per (dataset, model, method, variant, budget), in the grid's
+    order (:mod:`fq_bench.grid._order`)."""
     if cells.is_empty():
         raise ValueError("no finished cells to summarize")
-    model_order = _model_order(cells["model"].to_list())
-    agg = cells.group_by(list(_KEY_COLS)).agg(
+    agg = cells.group_by(list(_KEY_COLS), maintain_order=True).agg(
         *(pl.col(c).first() for c in _LABEL_COLS),
         pl.len().alias("n_seeds"),
         *(pl.col(c).mean().alias(f"{c}_mean") for c in METRIC_IDS),
         *(_std(c) for c in METRIC_IDS),
     )
-    var_field = pl.col("variant").str.split_exact("=", 1).struct.field("field_0")
-    var_value = pl.col("variant").str.split_exact("=", 1).struct.field("field_1").cast(pl.Float64)
-    agg = agg.with_columns(
-        pl.col("dataset")
-        .replace_strict({d: i for i, d in enumerate(DATASETS)}, default=99)
-        .alias("_d"),
-        pl.col("model").replace_strict(model_order, default=99).alias("_m"),
-        pl.col("method")
-        .replace_strict({m: i for i, m in enumerate(METHOD_IDS)}, default=99)
-        .alias("_k"),
-        var_field.fill_null("").alias("_vf"),
-        var_value.fill_null(0.0).alias("_vv"),
-    )
-    agg = agg.sort(["_d", "_m", "_vf", "_vv", "_k"]).drop(["_d", "_m", "_k", "_vf", "_vv"])
     cols = [*_KEY_COLS, *_LABEL_COLS, "n_seeds"]
     for c in METRIC_IDS:
         cols += [f"{c}_mean", f"{c}_std"]
-    return agg.select(cols)
+    return sort_rows(agg.select(cols))
 
 
 def _cell(mean: float, std: float, scale: float, dec: int, always_std: bool) -> str:
@@ -167,7 +228,7 @@ def to_markdown(summary: pl.DataFrame) -> str:
 def to_csv(summary: pl.DataFrame) -> str:
     """Machine-readable: one row per table row, ``<metric>_mean``/``<metric>_std`` columns (raw
     units: fractions for accuracies, bits, GBOPs), 6 decimals."""
-    return summary.write_csv(float_precision=6)
+    return summary.drop("budget").write_csv(float_precision=6)
 
 
 def _tex_escape(text: str) -> str:
@@ -237,7 +298,7 @@ def observations(cells: pl.DataFrame) -> list[str]:
     std is left out with one seed). Ablation variants are ignored.
     """
     lines = []
-    t1 = cells.filter(pl.col("variant") == "")
+    t1 = table1_cells(cells)
     for (ds, mo), part in t1.group_by(["dataset_label", "model_label"], maintain_order=True):
         for ref_method, methods, what in (
             ("fp32", METHOD_IDS[1:], "FP32"),
@@ -296,10 +357,6 @@ def ablation_frame(cells: pl.DataFrame, reference: dict[str, float]) -> pl.DataF
         split.field("field_0").alias("field"),
         split.field("field_1").cast(pl.Float64).alias("value"),
     )
-    d_order = {d: i for i, d in enumerate(DATASETS)}
-    m_order = _model_order(ab["model"].to_list())
-    f_order = {f: i for i, f in enumerate(dict.fromkeys(ab["field"].to_list()))}
-    k_order = {m: i for i, m in enumerate(METHOD_IDS)}
     rows = []
     keys = ["dataset", "model", "method", "variant", "field", "value"]
     for (ds, mo, me, var, fld, val), part in ab.group_by(keys, maintain_order=True):
@@ -318,13 +375,7 @@ def ablation_frame(cells: pl.DataFrame, reference: dict[str, float]) -> pl.DataF
                 f"{c}_ci95_low": st.ci95_low, f"{c}_ci95_high": st.ci95_high,
             }  # fmt: skip
         rows.append(row)
-    rows.sort(
-        key=lambda r: (
-            d_order.get(r["dataset"], 99), m_order[r["model"]], f_order[r["field"]],
-            k_order.get(r["method"], 99), r["value"],
-        )
-    )  # fmt: skip
-    return pl.DataFrame(rows)
+    return sort_rows(pl.DataFrame(rows))
 
 
 def _ab_cell(r: dict[str, Any], cid: str, scale: float, dec: int) -> str:
@@ -419,6 +470,11 @@ class Report:
     ablation_latex: str = ""
     provenance: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()
+    frontier: pl.DataFrame | None = None
+    frontier_markdown: str = ""
+    effects: pl.DataFrame | None = None
+    effects_markdown: str = ""
+    frontier_summary: tuple[str, ...] = ()
 
     def text(self) -> str:
         """What the CLI prints: the data caveat, provenance, the tables, and the observations."""
@@ -436,6 +492,24 @@ class Report:
                 "",
                 self.markdown,
             ]
+        if self.frontier_markdown:
+            lines += [
+                "",
+                "Frontier (mean [95% t-interval] over seeds, %; ΔWorst vs blind: WorstAcc minus "
+                "the group-blind control's at the same budget, paired by seed, in points; "
+                "resolved = the interval excludes 0)",
+                "",
+                self.frontier_markdown,
+            ]
+        if self.effects_markdown:
+            lines += [
+                "FairQuant's two ingredients apart (2x2 design; paired by seed, points, "
+                "95% t-interval)",
+                "",
+                self.effects_markdown,
+            ]
+        if self.frontier_summary:
+            lines += ["Frontier summary:", *(f"- {line}" for line in self.frontier_summary), ""]
         if self.ablation_markdown:
             lines += [
                 "",
@@ -463,7 +537,7 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
     prov = provenance(raw, config)
     head = "".join(f"{line}  \n" for line in prov) + "\n"
     written: list[str] = []
-    t1 = summary.filter(pl.col("variant") == "")
+    t1 = table1_cells(summary)
     md = csv = tex = ""
     if not t1.is_empty():
         md, csv = to_markdown(t1), to_csv(t1)
@@ -486,11 +560,35 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
         atomic_write_bytes(root / "ablation.csv", ab_csv.encode())
         atomic_write_bytes(root / "ablation.tex", ab_tex.encode())
         written += ["ablation.md", "ablation.csv", "ablation.tex"]
+    fr = eff = None
+    fr_md = eff_md = ""
+    fr_lines: tuple[str, ...] = ()
+    if has_frontier(cells):
+        fr, eff = frontier_frame(cells), effects_frame(cells)
+        fr_md, eff_md = frontier_markdown(fr), effects_markdown(eff)
+        fr_lines = tuple(best_lines(cells, fr))
+        body = head + fr_md + "\n" + eff_md + "\n" + "".join(f"- {line}\n" for line in fr_lines)
+        atomic_write_bytes(root / "frontier.md", body.encode())
+        atomic_write_bytes(root / "frontier.csv", fr.write_csv(float_precision=6).encode())
+        atomic_write_bytes(
+            root / "frontier_seeds.csv", seeds_frame(cells).write_csv(float_precision=6).encode()
+        )
+        atomic_write_bytes(root / "frontier_effects.csv", eff.write_csv(float_precision=6).encode())
+        written += ["frontier.md", "frontier.csv", "frontier_seeds.csv", "frontier_effects.csv"]
     made: tuple[Path, ...] = ()
     if plots:
         from ._plots import make_plots
 
-        made = tuple(make_plots(root, cells, raw, ablation=ab))
+        made = tuple(
+            make_plots(
+                root,
+                cells,
+                groups=groups_frame(raw),
+                layer_bits=layer_bits_frame(raw),
+                ablation=ab,
+                frontier=fr,
+            )
+        )
     return Report(
         cells=cells,
         summary=t1,
@@ -506,4 +604,9 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
         ablation_latex=ab_tex,
         provenance=prov,
         tables=tuple(written),
+        frontier=fr,
+        frontier_markdown=fr_md,
+        effects=eff,
+        effects_markdown=eff_md,
+        frontier_summary=fr_lines,
     )

@@ -1,8 +1,10 @@
 """Run the grid: load each dataset once, train/reuse FP32 checkpoints, run and store each cell.
 
 Reproducibility: every cell seeds the global RNGs, the loader and its trainer from
-``stable_seed(cell id)``, so its numbers do not depend on which cells ran before it in the process
-(or in which shard). Under ``accelerate launch`` every process runs every cell together (the
+:func:`cell_seed`, so its numbers do not depend on which cells ran before it in the process (or in
+which shard). The seed depends on (dataset, model, seed) alone: every fine-tune of one seed sees the
+same batches in the same order with the same augmentation (common random numbers), so a paired
+difference between two methods measures the methods, not two different data orders. Under ``accelerate launch`` every process runs every cell together (the
 trainers use all GPUs); only the main process writes files.
 """
 
@@ -12,6 +14,7 @@ import hashlib
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -128,6 +131,19 @@ def binary_grouping(group_names: tuple[str, ...]) -> tuple[list[int], tuple[str,
     raise ValueError(f"no binary grouping known for groups {names}; Guo et al. needs two groups")
 
 
+def grouping_map(data: DataBundle, grouping: str) -> list[int] | None:
+    """Group id -> calibration group for ``grouping``: ``"type"`` keeps the dataset's groups
+    (``None``), ``"binary"`` maps onto two (:func:`binary_grouping`), ``"pooled"`` puts every
+    sample in group 0 (the group-blind control's one pooled loss)."""
+    if grouping == "type":
+        return None
+    if grouping == "binary":
+        return data.binary_map
+    if grouping == "pooled":
+        return [0] * len(data.loaders.group_names)
+    raise ValueError(f"grouping={grouping!r} is invalid; allowed: 'type', 'binary', 'pooled'")
+
+
 class RemapGroups:
     """A loader whose group ids go through ``mapping`` (rows mapped to -1 are dropped)."""
 
@@ -205,6 +221,11 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
             seed=0,
             test_fraction=config.test_fraction,
             label_col=label_col,
+            **(
+                {"min_test_per_group": config.min_test_per_group}
+                if config.min_test_per_group
+                else {}
+            ),
         )
     elif dataset == "fitzpatrick17k":
         from fq_bench.data import load_fitzpatrick17k
@@ -235,15 +256,26 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
 
 
 # -- evaluation -----------------------------------------------------------------------------------
+#: Metrics that get a per-cell stratified bootstrap interval (``result["bootstrap"]``).
+BOOTSTRAP_METRICS: tuple[str, ...] = ("worst_acc", "avg_acc", "gap")
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader: Any, device: torch.device) -> tuple[np.ndarray, ...]:
-    """``(labels [N], predictions [N], groups [N])`` over ``loader`` in eval mode."""
+    """``(labels [N], predictions [N], groups [N])`` over ``loader`` in eval mode.
+
+    A fake-quantized model's weights are quantized once for the whole pass
+    (``torch.nn.utils.parametrize.cached``), not once per batch: the same weights, computed once.
+    """
+    from torch.nn.utils import parametrize
+
     model.eval()
     ys, ps, gs = [], [], []
-    for x, y, g in loader:
-        ps.append(model(x.to(device)).argmax(1).cpu())
-        ys.append(y)
-        gs.append(g)
+    with parametrize.cached():
+        for x, y, g in loader:
+            ps.append(model(x.to(device)).argmax(1).cpu())
+            ys.append(y)
+            gs.append(g)
     return tuple(torch.cat(t).numpy() for t in (ys, ps, gs))
 
 
@@ -258,13 +290,18 @@ def evaluate(
     model = out.model
     y, p, g = predict(model, data.loaders.test, device)
     n_groups = len(data.loaders.group_names)
-    rep = group_report(
-        y,
-        p,
-        sensitive_features=g,
-        n_classes=data.loaders.num_classes,
-        group_names=list(range(n_groups)),
-    )
+    kw: dict[str, Any] = {
+        "sensitive_features": g,
+        "n_classes": data.loaders.num_classes,
+        "group_names": list(range(n_groups)),
+    }
+    rep = group_report(y, p, **kw)
+    bootstrap: dict[str, list[float]] = {}
+    if config.bootstrap_resamples > 0:
+        from fq_fairmetrics import bootstrap_ci
+
+        ci = bootstrap_ci(y, p, n_resamples=config.bootstrap_resamples, seed=0, **kw)
+        bootstrap = {m: [ci.low[m], ci.high[m]] for m in BOOTSTRAP_METRICS}
     x = torch.zeros(1, 3, config.image_size, config.image_size, device=device)
     layers = layer_costs(model, x, out.assignment)
     n_weights = sum(m.weight.numel() for m in quantizable_layers(model).values())
@@ -295,6 +332,11 @@ def evaluate(
         "bit_histogram": {}
         if out.assignment is None
         else {str(k): v for k, v in out.assignment.histogram().items()},
+        # per-group percentile interval over resamples of the test images within each group
+        "bootstrap": {"n_resamples": config.bootstrap_resamples, "confidence": 0.95, **bootstrap},
+        # the test split's labels and groups (the same for every cell of a dataset) and this
+        # cell's predictions, so any interval or paired statistic can be recomputed from the cell
+        "test": {"labels": y.tolist(), "groups": g.tolist(), "predictions": p.tolist()},
     }
 
 
@@ -350,9 +392,14 @@ def weights_source(config: GridConfig, model_name: str) -> dict[str, str] | None
 
 
 #: Bumped when the same config computes different cell numbers, so that older cell files are
-#: recomputed rather than mixed in (2: a calibration computed inside a cell no longer reseeds that
-#: cell's training shuffle; an ablation variant that changes nothing is seeded as the plain cell).
-CELL_VERSION = 2
+#: recomputed rather than mixed in.
+CELL_VERSION = 3
+
+
+def cell_seed(key: CellKey) -> int:
+    """The training seed of ``key``: one per (dataset, model, seed), shared by every method,
+    budget and ablation value (common random numbers for paired comparisons)."""
+    return stable_seed("cell", key.dataset, key.model, key.seed)
 
 
 def cell_fingerprint(config: GridConfig, model_name: str) -> str:
@@ -393,7 +440,7 @@ def fp32_state(
         mixed_precision=config.mixed_precision,
         seed=s,
         cpu=config.cpu,
-        progress=config.progress,
+        progress=progress_mode(config) == "bars",
     )
     t0 = time.perf_counter()
     res = FP32Trainer(model, cfg).fit(data.reseed(s))
@@ -437,6 +484,7 @@ class CalibrationCache:
     def __call__(self, grouping: str) -> Any:
         if grouping in self.memory:
             return self.memory[grouping]
+        grouping_map(self.data, grouping)  # an unknown grouping fails before any work
 
         fp = with_weights(self.config.fingerprint(CALIBRATION_FIELDS), self.config, self.model_name)
         path = self.paths.calibration(self.data.name, self.model_name, self.seed, grouping)
@@ -475,8 +523,9 @@ class CalibrationCache:
             model.load_state_dict(self.state)
             model.to(self.device)
             loader: Any = self.data.reseed(s)
-            if grouping == "binary":
-                loader = RemapGroups(loader, self.data.binary_map)
+            mapping = grouping_map(self.data, grouping)
+            if mapping is not None:
+                loader = RemapGroups(loader, mapping)
             gi = calibrate(
                 model,
                 Batches(loader, self.config.calib_batches),
@@ -501,6 +550,8 @@ def run_cell(
     state: dict[str, torch.Tensor],
     calibration: CalibrationCache,
     device: torch.device,
+    *,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run one cell from the FP32 state; returns the JSON-able result.
 
@@ -508,8 +559,7 @@ def run_cell(
     only the main process evaluates, on the whole test split, and the others return ``{}``.
     """
     cfg = apply_override(config, key)
-    # an override that changes nothing is the plain cell: same seed, same numbers
-    s = stable_seed("cell", canonical_key(key, config).id)
+    s = cell_seed(key)
     seed_everything(s)
     t0 = time.perf_counter()
     model = _fresh_model(cfg, key.model, data, pretrained=False)
@@ -522,6 +572,8 @@ def run_cell(
         calibration=calibration,
         privileged_binary=data.privileged_binary,
         seed=s,
+        budget=key.budget_bits,
+        progress=progress,
     )
     out = METHODS[key.method](ctx)
     if not is_main_process():
@@ -534,6 +586,7 @@ def run_cell(
                 "model": MODEL_LABELS.get(key.model, key.model),
                 "method": METHOD_LABELS[key.method],
             },
+            "target_bits": key.budget_bits,
             "history": list(out.history),
             "info": dict(out.info),
             "data": {
@@ -550,6 +603,30 @@ def run_cell(
         }
     )
     return result
+
+
+def progress_mode(config: GridConfig) -> str:
+    """``"bars"`` (a terminal: a bar over cells and one over each training's epoch, redrawn in
+    place), ``"lines"`` (output to a file or pipe: one plain line per finished step, no bars), or
+    ``"off"`` (``progress=False``, or not the main process)."""
+    if not config.progress or not is_main_process():
+        return "off"
+    return "bars" if sys.stderr.isatty() else "lines"
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _cell_line(done: int, total: int, key: CellKey, result: dict[str, Any], how: str) -> str:
+    if not result:
+        return f"[{done}/{total}] {key.id}: {how}"
+    m, c = result["metrics"], result["cost"]
+    return (
+        f"[{done}/{total}] {key.id}: {how} in {result.get('seconds', 0.0):.1f} s, "
+        f"WorstAcc {100 * m['worst_acc']:.1f}%, AvgAcc {100 * m['avg_acc']:.1f}%, "
+        f"{c['avg_bits']:.2f} bits"
+    )
 
 
 @dataclass(kw_only=True)
@@ -618,8 +695,10 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
         meta = {"config": config.to_dict(), "fingerprint": fp}
         atomic_write_bytes(out / "config.json", json.dumps(meta, indent=1, default=str).encode())
     device = _device(config)
-    show = config.progress and is_main_process()
-    bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=not show)
+    mode = progress_mode(config)
+    bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=mode != "bars")
+    if mode == "lines":
+        _say(f"{len(todo)} cell(s) to compute, {len(summary.skipped)} already finished in {out}")
     for dataset in dict.fromkeys(c.dataset for c in todo):
         bar.set_postfix_str(f"loading {dataset}")
         # the main process first fills the on-disk data caches; the others then read them
@@ -629,7 +708,13 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
             (c.model, c.seed) for c in todo if c.dataset == dataset
         ):
             bar.set_postfix_str(f"FP32 {model_name} seed {seed}")
+            t_fp32 = time.perf_counter()
             state = fp32_state(config, paths, data, model_name, seed)
+            if mode == "lines":
+                _say(
+                    f"FP32 {dataset} {model_name} seed {seed}: ready "
+                    f"({time.perf_counter() - t_fp32:.1f} s; trained or loaded)"
+                )
             calib = CalibrationCache(config, paths, data, model_name, seed, state, device)
             for key in [
                 c for c in todo if (c.dataset, c.model, c.seed) == (dataset, model_name, seed)
@@ -639,14 +724,20 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
                 if result is None and is_main_process():
                     result = _finished_twin(store, done_by_canon.get(canon[key.id], ()), cell_fp)
                 # every process takes the same branch (run_cell trains on all of them)
+                how = "reused a finished twin"
                 if not _broadcast(result is not None):
-                    result = run_cell(key, config, data, state, calib, device)
+                    how = "computed"
+                    result = run_cell(
+                        key, config, data, state, calib, device, progress=mode == "bars"
+                    )
                 memo[canon[key.id]] = result if result is not None else {}
                 if is_main_process():
                     store.write(key, result, fingerprint=cell_fp[key.model])
                 _barrier()
                 summary.computed.append(key)
                 bar.update(1)
+                if mode == "lines":
+                    _say(_cell_line(len(summary.computed), len(todo), key, result or {}, how))
     bar.close()
     summary.seconds = time.perf_counter() - t_start
     return summary

@@ -51,6 +51,9 @@ class EpochRecord:
         seconds: wall time of the epoch's training pass (eval excluded).
         batches: batches seen in the epoch.
         eval: what ``eval_fn`` returned after the epoch, or ``None``.
+        group_loss: mean training cross-entropy (nats) per group id ``0..K-1`` over the epoch's
+            samples (NaN for a group with none); empty when the batches carry no groups.
+        worst_group_loss: the largest of ``group_loss`` (``None`` without groups).
     """
 
     epoch: int
@@ -64,17 +67,21 @@ class EpochRecord:
     seconds: float
     batches: int
     eval: Mapping[str, float] | None = None
+    group_loss: tuple[float, ...] = ()
+    worst_group_loss: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["bit_histogram"] = [[int(k), int(v)] for k, v in self.bit_histogram.items()]
         d["eval"] = None if self.eval is None else dict(self.eval)
+        d["group_loss"] = list(self.group_loss)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EpochRecord:
         d = dict(d)
         d["bit_histogram"] = {int(k): int(v) for k, v in d["bit_histogram"]}
+        d["group_loss"] = tuple(float(v) for v in d.get("group_loss", ()))
         return cls(**d)
 
 
@@ -205,6 +212,8 @@ class Session:
         self.sums = torch.zeros(4, device=dev)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
         self.batch_t = torch.zeros((), dtype=torch.int64, device=dev)
+        self.seen_ce: list[torch.Tensor] = []  # the epoch's per-sample losses and groups
+        self.seen_g: list[torch.Tensor] = []
         self.opt_steps = 0
         self.total_steps: int | None = None
 
@@ -212,6 +221,31 @@ class Session:
         self.sums.zero_()
         self.first_bad.fill_(-1)
         self.batch_t.zero_()
+        self.seen_ce.clear()
+        self.seen_g.clear()
+
+    def group_losses(self) -> tuple[float, ...]:
+        """Mean training cross-entropy per group id over the epoch, all processes together.
+
+        One host synchronization per epoch: each process counts its own share with ``bincount``,
+        the shares are summed across processes (``accelerate``'s reduce). ``()`` without groups.
+        """
+        if not self.seen_g:
+            return ()
+        acc = self.accelerator
+        ce, g = torch.cat(self.seen_ce).double(), torch.cat(self.seen_g).long()
+        keep = g >= 0
+        ce, g = ce[keep], g[keep]
+        k = torch.tensor([int(g.max()) + 1 if g.numel() else 0], device=g.device)
+        if acc.num_processes > 1:
+            k = acc.gather(k).max().reshape(1)
+        n_groups = int(k)
+        sums = torch.bincount(g, weights=ce, minlength=n_groups)
+        counts = torch.bincount(g, minlength=n_groups).double()
+        if acc.num_processes > 1:
+            sums, counts = acc.reduce(sums, "sum"), acc.reduce(counts, "sum")
+        mean = torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan)
+        return tuple(float(v) for v in mean.tolist())
 
     def _lr_factor(self) -> float:
         if self.config.lr_schedule == "constant" or not self.total_steps:
@@ -270,6 +304,9 @@ class Session:
                     self.lam = (self.lam + cfg.dual_lr * excess).clamp_(min=0.0)
         with torch.no_grad():
             self.sums += torch.stack([task.detach(), fair.detach(), bits.detach(), loss.detach()])
+            if g is not None:
+                self.seen_ce.append(ce.detach())
+                self.seen_g.append(g.detach())
             bad = ~torch.isfinite(loss.detach())
             self.first_bad = torch.where(bad & (self.first_bad < 0), self.batch_t, self.first_bad)
             self.batch_t += 1
@@ -367,7 +404,13 @@ def train(
         session.model.train()
         t0 = time.perf_counter()
         seen = 0
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show)
+        # leave=False: finished epochs vanish, so a caller's own bar (a grid of cells) stays legible
+        bar = tqdm(
+            total=n_batches,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not show,
+            leave=False,
+        )
         for batch in loader:
             session.step(batch)
             seen += 1
@@ -384,6 +427,8 @@ def train(
         seconds = time.perf_counter() - t0
         current = wrapping.assignment()
         avg = wrapping.avg_bits()
+        group_loss = session.group_losses()
+        finite = [v for v in group_loss if math.isfinite(v)]
         record = dict(
             epoch=epoch + 1,
             task_loss=sums[0],
@@ -395,6 +440,8 @@ def train(
             lambda_bits=float(session.lam),
             seconds=seconds,
             batches=seen,
+            group_loss=group_loss,
+            worst_group_loss=max(finite) if finite else None,
         )
         if eval_fn is not None:
             session.model.eval()

@@ -1,0 +1,357 @@
+"""The frontier (issue 15): budgets, the group-blind control, paired intervals, the verdict rule.
+
+The end-to-end runs use ``tiny_cnn`` on 120 semi-synthetic images at 16 px with one-epoch
+schedules; every number the frontier files print is recomputed here from the cell files with
+scipy's t quantile and numpy, independently of the report's code.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from fq_bench.grid import DEFAULT, CellKey, CellStore, build_report, grid_cells, run_grid
+from fq_bench.grid._config import CALIBRATION_FIELDS
+from fq_bench.grid._frontier import (
+    FRONTIER_COLUMNS,
+    effects_frame,
+    frontier_frame,
+    verdict,
+)
+from fq_bench.grid._report import cells_frame
+from scipy import stats
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)
+
+FRONTIER = DEFAULT.replace(
+    models=("tiny_cnn",),
+    methods=("fp32", "u4", "u2"),
+    seeds=(0, 1),
+    image_size=16,
+    n_images=120,
+    batch_size=32,
+    fp32_epochs=1,
+    epochs=1,
+    calib_batches=2,
+    progress=False,
+    budgets=(2.5, 4.0),
+    frontier_methods=("blind", "blind-fair", "fq-alloc", "fq-qat", "fq-baq"),
+    min_test_per_group=0,
+    bootstrap_resamples=200,
+)
+
+
+@pytest.fixture(scope="module")
+def frontier_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """The tiny frontier, run once; counts how often FP32 training and calibration ran."""
+    import fq_baq
+    import fq_importance
+
+    out = tmp_path_factory.mktemp("frontier")
+    calls = {"fp32": 0, "calibrate": 0}
+    fit, calibrate = fq_baq.FP32Trainer.fit, fq_importance.calibrate
+
+    def counting_fit(self, *a, **k):  # type: ignore[no-untyped-def]
+        calls["fp32"] += 1
+        return fit(self, *a, **k)
+
+    def counting_calibrate(*a, **k):  # type: ignore[no-untyped-def]
+        calls["calibrate"] += 1
+        return calibrate(*a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FQ_CACHE_DIR", str(tmp_path_factory.mktemp("cache_frontier")))
+        mp.setattr(fq_baq.FP32Trainer, "fit", counting_fit)
+        mp.setattr(fq_importance, "calibrate", counting_calibrate)
+        summary = run_grid(FRONTIER, out)
+    assert len(summary.computed) == len(grid_cells(FRONTIER)) == 2 * (3 + 2 * 5)
+    build_report(out)
+    return out, calls
+
+
+def _cells(root: Path) -> list[tuple[CellKey, dict]]:
+    return CellStore(root).all()
+
+
+def test_every_mixed_cell_ends_within_005_bits_of_its_budget(frontier_run) -> None:
+    root, _ = frontier_run
+    budget_cells = [(k, r) for k, r in _cells(root) if k.budget]
+    assert len(budget_cells) == 2 * 2 * 5
+    for key, res in budget_cells:
+        assert abs(res["cost"]["avg_bits"] - float(key.budget)) <= 0.05, key.id
+        assert res["target_bits"] == float(key.budget)
+
+
+def test_fp32_and_calibrations_are_shared_across_budgets(frontier_run) -> None:
+    root, calls = frontier_run
+    # one FP32 training per seed, one calibration per (seed, grouping): type and pooled
+    assert calls == {"fp32": 2, "calibrate": 4}
+    assert len(list((root / "checkpoints").glob("*.safetensors"))) == 2
+    names = sorted(p.name for p in (root / "calibration").glob("*.safetensors"))
+    assert [n.split("__")[-1] for n in names] == ["grape-pooled.safetensors", "grape-type.safetensors"] * 2  # fmt: skip
+
+
+def test_blind_calibration_equals_calibrate_with_one_group(frontier_run) -> None:
+    """The pooled calibration on disk is ``calibrate`` on the same batches with every group 0."""
+    from fq_bench.grid._artifacts import load_group_importance
+    from fq_bench.grid._runner import (
+        Batches,
+        _fresh_model,
+        load_data,
+        seed_everything,
+        stable_seed,
+    )
+    from fq_importance import calibrate
+    from safetensors.torch import load_file
+
+    root, _ = frontier_run
+    data = load_data(FRONTIER, "fitzpatrick17k")
+    stored = load_group_importance(
+        root / "calibration" / "fitzpatrick17k__tiny_cnn__s0__grape-pooled.safetensors",
+        fingerprint=FRONTIER.fingerprint(CALIBRATION_FIELDS),
+    )
+    assert stored is not None and list(stored.importance) == [0]
+    model = _fresh_model(FRONTIER, "tiny_cnn", data, pretrained=False)
+    model.load_state_dict(
+        load_file(root / "checkpoints" / "fitzpatrick17k__tiny_cnn__s0.safetensors")
+    )
+    s = stable_seed("calib", "fitzpatrick17k", "tiny_cnn", 0, "pooled")
+    seed_everything(s)
+    loader = data.reseed(s)
+    one_group = [(x, y, torch.zeros_like(g)) for x, y, g in Batches(loader, FRONTIER.calib_batches)]
+    direct = calibrate(model, one_group, metric="grape", batches=FRONTIER.calib_batches,
+                       progress=False)  # fmt: skip
+    assert list(direct.importance) == [0] and direct.counts == stored.counts
+    for name, t in direct.importance[0].items():
+        assert torch.equal(t, stored.importance[0][name]), name
+
+
+def _t(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% t-interval, computed here from scratch (not through seed_summary)."""
+    n = len(values)
+    mean = float(np.mean(values))
+    half = stats.t.ppf(0.975, n - 1) * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _num(text: str) -> float | None:
+    return None if text == "" else float(text)
+
+
+def test_every_frontier_interval_recomputed_from_the_cell_files(frontier_run) -> None:
+    root, _ = frontier_run
+    by: dict[tuple[str, str], dict[int, dict]] = {}
+    for key, res in _cells(root):
+        by.setdefault((key.method, key.budget), {})[key.seed] = res
+    with open(root / "frontier.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(FRONTIER_COLUMNS)
+    assert len(rows) == 3 + 2 * 5  # fp32, u4, u2 and 5 methods at 2 budgets
+    for row in rows:
+        budget = "" if row["method"] in ("fp32", "u4", "u2") else _fmt(row["target_bits"])
+        seeds = by[(row["method"], budget)]
+        worst = np.array([seeds[s]["metrics"]["worst_acc"] for s in sorted(seeds)])
+        for got, want in zip(("worst_acc_mean", "worst_acc_low", "worst_acc_high"), _t(worst),
+                             strict=True):  # fmt: skip
+            assert float(row[got]) == pytest.approx(want, abs=2e-6), (row["method"], got)
+        assert row["seeds"] == "2"
+        if row["method"] in ("fp32", "u4", "u2", "blind"):
+            assert row["d_worst_vs_blind"] == "" and row["d_worst_vs_blind_verdict"] == ""
+            continue
+        control = by[("blind", budget)]
+        d = worst - np.array([control[s]["metrics"]["worst_acc"] for s in sorted(seeds)])
+        mean, low, high = _t(d)
+        assert float(row["d_worst_vs_blind"]) == pytest.approx(mean, abs=2e-6)
+        if math.isnan(low):  # identical seeds: a zero-width interval
+            assert row["d_worst_vs_blind_low"] in ("", "NaN", "nan")
+        else:
+            assert float(row["d_worst_vs_blind_low"]) == pytest.approx(low, abs=2e-6)
+            assert float(row["d_worst_vs_blind_high"]) == pytest.approx(high, abs=2e-6)
+        resolved = not math.isnan(low) and (low > 0 or high < 0)
+        assert row["d_worst_vs_blind_verdict"] == ("resolved" if resolved else "not resolved")
+        assert int(row["collapses_vs_blind"]) == int((d < -0.05).sum())
+
+
+def _fmt(text: str) -> str:
+    v = float(text)
+    return str(int(v)) if v == int(v) else repr(v)
+
+
+def test_each_cell_metric_and_bootstrap_interval_recomputed_from_its_predictions(
+    frontier_run,
+) -> None:
+    from fq_fairmetrics import bootstrap_ci
+
+    root, _ = frontier_run
+    for key, res in _cells(root):
+        y = np.array(res["test"]["labels"])
+        p = np.array(res["test"]["predictions"])
+        g = np.array(res["test"]["groups"])
+        # worst-group accuracy by hand
+        accs = [float((p[g == k] == y[g == k]).mean()) for k in np.unique(g)]
+        assert res["metrics"]["worst_acc"] == pytest.approx(min(accs), abs=1e-12), key.id
+        assert res["metrics"]["avg_acc"] == pytest.approx(float(np.mean(accs)), abs=1e-12)
+        ci = bootstrap_ci(y, p, sensitive_features=g, n_resamples=200, seed=0,
+                          group_names=list(range(len(res["group_names"]))))  # fmt: skip
+        for m in ("worst_acc", "avg_acc", "gap"):
+            lo, hi = res["bootstrap"][m]
+            assert (lo, hi) == ci.interval(m), (key.id, m)
+            assert lo <= res["metrics"][m] + 1e-12 and res["metrics"][m] - 1e-12 <= hi
+
+
+def test_per_seed_values_and_training_histories_are_kept(frontier_run) -> None:
+    root, _ = frontier_run
+    seeds = pl.read_csv(root / "frontier_seeds.csv")
+    assert seeds.height == 2 * (3 + 2 * 5)
+    assert {"seed", "worst_acc", "worst_acc_boot_low", "worst_acc_boot_high"} <= set(seeds.columns)
+    for key, res in _cells(root):
+        if not key.budget:
+            continue
+        (epoch,) = res["history"]
+        assert {"task_loss", "fair_loss", "worst_group_loss", "group_loss"} <= set(epoch)
+        finite = [v for v in epoch["group_loss"] if v is not None and math.isfinite(v)]
+        assert epoch["worst_group_loss"] == max(finite)
+    fair = [r for k, r in _cells(root) if k.method == "fq-qat"]
+    blind = [r for k, r in _cells(root) if k.method == "blind"]
+    assert all(r["history"][0]["fair_loss"] > 0 for r in fair + blind)  # logged in both
+
+
+def test_paired_methods_share_the_training_seed() -> None:
+    from fq_bench.grid._runner import cell_seed
+
+    a = CellKey(dataset="fitzpatrick17k", model="resnet18", method="blind", seed=1, budget="3")
+    b = CellKey(dataset="fitzpatrick17k", model="resnet18", method="fq-qat", seed=1, budget="2.5")
+    c = CellKey(dataset="fitzpatrick17k", model="resnet18", method="fq-qat", seed=2, budget="3")
+    assert cell_seed(a) == cell_seed(b) != cell_seed(c)
+
+
+def test_outputs_and_summary(frontier_run) -> None:
+    root, _ = frontier_run
+    for name in ("frontier.md", "frontier.csv", "frontier_seeds.csv", "frontier_effects.csv",
+                 "frontier.png", "group_drop.png"):  # fmt: skip
+        assert (root / name).stat().st_size > 0, name
+    report = build_report(root, plots=False)
+    assert len(report.frontier_summary) == 2  # one line per budget
+    for line, budget in zip(report.frontier_summary, ("2.5", "4"), strict=True):
+        assert f", {budget} bits: best for the worst group: " in line
+        assert "resolved" in line
+    effects = pl.read_csv(root / "frontier_effects.csv")
+    assert effects.height == 2 * 4  # 4 contrasts per budget
+    assert set(effects["effect"]) == {
+        "allocation, without L_fair", "allocation, with L_fair",
+        "fairness term, group-blind bits", "fairness term, balanced bits",
+    }  # fmt: skip
+
+
+def test_shards_and_resume_across_budgets_give_the_uninterrupted_frontier(
+    frontier_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = frontier_run
+    out = tmp_path / "sharded"
+    monkeypatch.setenv("FQ_CACHE_DIR", str(tmp_path / "cache"))
+    # shard 0 of 2, then shard 1 of 2 with one of shard 0's budget cells deleted (resume)
+    run_grid(FRONTIER, out, shard=(0, 2))
+    first = sorted((out / "cells").glob("*__b*.json"))
+    first[0].unlink()
+    summary = run_grid(FRONTIER, out, shard=(1, 2))
+    assert summary.skipped == []
+    summary = run_grid(FRONTIER, out)
+    assert [c.id for c in summary.computed] == [first[0].stem]
+    build_report(out, plots=False)
+    want = pl.read_csv(root / "frontier.csv")
+    got = pl.read_csv(out / "frontier.csv")
+    assert got.equals(want)
+
+
+# -- the verdict rule and the paired statistics on constructed data ----------------------------
+def test_verdict_rule() -> None:
+    assert verdict(0.01, 0.2) == "resolved"
+    assert verdict(-0.3, -0.001) == "resolved"
+    assert verdict(-0.01, 0.2) == "not resolved"
+    assert verdict(0.0, 0.2) == "not resolved"  # touching 0 is not excluding it
+    assert verdict(math.nan, math.nan) == "not resolved"  # one seed: no interval, no call
+
+
+def _hand(method: str, seed: int, worst: float, budget: str = "3") -> tuple[CellKey, dict]:
+    key = CellKey(dataset="fitzpatrick17k", model="resnet18", method=method, seed=seed,
+                  budget=budget)  # fmt: skip
+    res = {
+        "metrics": {"avg_acc": worst + 0.1, "worst_acc": worst, "gap": 0.2, "eopp0": 0.0,
+                    "eodd": 0.0},
+        "cost": {"avg_bits": float(budget), "gbops": 1.0, "paper_gops": 0.1, "size_bytes": 10.0},
+        "labels": {"dataset": "FitzP.", "model": "ResNet18", "method": method},
+    }  # fmt: skip
+    return key, res
+
+
+def test_paired_difference_on_constructed_cells() -> None:
+    """Three seeds; FQ-QAT beats blind by exactly 2, 3 and 4 points: mean 3, sample std 1, so the
+    95% interval is 3 +- t(0.975, 2) * 1 / sqrt(3) = 3 +- 2.4841 points: [0.516, 5.484],
+    resolved. Lin et al. is 1 point above on seeds 0, 1 and 1 below on seed 2: mean 1/3, std
+    1.1547, interval 0.333 +- 2.8685, not resolved."""
+    raw = []
+    for s, base in enumerate((0.50, 0.60, 0.55)):
+        raw.append(_hand("blind", s, base))
+        raw.append(_hand("fq-qat", s, base + (0.02, 0.03, 0.04)[s]))
+        raw.append(_hand("lin", s, base + (0.01, 0.01, -0.01)[s]))
+    fr = frontier_frame(cells_frame(raw))
+    qat = fr.filter(pl.col("method") == "fq-qat").row(0, named=True)
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) = 4.3027
+    assert qat["d_worst_vs_blind"] == pytest.approx(0.03)
+    assert qat["d_worst_vs_blind_low"] == pytest.approx(0.03 - 0.01 * half)
+    assert qat["d_worst_vs_blind_high"] == pytest.approx(0.03 + 0.01 * half)
+    assert qat["d_worst_vs_blind_verdict"] == "resolved"
+    lin = fr.filter(pl.col("method") == "lin").row(0, named=True)
+    assert lin["d_worst_vs_blind"] == pytest.approx(0.01 / 3)
+    sd = float(np.std([0.01, 0.01, -0.01], ddof=1))
+    assert lin["d_worst_vs_blind_high"] == pytest.approx(0.01 / 3 + sd * half)
+    assert lin["d_worst_vs_blind_verdict"] == "not resolved"
+    blind = fr.filter(pl.col("method") == "blind").row(0, named=True)
+    assert blind["d_worst_vs_blind"] is None
+    # pairing is by seed: shuffling the order the cells come in changes nothing
+    assert frontier_frame(cells_frame(raw[::-1])).equals(fr)
+
+
+def test_collapse_count_and_effects_on_constructed_cells() -> None:
+    raw = []
+    for s in range(3):
+        raw.append(_hand("blind", s, 0.6))
+        raw.append(_hand("blind-fair", s, 0.6 - (0.10 if s == 1 else 0.0)))  # seed 1 collapses
+        raw.append(_hand("fq-alloc", s, 0.62))
+        raw.append(_hand("fq-qat", s, 0.61))
+    fr = frontier_frame(cells_frame(raw))
+    assert fr.filter(pl.col("method") == "blind-fair")["collapses_vs_blind"].item() == 1
+    assert fr.filter(pl.col("method") == "fq-alloc")["collapses_vs_blind"].item() == 0
+    eff = effects_frame(cells_frame(raw))
+    got = {r["effect"]: r["d_worst"] for r in eff.iter_rows(named=True)}
+    assert got == pytest.approx({
+        "allocation, without L_fair": 0.02,          # fq-alloc - blind
+        "allocation, with L_fair": 0.01 + 0.1 / 3,   # fq-qat - blind-fair
+        "fairness term, group-blind bits": -0.1 / 3,  # blind-fair - blind
+        "fairness term, balanced bits": -0.01,       # fq-qat - fq-alloc
+    })  # fmt: skip
+
+
+def test_budget_config_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match="budgets"):
+        DEFAULT.replace(budgets=(1.5,))
+    with pytest.raises(ValueError, match="frontier_methods"):
+        DEFAULT.replace(frontier_methods=("u4",))
+    with pytest.raises(ValueError, match="budgets/frontier_methods"):
+        DEFAULT.replace(budgets=())
+    with pytest.raises(ValueError, match="palette"):
+        DEFAULT.replace(palette_props=(0.5, 0.5, 0.5))
+
+
+def test_budget_cell_ids_are_exact_and_round_trip() -> None:
+    cells = grid_cells(DEFAULT.replace(budgets=(2.25, 3.0, 3.2345678)))
+    ids = {c.budget for c in cells if c.budget}
+    assert ids == {"2.25", "3", "3.2345678"}
+    for c in cells:
+        assert CellKey.from_dict(json.loads(json.dumps(c.to_dict()))) == c
