@@ -355,3 +355,18 @@ def test_budget_cell_ids_are_exact_and_round_trip() -> None:
     assert ids == {"2.25", "3", "3.2345678"}
     for c in cells:
         assert CellKey.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+def test_cli_budgets_take_commas_or_spaces_and_frontier_can_be_switched_off() -> None:
+    from fq_bench.grid._cli import build_parser, config_from_args
+
+    parser = build_parser()
+    for argv in (["--budgets", "2.5,3,3.5,4"], ["--budgets", "2.5", "3", "3.5,4"]):
+        config = config_from_args(parser.parse_args(argv), parser)
+        assert config.budgets == (2.5, 3.0, 3.5, 4.0)
+    off = config_from_args(parser.parse_args(["--budgets", "--frontier-methods"]), parser)
+    assert off.budgets == () and off.frontier_methods == ()
+    with pytest.raises(SystemExit):
+        config_from_args(parser.parse_args(["--budgets", "2.5,x"]), parser)
+    with pytest.raises(SystemExit):  # 9 bits is past budget_bits' 8
+        config_from_args(parser.parse_args(["--budgets", "9"]), parser)

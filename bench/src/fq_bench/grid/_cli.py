@@ -58,6 +58,14 @@ FIELD_HELP: dict[str, str] = {
 _SPECIAL = {"preset", "data_sources", "label_columns", "sweeps", "notes"}
 
 
+def _numbers(text: str) -> list[float]:
+    """``"2.5,3"`` or ``"2.5"`` -> floats (``--budgets 2.5,3,3.5 4`` and ``--budgets 2.5 3``)."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 2.5,3,4; got {text!r}") from None
+
+
 def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: Any) -> None:
     flag = "--" + f.name.replace("_", "-")
     help_ = f"{FIELD_HELP[f.name]} (default preset: {default!r})"
@@ -69,7 +77,7 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: A
     elif f.name == "frontier_methods":
         parser.add_argument(flag, nargs="*", choices=MIXED_METHODS, default=None, help=help_)
     elif f.name == "budgets":
-        parser.add_argument(flag, nargs="*", type=float, default=None, help=help_)
+        parser.add_argument(flag, nargs="*", type=_numbers, default=None, help=help_)
     elif t.startswith("bool"):
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
     elif t.startswith("tuple"):
@@ -158,6 +166,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         if f.name in _SPECIAL:
             continue
         v = getattr(args, f.name)
+        if f.name == "budgets" and v is not None:
+            v = [b for chunk in v for b in chunk]
         if v is not None:
             changes[f.name] = tuple(v) if isinstance(v, list) else v
     for flag, field_name, what in (

@@ -40,8 +40,9 @@ EFFECTS: tuple[tuple[str, str, str, str], ...] = (
 #: frontier.csv's columns, in order (accuracies as fractions).
 FRONTIER_COLUMNS: tuple[str, ...] = (
     "dataset", "model", "method", "method_label", "target_bits", "avg_bits", "paper_gops",
-    "size_bytes", "worst_acc_mean", "worst_acc_low", "worst_acc_high", "avg_acc_mean",
-    "avg_acc_low", "avg_acc_high", "gap_mean", "gap_low", "gap_high", "eodd_mean", "seeds",
+    "size_bytes", "worst_acc_mean", "worst_acc_std", "worst_acc_low", "worst_acc_high",
+    "avg_acc_mean", "avg_acc_std", "avg_acc_low", "avg_acc_high", "gap_mean", "gap_std",
+    "gap_low", "gap_high", "eodd_mean", "seeds",
     "worst_acc_by_seed", "d_worst_vs_blind", "d_worst_vs_blind_low", "d_worst_vs_blind_high",
     "d_worst_vs_blind_verdict", "d_avg_vs_blind", "d_avg_vs_blind_low", "d_avg_vs_blind_high",
     "collapses_vs_blind",
@@ -95,8 +96,8 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
     """One row per (dataset, model, method, budget) of the frontier: :data:`FRONTIER_COLUMNS`.
 
     ``target_bits``: the budget (uniform rows: their bit-width; FP32: null). ``avg_bits``,
-    ``paper_gops``, ``size_bytes``: means over seeds. ``<m>_mean``/``_low``/``_high``: mean and
-    95% t-interval over seeds. ``d_worst_vs_blind`` (and ``_low``/``_high``/``_verdict``):
+    ``paper_gops``, ``size_bytes``: means over seeds. ``<m>_mean``/``_std``/``_low``/``_high``:
+    mean, sample std and 95% t-interval over seeds. ``d_worst_vs_blind`` (and ``_low``/``_high``/``_verdict``):
     mean and t-interval of the per-seed WorstAcc difference against ``blind`` at the same
     budget; ``d_avg_vs_blind`` likewise for AvgAcc; ``collapses_vs_blind``: seeds whose WorstAcc
     is more than :data:`COLLAPSE_DROP` below ``blind``'s. Uniform, FP32 and ``blind`` rows leave
@@ -119,8 +120,10 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
             "worst_acc_by_seed": ";".join(f"{v:.6f}" for v in part["worst_acc"].to_list()),
         }  # fmt: skip
         for m in ("worst_acc", "avg_acc", "gap"):
-            mean, low, high = t_interval(part[m].to_numpy())
-            row |= {f"{m}_mean": mean, f"{m}_low": low, f"{m}_high": high}
+            values = part[m].to_numpy()
+            mean, low, high = t_interval(values)
+            std = float(np.std(values, ddof=1)) if values.size > 1 else math.nan
+            row |= {f"{m}_mean": mean, f"{m}_std": std, f"{m}_low": low, f"{m}_high": high}
         empty = {
             "d_worst_vs_blind": None, "d_worst_vs_blind_low": None,
             "d_worst_vs_blind_high": None, "d_worst_vs_blind_verdict": None,
