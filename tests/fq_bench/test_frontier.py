@@ -370,3 +370,14 @@ def test_cli_budgets_take_commas_or_spaces_and_frontier_can_be_switched_off() ->
         config_from_args(parser.parse_args(["--budgets", "2.5,x"]), parser)
     with pytest.raises(SystemExit):  # 9 bits is past budget_bits' 8
         config_from_args(parser.parse_args(["--budgets", "9"]), parser)
+
+
+def test_sweep_values_are_named_exactly_not_rounded() -> None:
+    from fq_bench.grid._cells import variant_name
+
+    # ":g" wrote both as "0.123457": two different values would have shared one cell
+    a, b = variant_name("lambda_fair", 0.1234567), variant_name("lambda_fair", 0.1234568)
+    assert a == "lambda_fair=0.1234567" != b
+    key = CellKey(dataset="fitzpatrick17k", model="m", method="fq-baq", seed=0, variant=a)
+    assert key.override == ("lambda_fair", 0.1234567)
+    assert variant_name("lr_bits", 3e-3) == "lr_bits=0.003"
