@@ -22,7 +22,7 @@ from PIL import Image as PILImage
 from ._common import DataError, atomic_write_csv, default_cache_dir, quiet_datasets
 from ._split import read_split_file, stratified_split
 
-logger = logging.getLogger("fq_bench.data")
+logger = logging.getLogger("fq_data")
 
 
 def open_image(ref: dict | str, *, draft_size: int | None = None) -> PILImage.Image:

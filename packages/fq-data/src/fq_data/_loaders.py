@@ -35,7 +35,7 @@ from ._common import (
     quiet_datasets,
 )
 
-logger = logging.getLogger("fq_bench.data")
+logger = logging.getLogger("fq_data")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
