@@ -255,3 +255,14 @@ def test_min_test_per_group_bad_values_and_too_few_rows():
         r"the split and only \d+ unused real metadata row\(s\) \(\d+ needed\)",
     ):
         build_semisynthetic("isic2019", n=100, image_size=8, min_test_per_group=400)
+
+
+def test_cli_prepare_semisynthetic_passes_min_test_per_group(tmp_path, capsys):
+    from fq_data.__main__ import main
+
+    args = ["prepare", "semisynthetic", "--n", "120", "--image-size", "8", "--seed", "4"]
+    assert main([*args, "--cache-dir", str(tmp_path), "--min-test-per-group", "20"]) == 0
+    want = build_semisynthetic(n=120, image_size=8, seed=4, min_test_per_group=20)
+    out = capsys.readouterr().out
+    assert f"train {len(want['train'])}, test {len(want['test'])} rows" in out
+    assert len(want["test"]) > 24  # the top-up happened (0.2 x 120 without it)

@@ -34,11 +34,11 @@ from ._assemble import open_image
 from ._common import (
     METADATA_DIR,
     DataError,
-    atomic_write_bytes,
     atomic_write_csv,
     quiet_datasets,
     require_columns,
 )
+from ._io import atomic_write_bytes
 
 logger = logging.getLogger("fq_data")
 

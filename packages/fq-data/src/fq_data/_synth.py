@@ -453,7 +453,7 @@ def load_semisynthetic(
     target = root / f"{name}-{image_size}px-seed{seed}-{key}"
     if (target / "dataset_dict.json").is_file():
         logger.info("semi-synthetic %s: loading cached %s", name, target)
-        return datasets.load_from_disk(str(target))
+        return datasets.DatasetDict.load_from_disk(str(target))
     logger.info("semi-synthetic %s: generating (n=%s, %d px, seed %d)", name, n, image_size, seed)
     dd = build_semisynthetic(
         name,
@@ -477,4 +477,4 @@ def load_semisynthetic(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return datasets.load_from_disk(str(target))
+    return datasets.DatasetDict.load_from_disk(str(target))
