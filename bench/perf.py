@@ -157,7 +157,7 @@ def fig_allocation(s: Settings, cache: dict[str, Any]) -> list[Figure]:
 
 
 def fig_loading(s: Settings, cache: dict[str, Any]) -> list[Figure]:
-    from fq_bench.data import measure_loading_time
+    from fq_data import measure_loading_time
 
     size, batch = s.image_size, s.batch  # the same batch as the step it is compared with
     t = measure_loading_time(image_size=size, batch_size=batch)
@@ -300,14 +300,6 @@ def to_markdown(rows: list[Figure], s: Settings) -> str:
     return "\n".join(head + body) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -342,9 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[perf] {name} ...", file=sys.stderr, flush=True)
         rows.extend(FIGURES[name](s, cache))
         print(to_markdown(rows[-1:], s).splitlines()[-1], flush=True)
+    from fq_data import atomic_write_bytes
+
     text = to_markdown(rows, s)
     device_tag = "cuda" if gpu else "cpu"
-    _write_atomic(a.out / f"perf-{device_tag}.md", text)
+    atomic_write_bytes(a.out / f"perf-{device_tag}.md", text.encode())
     print(text)
     return 0 if all(r.ok is not False for r in rows) else 1
 

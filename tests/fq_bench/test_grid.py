@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fq_bench.data import DataError
 from fq_bench.grid import (
     DEFAULT,
     CellKey,
@@ -32,6 +31,7 @@ from fq_bench.grid import (
     shard_cells,
 )
 from fq_bench.grid._config import _NOT_FINGERPRINTED, FP32_FIELDS
+from fq_data import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)
 
@@ -295,7 +295,7 @@ def test_label_column_chooses_the_class_granularity(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import polars as pl
-    from fq_bench.data._common import METADATA_DIR
+    from fq_data import METADATA_DIR
     from safetensors.torch import load_file
 
     real = pl.read_csv(METADATA_DIR / "fitzpatrick17k.csv", infer_schema_length=0)

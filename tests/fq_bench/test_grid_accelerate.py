@@ -177,7 +177,7 @@ def test_cells_valid_and_table_built(launched) -> None:
 
 
 def test_cells_evaluate_the_full_test_split(launched) -> None:
-    from fq_bench.data import load_semisynthetic
+    from fq_data import load_semisynthetic
 
     _, out, _ = launched
     parser = build_parser()

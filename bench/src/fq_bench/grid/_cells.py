@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_bytes
+from fq_data import atomic_write_bytes
+
 from ._config import METHOD_IDS, GridConfig, same_swept_value
 
 logger = logging.getLogger("fq_bench.grid")

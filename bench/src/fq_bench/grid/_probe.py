@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
-
-from fq_bench._io import atomic_write_bytes
+from fq_data import atomic_write_bytes
 
 from ._config import GridConfig
 from ._runner import (

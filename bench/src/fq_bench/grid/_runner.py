@@ -206,13 +206,13 @@ class DataBundle:
 
 def load_data(config: GridConfig, dataset: str) -> DataBundle:
     """Load ``dataset`` (semi-synthetic unless a source is configured) and build its loaders."""
-    from fq_bench.data import is_semisynthetic, make_loaders
+    from fq_data import is_semisynthetic, make_loaders
 
     source = config.data_source(dataset)
     label_col = config.label_column(dataset)
     label_kw = {} if label_col is None else {"label_col": label_col}
     if source == "semisynthetic":
-        from fq_bench.data import load_semisynthetic
+        from fq_data import load_semisynthetic
 
         dd = load_semisynthetic(
             dataset,
@@ -228,11 +228,11 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
             ),
         )
     elif dataset == "fitzpatrick17k":
-        from fq_bench.data import load_fitzpatrick17k
+        from fq_data import load_fitzpatrick17k
 
         dd = load_fitzpatrick17k(source, seed=0, test_fraction=config.test_fraction, **label_kw)
     else:
-        from fq_bench.data import load_isic2019
+        from fq_data import load_isic2019
 
         dd = load_isic2019(source, seed=0, test_fraction=config.test_fraction, **label_kw)
     loaders = make_loaders(

@@ -1,4 +1,4 @@
-"""Each source path of fq_bench.data on small generated folders built from real metadata rows."""
+"""Each source path of fq_data on small generated folders built from real metadata rows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import polars as pl
 import pytest
-from fq_bench.data import (
+from fq_data import (
     DataError,
     dataset_info,
     is_semisynthetic,
@@ -27,7 +27,7 @@ def _ids(dd, split):
 
 def test_fitzpatrick_layout_canonical_form(fitz_layout, caplog):
     root, rows = fitz_layout()
-    with caplog.at_level(logging.INFO, logger="fq_bench.data"):
+    with caplog.at_level(logging.INFO, logger="fq_data"):
         dd = load_fitzpatrick17k(root, label_col="three_partition_label")
     assert "dropped 2 row(s) with unknown Fitzpatrick type" in caplog.text
     assert set(dd) == {"train", "test"}
@@ -128,7 +128,7 @@ def test_missing_and_corrupt_images_skipped_listed_or_strict(fitz_layout, tmp_pa
     with pytest.raises(DataError, match="3 missing or corrupt image"):
         load_fitzpatrick17k(root, strict=True, skipped_out=out)
     assert not out.exists()  # strict: nothing written
-    with caplog.at_level(logging.WARNING, logger="fq_bench.data"):
+    with caplog.at_level(logging.WARNING, logger="fq_data"):
         dd = load_fitzpatrick17k(root, label_col="three_partition_label", skipped_out=out)
     assert "skipped 3 missing or corrupt image(s)" in caplog.text
     skipped = pl.read_csv(out)
@@ -290,7 +290,7 @@ def test_isic_from_parquet_with_string_labels(isic_layout, tmp_path):
 
 
 def test_cli_inspect_maps_columns(fitz_layout, tmp_path, capsys):
-    from fq_bench.__main__ import main
+    from fq_data.__main__ import main
 
     root, _ = fitz_layout()
     assert (

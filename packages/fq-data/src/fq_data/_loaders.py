@@ -27,15 +27,10 @@ from torch.utils.data import DataLoader, Sampler
 from torchvision.transforms import v2
 
 from ._assemble import open_image
-from ._common import (
-    atomic_write_bytes,
-    check_canonical,
-    dataset_info,
-    default_cache_dir,
-    quiet_datasets,
-)
+from ._common import check_canonical, dataset_info, default_cache_dir, quiet_datasets
+from ._io import atomic_write_bytes
 
-logger = logging.getLogger("fq_bench.data")
+logger = logging.getLogger("fq_data")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -251,7 +246,13 @@ class Loaders:
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass over ``train`` the given epoch (for resuming a run)."""
-        self.train.batch_sampler.set_epoch(epoch)
+        sampler = self.train.batch_sampler
+        if not isinstance(sampler, SeededBatchSampler):
+            raise TypeError(
+                "Loaders.set_epoch needs train.batch_sampler to be a SeededBatchSampler "
+                f"(as make_loaders builds it), got {type(sampler).__name__}"
+            )
+        sampler.set_epoch(epoch)
 
 
 def _split_tensors(ds: datasets.Dataset, image_size: int, cache: bool):

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from typing import Literal
 
 import datasets
@@ -27,8 +28,9 @@ from ._assemble import assemble
 from ._common import METADATA_DIR, SEMISYNTHETIC_MARKER, default_cache_dir, quiet_datasets
 from ._fitzpatrick import GROUP_NAMES, Grouping, canonical_fitzpatrick_meta
 from ._isic import GT_NAME, META_NAME, UnknownSex, canonical_isic_meta, read_isic_metadata
+from ._split import stratified_split
 
-logger = logging.getLogger("fq_bench.data")
+logger = logging.getLogger("fq_data")
 
 GENERATOR_VERSION = "synth-v2"
 """Bumped whenever the pixels a seed produces change; part of the cache key."""
@@ -94,7 +96,7 @@ def generate_lesion_images(
     *,
     num_classes: int,
     image_size: int = 64,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     contrast: np.ndarray | None = None,
     vignette: np.ndarray | None = None,
     chunk: int = 256,
@@ -104,7 +106,8 @@ def generate_lesion_images(
     ``labels``: ``[N]`` class indices in ``[0, num_classes)``. ``skin``: ``[N, 3]`` background RGB
     in [0, 1] (or ``[N]`` Fitzpatrick types 1..6, mapped through ``FST_TONE``). ``contrast``:
     ``[N]`` lesion contrast in (0, 1] (default from the Fitzpatrick type when ``skin`` is types,
-    else 1). ``vignette``: ``[N]`` lighting fall-off strength (default 0.1).
+    else 1). ``vignette``: ``[N]`` lighting fall-off strength (default 0.1). ``seed``: an int, or
+    a sequence of ints naming an independent stream (``(s, 1)`` shares no draw with ``s``).
     """
     labels = np.asarray(labels, dtype=np.int64)
     n, s = len(labels), int(image_size)
@@ -124,7 +127,8 @@ def generate_lesion_images(
     contrast = np.ones(n) if contrast is None else np.asarray(contrast, dtype=np.float64)
     vignette = np.full(n, 0.1) if vignette is None else np.asarray(vignette, dtype=np.float64)
     app = class_appearance(num_classes)
-    rng = np.random.default_rng([seed, 0x5EED])
+    stream = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(x) for x in seed]
+    rng = np.random.default_rng([*stream, 0x5EED])
     # lesion visibility varies per image (faint lesions are hard on any skin, harder on dark)
     contrast = contrast * rng.uniform(VISIBILITY_MIN, 1.0, n)
     # atypical presentations: a share of lesions look like a random class (all cues), which
@@ -194,7 +198,7 @@ def generate_lesion_images(
         # one noise stream per image, so the chunk size cannot change any pixel
         noise = np.stack(
             [
-                np.random.default_rng([seed, 0xA015E, i]).normal(0, NOISE_STD, (s, s, 3))
+                np.random.default_rng([*stream, 0xA015E, i]).normal(0, NOISE_STD, (s, s, 3))
                 for i in range(sl.start, sl.stop)
             ]
         )
@@ -238,6 +242,80 @@ def _real_meta(name: SynthName, label_col: str, grouping: Grouping, unknown_sex:
     return meta, classes, groups
 
 
+def _pixels(
+    name: SynthName,
+    meta: pl.DataFrame,
+    *,
+    num_classes: int,
+    image_size: int,
+    stream: tuple[int, ...],
+) -> np.ndarray:
+    """``[N, S, S, 3]`` uint8 pixels for the metadata rows ``meta``, from the seed ``stream``."""
+    labels = meta["label"].to_numpy()
+    if name == "fitzpatrick17k":
+        return generate_lesion_images(
+            labels,
+            meta["fitzpatrick_scale"].cast(pl.Int64).to_numpy(),
+            num_classes=num_classes,
+            image_size=image_size,
+            seed=stream,
+        )
+    # dermoscopy: light skin tones and contrast independent of sex; sex only shifts the
+    # lighting fall-off a little (female 0.08, male 0.16, unknown 0.12)
+    rs = np.random.default_rng([*stream, 0x151C])
+    tone = FST_TONE[rs.integers(0, 3, meta.height)]
+    contrast = rs.uniform(0.55, 1.0, meta.height)
+    sex = meta["sex"].fill_null("").to_list()
+    vignette = np.array([{"female": 0.08, "male": 0.16}.get(x, 0.12) for x in sex])
+    return generate_lesion_images(
+        labels,
+        tone,
+        num_classes=num_classes,
+        image_size=image_size,
+        seed=stream,
+        contrast=contrast,
+        vignette=vignette,
+    )
+
+
+def _test_top_up(
+    name: SynthName,
+    meta: pl.DataFrame,
+    picked: np.ndarray,
+    is_test: np.ndarray,
+    group_names: Sequence[str],
+    *,
+    min_test_per_group: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Sorted-per-group row indices into ``meta`` (the real metadata) to add to the test split.
+
+    ``picked``: ``[n]`` rows already sampled; ``is_test``: ``[n]`` their split. For each group
+    with fewer than ``min_test_per_group`` test rows, the missing rows are drawn from the group's
+    real rows not yet sampled, stratified by label (largest remainder), so the added labels
+    follow the group's real label distribution.
+    """
+    groups, labels = meta["group"].to_numpy(), meta["label"].to_numpy()
+    unused = np.ones(meta.height, dtype=bool)
+    unused[picked] = False
+    test_groups = groups[picked][is_test]
+    extra = []
+    for g, group in enumerate(group_names):
+        have = int((test_groups == g).sum())
+        need = min_test_per_group - have
+        if need <= 0:
+            continue
+        pool = np.flatnonzero(unused & (groups == g))
+        if len(pool) < need:
+            raise ValueError(
+                f"min_test_per_group={min_test_per_group}: group {group!r} of {name} has {have} "
+                f"test row(s) after the split and only {len(pool)} unused real metadata row(s) "
+                f"({need} needed); lower min_test_per_group or n"
+            )
+        extra.append(pool[_stratified_sample(labels[pool], need, rng)])
+    return np.concatenate(extra) if extra else np.zeros(0, dtype=np.int64)
+
+
 @quiet_datasets()
 def build_semisynthetic(
     name: SynthName = "fitzpatrick17k",
@@ -249,54 +327,65 @@ def build_semisynthetic(
     grouping: Grouping = "type",
     unknown_sex: UnknownSex = "group",
     test_fraction: float = 0.2,
+    min_test_per_group: int = 0,
 ) -> datasets.DatasetDict:
-    """Generate the semi-synthetic ``DatasetDict`` without touching the cache."""
+    """Generate the semi-synthetic ``DatasetDict`` without touching the cache.
+
+    Arguments as :func:`load_semisynthetic`, which documents them.
+    """
     if name not in ("fitzpatrick17k", "isic2019"):
         raise ValueError(f"name must be 'fitzpatrick17k' or 'isic2019', got {name!r}")
     if not isinstance(image_size, int) or image_size < 8:
         raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+    if not isinstance(min_test_per_group, int) or min_test_per_group < 0:
+        raise ValueError(f"min_test_per_group must be an int >= 0, got {min_test_per_group!r}")
     label_col = label_col or ("three_partition_label" if name == "fitzpatrick17k" else "diagnosis")
-    meta, classes, group_names = _real_meta(name, label_col, grouping, unknown_sex)
+    real, classes, group_names = _real_meta(name, label_col, grouping, unknown_sex)
     n = DEFAULT_N if n is None else n
-    if not isinstance(n, int) or not 2 <= n <= meta.height:
-        raise ValueError(f"n must be an int in [2, {meta.height}] for {name}, got {n!r}")
+    if not isinstance(n, int) or not 2 <= n <= real.height:
+        raise ValueError(f"n must be an int in [2, {real.height}] for {name}, got {n!r}")
     rng = np.random.default_rng([seed, 0x5A3])
-    keys = meta["label"].to_numpy() * (len(group_names) + 1) + meta["group"].to_numpy()
-    meta = meta[_stratified_sample(keys, n, rng)]
-    labels = meta["label"].to_numpy()
-    if name == "fitzpatrick17k":
-        pixels = generate_lesion_images(
-            labels,
-            meta["fitzpatrick_scale"].cast(pl.Int64).to_numpy(),
-            num_classes=len(classes),
-            image_size=image_size,
+    keys = real["label"].to_numpy() * (len(group_names) + 1) + real["group"].to_numpy()
+    picked = _stratified_sample(keys, n, rng)
+    meta = real[picked]
+    pixels = _pixels(name, meta, num_classes=len(classes), image_size=image_size, stream=(seed,))
+    given_split = None
+    if min_test_per_group > 0:
+        # the split assemble() would draw, then extra real rows straight into test: the sampled
+        # rows, their split and their pixels are exactly those of min_test_per_group=0
+        is_test = stratified_split(
+            meta["label"].to_numpy(),
+            meta["group"].to_numpy(),
+            test_fraction=test_fraction,
             seed=seed,
         )
-    else:
-        # dermoscopy: light skin tones and contrast independent of sex; sex only shifts the
-        # lighting fall-off a little (female 0.08, male 0.16, unknown 0.12)
-        rs = np.random.default_rng([seed, 0x151C])
-        tone = FST_TONE[rs.integers(0, 3, meta.height)]
-        contrast = rs.uniform(0.55, 1.0, meta.height)
-        sex = meta["sex"].fill_null("").to_list()
-        vignette = np.array([{"female": 0.08, "male": 0.16}.get(x, 0.12) for x in sex])
-        pixels = generate_lesion_images(
-            labels,
-            tone,
-            num_classes=len(classes),
-            image_size=image_size,
-            seed=seed,
-            contrast=contrast,
-            vignette=vignette,
+        extra = _test_top_up(
+            name,
+            real,
+            picked,
+            is_test,
+            group_names,
+            min_test_per_group=min_test_per_group,
+            rng=np.random.default_rng([seed, 0x70B]),
         )
+        # an independent pixel stream: the added rows share no noise or jitter with the others
+        extra_pixels = _pixels(
+            name, real[extra], num_classes=len(classes), image_size=image_size, stream=(seed, 1)
+        )
+        meta = pl.concat([meta, real[extra]])
+        pixels = np.concatenate([pixels, extra_pixels])
+        given_split = np.concatenate([is_test, np.ones(len(extra), dtype=bool)]).astype(np.int64)
     feats = datasets.Features({"image": datasets.Image(decode=False)})
     images = datasets.Dataset.from_dict(
         {"image": [{"bytes": _png(p), "path": None} for p in pixels]}, features=feats
     )
+    top_up = (
+        f", test topped up to >= {min_test_per_group} rows per group" if min_test_per_group else ""
+    )
     description = (
         f"{SEMISYNTHETIC_MARKER} {name}: real metadata rows (labels {label_col}, "
         f"groups), generated pixels; generator {GENERATOR_VERSION}, n={n}, "
-        f"image_size={image_size}, seed={seed}. Not real images."
+        f"image_size={image_size}, seed={seed}{top_up}. Not real images."
     )
     return assemble(
         name=f"{name}-semisynthetic",
@@ -305,6 +394,7 @@ def build_semisynthetic(
         meta=meta,
         class_names=classes,
         group_names=group_names,
+        given_split=given_split,
         seed=seed,
         test_fraction=test_fraction,
         verify_images=False,
@@ -324,6 +414,7 @@ def load_semisynthetic(
     grouping: Grouping = "type",
     unknown_sex: UnknownSex = "group",
     test_fraction: float = 0.2,
+    min_test_per_group: int = 0,
 ) -> datasets.DatasetDict:
     """The offline default: real metadata of ``name`` with generated pixels, cached on disk.
 
@@ -334,6 +425,14 @@ def load_semisynthetic(
     dataset under ``cache_dir`` (default ``$FQ_CACHE_DIR`` or ``~/.cache/fq_bench``), keyed by all
     arguments and ``GENERATOR_VERSION``; a second call loads it instead of regenerating. Every
     split's ``info.description`` starts with "semi-synthetic" (see :func:`is_semisynthetic`).
+
+    The split is stratified by label x group (``test_fraction`` of each stratum, seeded by
+    ``seed``). ``min_test_per_group`` (rows, default 0: off) then tops up every group's test
+    split to at least that many rows with further real metadata rows of that group, not among
+    the ``n`` (drawn stratified by label within the group, seeded), whose pixels are generated
+    as for the others from an independent stream; the ``n`` rows, their split and their pixels
+    are unchanged, so the training split is the same as with 0 and only the test split grows.
+    A group without enough unused real rows raises ``ValueError`` naming it and the counts.
     """
     key_src = repr(
         (
@@ -346,6 +445,7 @@ def load_semisynthetic(
             grouping,
             unknown_sex,
             test_fraction,
+            min_test_per_group,
         )
     )
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
@@ -353,7 +453,7 @@ def load_semisynthetic(
     target = root / f"{name}-{image_size}px-seed{seed}-{key}"
     if (target / "dataset_dict.json").is_file():
         logger.info("semi-synthetic %s: loading cached %s", name, target)
-        return datasets.load_from_disk(str(target))
+        return datasets.DatasetDict.load_from_disk(str(target))
     logger.info("semi-synthetic %s: generating (n=%s, %d px, seed %d)", name, n, image_size, seed)
     dd = build_semisynthetic(
         name,
@@ -364,6 +464,7 @@ def load_semisynthetic(
         grouping=grouping,
         unknown_sex=unknown_sex,
         test_fraction=test_fraction,
+        min_test_per_group=min_test_per_group,
     )
     root.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=root, prefix=f".{target.name}.")
@@ -376,4 +477,4 @@ def load_semisynthetic(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return datasets.load_from_disk(str(target))
+    return datasets.DatasetDict.load_from_disk(str(target))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import datasets
 
-from .._io import atomic_write_bytes
+from ._io import atomic_write_bytes
 
 SEMISYNTHETIC_MARKER = "semi-synthetic"
 """The plain words every semi-synthetic dataset carries in ``Dataset.info.description``."""
@@ -19,7 +19,7 @@ SEMISYNTHETIC_MARKER = "semi-synthetic"
 CANONICAL_COLUMNS = ("image", "label", "group", "id")
 """Columns every canonical split has, in this order; raw attributes follow."""
 
-METADATA_DIR = Path(__file__).resolve().parent.parent / "_metadata"
+METADATA_DIR = Path(__file__).resolve().parent / "_metadata"
 """The copied real metadata CSVs (see ``_metadata/README.md`` for provenance and licences)."""
 
 

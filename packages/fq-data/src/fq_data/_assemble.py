@@ -22,7 +22,7 @@ from PIL import Image as PILImage
 from ._common import DataError, atomic_write_csv, default_cache_dir, quiet_datasets
 from ._split import read_split_file, stratified_split
 
-logger = logging.getLogger("fq_bench.data")
+logger = logging.getLogger("fq_data")
 
 
 def open_image(ref: dict | str, *, draft_size: int | None = None) -> PILImage.Image:
@@ -159,7 +159,7 @@ def assemble(
     meta_feats["id"] = datasets.Value("string")
     meta_feats["label"] = datasets.ClassLabel(names=list(class_names))
     meta_feats["group"] = datasets.ClassLabel(names=list(group_names))
-    out = {}
+    built = {}
     for split, idx in parts.items():
         meta_ds = datasets.Dataset.from_dict(
             meta[idx].to_dict(as_series=False), features=meta_feats
@@ -170,5 +170,5 @@ def assemble(
         order = ["image", "label", "group", "id"]
         ds = ds.select_columns(order + [c for c in ds.column_names if c not in order])
         ds.info.description = description
-        out[split] = ds
-    return datasets.DatasetDict(out)
+        built[split] = ds
+    return datasets.DatasetDict(built)

@@ -7,19 +7,20 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from fq_bench.data import (
+from fq_data import (
     GENERATOR_VERSION,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    METADATA_DIR,
     SEMISYNTHETIC_MARKER,
     _synth,
+    build_semisynthetic,
     dataset_info,
     generate_lesion_images,
     is_semisynthetic,
     load_semisynthetic,
     make_loaders,
 )
-from fq_bench.data._common import METADATA_DIR
 from torch import nn
 
 
@@ -160,3 +161,108 @@ def test_darkest_skin_is_hardest_for_a_small_cnn():
     light, dark = (acc[1] + acc[2]) / 2, (acc[5] + acc[6]) / 2
     assert light > 0.6, acc  # learnable on light skin (chance is 1/3)
     assert dark < light - 0.2, acc  # and genuinely harder on the darkest skin
+
+
+def _group_counts(ds, num_groups: int) -> np.ndarray:
+    return np.bincount(np.asarray(ds["group"]), minlength=num_groups)
+
+
+def _pixels(ds) -> np.ndarray:
+    return np.stack([np.asarray(i) for i in ds["image"]])
+
+
+@pytest.mark.parametrize("name", ["fitzpatrick17k", "isic2019"])
+def test_min_test_per_group_tops_up_test_and_leaves_train_alone(name):
+    k = 40
+    base = build_semisynthetic(name, n=400, image_size=8, seed=5)
+    top = build_semisynthetic(name, n=400, image_size=8, seed=5, min_test_per_group=k)
+    _, groups = dataset_info(top)
+    before = _group_counts(base["test"], len(groups))
+    after = _group_counts(top["test"], len(groups))
+    assert before.min() < k  # the case this option exists for (small groups)
+    assert np.array_equal(after, np.maximum(before, k))  # every group >= k, none grows beyond
+    # the training split is the one min_test_per_group=0 gives: same rows, same pixels
+    assert top["train"]["id"] == base["train"]["id"]
+    assert np.array_equal(_pixels(top["train"]), _pixels(base["train"]))
+    assert top["train"].column_names == base["train"].column_names
+    # the old test rows stay, in order, and the new ones are real rows never used elsewhere
+    n_old = len(base["test"])
+    assert top["test"]["id"][:n_old] == base["test"]["id"]
+    assert np.array_equal(_pixels(top["test"])[:n_old], _pixels(base["test"]))
+    ids_train, ids_test = top["train"]["id"], top["test"]["id"]
+    assert len(set(ids_test)) == len(ids_test) and not set(ids_train) & set(ids_test)
+    # the added images are generated, not copies of rows already in the data
+    added = _pixels(top["test"])[n_old:]
+    old = np.concatenate([_pixels(top["train"]), _pixels(base["test"])])
+    assert not any((old == a).all(axis=(1, 2, 3)).any() for a in added)
+    assert "test topped up to >= 40 rows per group" in top["test"].info.description
+
+
+def test_min_test_per_group_rows_are_real_and_follow_the_group_label_mix():
+    """Fitzpatrick type 6 is the smallest group: the added rows are real type-6 rows, with their
+    real labels, in the proportions of the type-6 rows the sample left unused."""
+    k = 200
+    dd = build_semisynthetic(n=600, image_size=8, seed=1, min_test_per_group=k)
+    base = build_semisynthetic(n=600, image_size=8, seed=1)
+    classes, groups = dataset_info(dd)
+    real = pl.read_csv(METADATA_DIR / "fitzpatrick17k.csv", infer_schema_length=0)
+    truth = dict(zip(real["md5hash"], real["three_partition_label"], strict=True))
+    fst = dict(zip(real["md5hash"], real["fitzpatrick_scale"], strict=True))
+    before = set(base["test"]["id"])
+    added = [
+        (i, classes[lab], groups[g])
+        for i, lab, g in zip(
+            dd["test"]["id"], dd["test"]["label"], dd["test"]["group"], strict=True
+        )
+        if i not in before
+    ]
+    assert all(truth[i] == lab and fst[i] == grp for i, lab, grp in added)
+    six = [lab for _, lab, grp in added if grp == "6"]
+    used = set(base["train"]["id"]) | set(base["test"]["id"])
+    pool = real.filter((pl.col("fitzpatrick_scale") == "6") & ~pl.col("md5hash").is_in(used))
+    for cls in classes:
+        share = (pool["three_partition_label"] == cls).sum() / pool.height
+        assert abs(six.count(cls) - share * len(six)) < 1.0, cls  # largest remainder
+
+
+def test_min_test_per_group_is_deterministic_cached_and_keyed(tmp_path, monkeypatch):
+    a = load_semisynthetic(n=200, image_size=8, seed=2, cache_dir=tmp_path, min_test_per_group=30)
+    b = build_semisynthetic(n=200, image_size=8, seed=2, min_test_per_group=30)
+    c = build_semisynthetic(n=200, image_size=8, seed=3, min_test_per_group=30)
+    assert a["test"]["id"] == b["test"]["id"]
+    assert np.array_equal(_pixels(a["test"]), _pixels(b["test"]))
+    assert a["test"]["id"] != c["test"]["id"]
+
+    def boom(*args, **kwargs):
+        raise AssertionError("regenerated")
+
+    monkeypatch.setattr(_synth, "build_semisynthetic", boom)
+    again = load_semisynthetic(
+        n=200, image_size=8, seed=2, cache_dir=tmp_path, min_test_per_group=30
+    )
+    assert again["test"]["id"] == a["test"]["id"]
+    with pytest.raises(AssertionError, match="regenerated"):  # another K is another key
+        load_semisynthetic(n=200, image_size=8, seed=2, cache_dir=tmp_path, min_test_per_group=31)
+
+
+def test_min_test_per_group_bad_values_and_too_few_rows():
+    with pytest.raises(ValueError, match="min_test_per_group must be an int >= 0, got -1"):
+        build_semisynthetic(n=100, image_size=8, min_test_per_group=-1)
+    # ISIC 2019 has 384 rows of unknown sex in all: 400 test rows of it cannot exist
+    with pytest.raises(
+        ValueError,
+        match=r"min_test_per_group=400: group 'unknown' of isic2019 has \d+ test row\(s\) after "
+        r"the split and only \d+ unused real metadata row\(s\) \(\d+ needed\)",
+    ):
+        build_semisynthetic("isic2019", n=100, image_size=8, min_test_per_group=400)
+
+
+def test_cli_prepare_semisynthetic_passes_min_test_per_group(tmp_path, capsys):
+    from fq_data.__main__ import main
+
+    args = ["prepare", "semisynthetic", "--n", "120", "--image-size", "8", "--seed", "4"]
+    assert main([*args, "--cache-dir", str(tmp_path), "--min-test-per-group", "20"]) == 0
+    want = build_semisynthetic(n=120, image_size=8, seed=4, min_test_per_group=20)
+    out = capsys.readouterr().out
+    assert f"train {len(want['train'])}, test {len(want['test'])} rows" in out
+    assert len(want["test"]) > 24  # the top-up happened (0.2 x 120 without it)

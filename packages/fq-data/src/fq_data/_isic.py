@@ -15,7 +15,7 @@ from ._assemble import assemble
 from ._common import DataError, require_columns
 from ._hub import RawTable, images_from_paths, index_image_files, read_hub
 
-logger = logging.getLogger("fq_bench.data")
+logger = logging.getLogger("fq_data")
 
 UnknownSex = Literal["group", "drop"]
 ISIC_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")

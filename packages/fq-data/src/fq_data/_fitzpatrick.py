@@ -15,7 +15,7 @@ from ._assemble import assemble
 from ._common import DataError, require_columns
 from ._hub import RawTable, images_from_paths, index_image_files, read_hub
 
-logger = logging.getLogger("fq_bench.data")
+logger = logging.getLogger("fq_data")
 
 Grouping = Literal["type", "binary"]
 GROUP_NAMES: dict[str, tuple[str, ...]] = {
@@ -131,7 +131,7 @@ def load_fitzpatrick17k(
 
     ``source``: a folder in the original layout (``fitzpatrick17k.csv`` plus ``<md5hash>.jpg``
     files anywhere below it), or anything ``datasets.load_dataset`` reads (hub id, parquet folder
-    such as the output of ``python -m fq_bench prepare fitzpatrick17k``, imagefolder), or a
+    such as the output of ``python -m fq_data prepare fitzpatrick17k``, imagefolder), or a
     ``save_to_disk`` folder. ``label_col``: ``label`` (114 conditions), ``nine_partition_label``
     or ``three_partition_label``. ``grouping``: ``type`` (6 groups "1".."6") or ``binary``
     ("1-3", "4-6"); unknown type (-1) rows are dropped and counted in a log line. Raw attributes

@@ -1,4 +1,4 @@
-"""Atomic file writes shared by the data cache and the grid's cell store."""
+"""Atomic file writes: the data caches here, and any caller that must never leave half a file."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from fq_bench.data import (
+from fq_data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DataError,

@@ -13,7 +13,7 @@ import polars as pl
 
 from ._common import DataError, default_cache_dir, quiet_datasets, require_columns
 
-logger = logging.getLogger("fq_bench.data")
+logger = logging.getLogger("fq_data")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -63,7 +63,7 @@ def read_split_file(
     The file has an id column (``id`` or the dataset's native id name, e.g. ``md5hash``,
     ``image``) and a ``split`` column with values ``train`` / ``test``.
     """
-    df = pl.read_csv(path, infer_schema_length=0)  # every column as string
+    df = pl.read_csv(os.fspath(path), infer_schema_length=0)  # every column as string
     id_col = next((c for c in id_cols if c in df.columns), None)
     if id_col is None:
         raise DataError(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from fq_bench.__main__ import main
-from fq_bench.data import DataError, _download, load_fitzpatrick17k, prepare_fitzpatrick17k
+from fq_data import DataError, _download, load_fitzpatrick17k, prepare_fitzpatrick17k
+from fq_data.__main__ import main
 
 
 class _Server:

@@ -1,4 +1,4 @@
-"""``python -m fq_bench <command>``: a thin dispatcher; each command lives in its own module.
+"""``python -m fq_data <command>``: the data command line; each command is one small function.
 
 Commands: ``prepare fitzpatrick17k`` (download images, write parquet shards),
 ``prepare semisynthetic`` (generate and cache the offline default), and ``inspect`` (load any
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 
 def _prepare_fitzpatrick17k(args: argparse.Namespace) -> int:
-    from fq_bench.data import prepare_fitzpatrick17k
+    from fq_data import prepare_fitzpatrick17k
 
     res = prepare_fitzpatrick17k(
         args.csv,
@@ -37,10 +37,15 @@ def _prepare_fitzpatrick17k(args: argparse.Namespace) -> int:
 
 
 def _prepare_semisynthetic(args: argparse.Namespace) -> int:
-    from fq_bench.data import load_semisynthetic
+    from fq_data import load_semisynthetic
 
     dd = load_semisynthetic(
-        args.name, n=args.n, image_size=args.image_size, seed=args.seed, cache_dir=args.cache_dir
+        args.name,
+        n=args.n,
+        image_size=args.image_size,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        min_test_per_group=args.min_test_per_group,
     )
     print(
         f"semi-synthetic {args.name} (real metadata, generated pixels): "
@@ -76,11 +81,17 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     ss.add_argument("--image-size", type=int, default=64)
     ss.add_argument("--seed", type=int, default=0)
     ss.add_argument("--cache-dir", default=None)
+    ss.add_argument(
+        "--min-test-per-group",
+        type=int,
+        default=0,
+        help="top up every group's test split to at least this many rows (default 0: off)",
+    )
     ss.set_defaults(func=_prepare_semisynthetic)
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from fq_bench.data import (
+    from fq_data import (
         dataset_info,
         is_semisynthetic,
         load_fitzpatrick17k,
@@ -151,7 +162,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _a
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fq_bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fq_data", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
@@ -165,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from fq_bench.data import DataError
+    from fq_data import DataError
 
     try:
         return args.func(args)

@@ -1,14 +1,18 @@
-"""The data path: canonical ``DatasetDict`` sources and seeded torch loaders.
+"""fq-data: the data path of the FairQuant toolkit, free of the quantization packages.
 
 Every source becomes a ``datasets.DatasetDict`` with splits ``train`` and ``test`` and columns
-``image`` (``Image``), ``label`` and ``group`` (``ClassLabel``), ``id``, plus raw attributes.
-:func:`make_loaders` turns it into ``(image, label, group)`` batches.
+``image`` (``Image``), ``label`` and ``group`` (``ClassLabel``), ``id``, plus raw attributes:
+:func:`load_fitzpatrick17k`, :func:`load_isic2019`, and the offline default
+:func:`load_semisynthetic` (real metadata rows, generated pixels). :func:`make_loaders` turns it
+into seeded ``(image, label, group)`` batches. ``python -m fq_data prepare|inspect`` is the
+command line.
 """
 
 from __future__ import annotations
 
 from ._common import (
     CANONICAL_COLUMNS,
+    METADATA_DIR,
     SEMISYNTHETIC_MARKER,
     DataError,
     check_canonical,
@@ -18,6 +22,7 @@ from ._common import (
 )
 from ._download import PrepareResult, prepare_fitzpatrick17k
 from ._fitzpatrick import load_fitzpatrick17k
+from ._io import atomic_write_bytes
 from ._isic import ISIC_CLASSES, load_isic2019
 from ._loaders import (
     IMAGENET_MEAN,
@@ -31,32 +36,40 @@ from ._loaders import (
     measure_loading_time,
 )
 from ._split import stratified_split
-from ._synth import GENERATOR_VERSION, generate_lesion_images, load_semisynthetic
+from ._synth import (
+    GENERATOR_VERSION,
+    build_semisynthetic,
+    generate_lesion_images,
+    load_semisynthetic,
+)
 
 __all__ = [
     "CANONICAL_COLUMNS",
+    "GENERATOR_VERSION",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ISIC_CLASSES",
+    "METADATA_DIR",
+    "SEMISYNTHETIC_MARKER",
+    "DataError",
     "Loaders",
     "LoadingTiming",
     "PaperAugment",
     "PrepareResult",
     "SeededBatchSampler",
-    "decode_images",
-    "make_loaders",
-    "measure_loading_time",
-    "prepare_fitzpatrick17k",
-    "GENERATOR_VERSION",
-    "ISIC_CLASSES",
-    "SEMISYNTHETIC_MARKER",
-    "DataError",
+    "atomic_write_bytes",
+    "build_semisynthetic",
     "check_canonical",
     "dataset_info",
+    "decode_images",
     "default_cache_dir",
     "generate_lesion_images",
     "is_semisynthetic",
     "load_fitzpatrick17k",
     "load_isic2019",
     "load_semisynthetic",
+    "make_loaders",
+    "measure_loading_time",
+    "prepare_fitzpatrick17k",
     "stratified_split",
 ]

@@ -34,13 +34,13 @@ from ._assemble import open_image
 from ._common import (
     METADATA_DIR,
     DataError,
-    atomic_write_bytes,
     atomic_write_csv,
     quiet_datasets,
     require_columns,
 )
+from ._io import atomic_write_bytes
 
-logger = logging.getLogger("fq_bench.data")
+logger = logging.getLogger("fq_data")
 
 USER_AGENT = "fq-bench-prepare/0.1 (+research; Fitzpatrick17k images)"
 _PERMANENT_HTTP = {400, 401, 403, 404, 410, 451}
@@ -131,12 +131,12 @@ configs:
     path: data/train-*.parquet
 license: cc-by-nc-sa-3.0
 ---
-# Fitzpatrick17k (prepared by `python -m fq_bench prepare fitzpatrick17k`)
+# Fitzpatrick17k (prepared by `python -m fq_data prepare fitzpatrick17k`)
 
 {n} images in {shards} parquet shard(s), downloaded from the URLs in the Fitzpatrick17k
 annotations (Groh et al., CVPR 2021; annotations CC BY-NC-SA 3.0; each image keeps the licence
 of its source atlas). Rows whose image could not be fetched or decoded are listed in
-`failures.csv`. Load with `fq_bench.data.load_fitzpatrick17k(<this folder>)`.
+`failures.csv`. Load with `fq_data.load_fitzpatrick17k(<this folder>)`.
 """
 
 
