@@ -381,3 +381,13 @@ def test_sweep_values_are_named_exactly_not_rounded() -> None:
     key = CellKey(dataset="fitzpatrick17k", model="m", method="fq-baq", seed=0, variant=a)
     assert key.override == ("lambda_fair", 0.1234567)
     assert variant_name("lr_bits", 3e-3) == "lr_bits=0.003"
+
+
+def test_the_default_gives_every_group_at_least_150_test_images() -> None:
+    from fq_bench.grid._runner import load_data
+
+    data = load_data(DEFAULT, "fitzpatrick17k")
+    groups = np.array([int(g) for _, _, gb in data.loaders.test for g in gb])
+    counts = np.bincount(groups, minlength=len(data.loaders.group_names))
+    assert len(counts) == 6 and counts.min() >= 150, counts
+    assert data.n_train == 960  # the training set is the one the default always had

@@ -221,11 +221,7 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
             seed=0,
             test_fraction=config.test_fraction,
             label_col=label_col,
-            **(
-                {"min_test_per_group": config.min_test_per_group}
-                if config.min_test_per_group
-                else {}
-            ),
+            min_test_per_group=config.min_test_per_group,
         )
     elif dataset == "fitzpatrick17k":
         from fq_data import load_fitzpatrick17k
