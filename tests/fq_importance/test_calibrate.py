@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fq_importance import GroupImportance, calibrate
-from fq_importance._calibrate import _calibrate
 from fq_quant import BitAssignment, ScopeLayout, quantizable_layers, quantize_model
 from torch import nn
 from torch.nn.utils import parametrize
@@ -121,7 +120,7 @@ CASES += [(s, "grape", g) for s in ("loop", "batched") for g in ("channel", "par
 @pytest.mark.parametrize(("strategy", "metric", "granularity"), CASES)
 def test_equals_naive_reference(strategy: str, metric: str, granularity: str) -> None:
     model, data = _model(), _data()
-    gi = _calibrate(
+    gi = calibrate(
         model,
         data,
         metric=metric,
@@ -351,9 +350,9 @@ def test_auto_falls_back_when_fused_identity_fails(kind: str) -> None:
         seed=0,
         progress=False,
     )
-    auto = _calibrate(model, data, strategy="auto", **kw)
-    loop = _calibrate(model, data, strategy="loop", **kw)
-    fused = _calibrate(model, data, strategy="fused", **kw)
+    auto = calibrate(model, data, strategy="auto", **kw)
+    loop = calibrate(model, data, strategy="loop", **kw)
+    fused = calibrate(model, data, strategy="fused", **kw)
     same = lambda a: all(  # noqa: E731
         torch.allclose(a.importance[g][n], loop.importance[g][n], rtol=1e-9, atol=0)
         for g in loop.groups

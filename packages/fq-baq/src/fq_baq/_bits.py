@@ -9,6 +9,7 @@ this path).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from fq_quant import (
@@ -16,6 +17,7 @@ from fq_quant import (
     Granularity,
     ScopeLayout,
     fake_quantize,
+    float_weight,
     q_levels,
     quantizable_layers,
     round_codes,
@@ -142,12 +144,6 @@ class LearnableBitsQuantizer(nn.Module):
         )
 
 
-def _float_weight(layer: nn.Module) -> torch.Tensor:
-    if parametrize.is_parametrized(layer, "weight"):
-        return layer.parametrizations.weight.original
-    return layer.weight
-
-
 def _unparametrize(layer: nn.Module) -> None:
     """Remove any weight parametrization, keeping the float (original) weight."""
     if parametrize.is_parametrized(layer, "weight"):
@@ -191,7 +187,7 @@ def attach_learnable_bits(
                 )
     layers = quantizable_layers(model)
     for name, layer in layers.items():
-        if not bool(torch.isfinite(_float_weight(layer)).all()):
+        if not bool(torch.isfinite(float_weight(layer)).all()):
             raise ValueError(f"layer {name!r} has NaN or inf weights")
     out: dict[str, LearnableBitsQuantizer] = {}
     for name, layer in layers.items():
@@ -201,7 +197,7 @@ def attach_learnable_bits(
             if warm_start is not None
             else torch.full(shape, bit_max, dtype=torch.int64)
         )
-        w = _float_weight(layer)
+        w = float_weight(layer)
         q = LearnableBitsQuantizer(
             theta_from_bits(init, bit_min, bit_max).to(w.device),
             bit_min=bit_min,
@@ -228,11 +224,15 @@ def learnable_quantizers(model: nn.Module) -> dict[str, LearnableBitsQuantizer]:
 
 def learned_assignment(model: nn.Module) -> BitAssignment:
     """The :class:`BitAssignment` ``round(b_cont)`` of a model carrying learnable bits (CPU)."""
-    qs = learnable_quantizers(model)
-    if not qs:
+    return assignment_of(learnable_quantizers(model))
+
+
+def assignment_of(quantizers: Mapping[str, LearnableBitsQuantizer]) -> BitAssignment:
+    """The :class:`BitAssignment` ``round(b_cont)`` of learnable quantizers by layer name (CPU)."""
+    if not quantizers:
         raise ValueError("model carries no LearnableBitsQuantizer; wrap it with BAQTrainer first")
-    g = next(iter(qs.values())).granularity
-    return BitAssignment(g, {n: q.rounded_bits().cpu() for n, q in qs.items()})
+    g = next(iter(quantizers.values())).granularity
+    return BitAssignment(g, {n: q.rounded_bits().cpu() for n, q in quantizers.items()})
 
 
 def detach_learnable_bits(model: nn.Module) -> None:

@@ -11,12 +11,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from fq_quant import Granularity, quantizable_layers
+from fq_quant import Granularity, float_weight, quantizable_layers, unpack_batch
 from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from ._batches import unpack
 from ._group_importance import METRICS, GroupImportance
 
 _log = logging.getLogger(__name__)
@@ -42,6 +41,7 @@ def calibrate(
     probes: int = 1,
     seed: int = 0,
     progress: bool = True,
+    strategy: Strategy = DEFAULT_STRATEGY,
 ) -> GroupImportance:
     """Per-group importance of every scope of every ``nn.Conv2d`` / ``nn.Linear`` weight.
 
@@ -77,36 +77,13 @@ def calibrate(
         probes: Hutchinson probes per group and batch (``metric="hessian"`` only).
         seed: seed of the Hutchinson probes.
         progress: show a tqdm bar over batches.
+        strategy: how per-group gradients come out of the shared graph (same result up to float
+            rounding): ``"auto"`` (default) is ``"fused"`` where it applies, verified against
+            ``"loop"`` before its gradients are used, else ``"loop"``; ``"fused"``: one backward to
+            the layer outputs, each group's weight gradient from its own rows (plain
+            Conv2d/Linear layers with batch-first inputs, first-order metrics); ``"loop"``:
+            ``autograd.grad`` per group; ``"batched"``: one vmapped ``autograd.grad``.
     """
-    return _calibrate(
-        model,
-        loader,
-        metric=metric,
-        granularity=granularity,
-        batches=batches,
-        device=device,
-        groups=groups,
-        probes=probes,
-        seed=seed,
-        progress=progress,
-        strategy=DEFAULT_STRATEGY,
-    )
-
-
-def _calibrate(
-    model: nn.Module,
-    loader: Iterable[object],
-    *,
-    metric: str,
-    granularity: Granularity | str,
-    batches: int | None,
-    device: torch.device | str | None,
-    groups: Iterable[int] | None,
-    probes: int,
-    seed: int,
-    progress: bool,
-    strategy: Strategy,
-) -> GroupImportance:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
     gran = Granularity.parse(granularity)
@@ -120,7 +97,7 @@ def _calibrate(
         raise ValueError(f"strategy must be 'auto', 'fused', 'loop' or 'batched'; got {strategy!r}")
     expected = _expected_groups(groups)
     layers = quantizable_layers(model)
-    weights = {name: _float_weight(layer) for name, layer in layers.items()}
+    weights = {name: float_weight(layer) for name, layer in layers.items()}
     fusable = metric != "hessian" and all(_fusable(m) for m in layers.values())
     # "auto" checks the fused identity on the first batch (sum_g dL_g/dW against autograd).
     verify = strategy == "auto"
@@ -141,7 +118,7 @@ def _calibrate(
         for index, batch in enumerate(
             tqdm(it, total=total, desc="calibrate", unit="batch", disable=not progress)
         ):
-            x, y, g = unpack(batch, index)
+            x, y, g = unpack_batch(batch, index=index)
             present, inverse, n = torch.unique(
                 g, sorted=True, return_inverse=True, return_counts=True
             )
@@ -374,12 +351,6 @@ def _frozen(model: nn.Module, weights: list[torch.Tensor]) -> Iterator[None]:
             w.requires_grad_(flag)
         for m, mode in modes:
             m.training = mode  # per module: Module.train() would recurse and overwrite children
-
-
-def _float_weight(layer: nn.Module) -> torch.Tensor:
-    if parametrize.is_parametrized(layer, "weight"):
-        return layer.parametrizations.weight.original
-    return layer.weight
 
 
 def _device(weights: dict[str, torch.Tensor], device: torch.device | str | None) -> torch.device:

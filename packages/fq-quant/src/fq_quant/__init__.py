@@ -7,6 +7,7 @@ The one way in::
 
 from ._assignment import ALLOWED_BITS, BitAssignment
 from ._attention import LinearMultiheadAttention, pack_attention, unpack_attention
+from ._batches import BATCH_KEYS, unpack_batch
 from ._codes import (
     CODES_DTYPE,
     SCALE_FLOOR,
@@ -22,7 +23,7 @@ from ._codes import (
 )
 from ._granularity import Granularity
 from ._importance_map import ImportanceMap
-from ._layers import quantizable_layers
+from ._layers import float_weight, quantizable_layers
 from ._layout import LayerScopes, ScopeLayout
 from ._model import current_assignment, is_quantized, quantize_model, strip_quantization
 from ._packed import export_packed, load_packed, plain_state_dict, predicted_packed_size
@@ -30,6 +31,7 @@ from ._quantizer import FixedBitsQuantizer, RoundSTE, fake_quantize, round_ste
 
 __all__ = [
     "ALLOWED_BITS",
+    "BATCH_KEYS",
     "CODES_DTYPE",
     "SCALE_FLOOR",
     "BitAssignment",
@@ -37,6 +39,7 @@ __all__ = [
     "dequantize",
     "export_packed",
     "fake_quantize",
+    "float_weight",
     "FixedBitsQuantizer",
     "Granularity",
     "ImportanceMap",
@@ -62,4 +65,5 @@ __all__ = [
     "ScopeLayout",
     "strip_quantization",
     "unpack_attention",
+    "unpack_batch",
 ]

@@ -50,9 +50,9 @@ from torch.nn.utils import parametrize
 from ._assignment import BITS_DTYPE, BitAssignment
 from ._codes import dequantize, quantize_codes, scope_view
 from ._granularity import Granularity
-from ._layers import quantizable_layers
+from ._layers import float_weight, quantizable_layers
 from ._layout import ScopeLayout
-from ._model import _float_weight, current_assignment, is_quantized, quantize_model
+from ._model import current_assignment, is_quantized, quantize_model
 
 FORMAT = "fq_quant.packed/1"
 _SUFFIXES = ("codes", "scales", "float", "zeros1", "bit_palette", "bit_index")
@@ -277,7 +277,7 @@ def _weights(model: nn.Module, assignment: BitAssignment) -> dict[str, torch.Ten
     assignment.check(layout)
     weights = {}
     for name, layer in quantizable_layers(model).items():
-        w = _float_weight(layer).detach().to("cpu")
+        w = float_weight(layer).detach().to("cpu")
         finite = torch.isfinite(w)
         if not bool(finite.all()):
             bad = float(w[~finite][0])
