@@ -391,3 +391,26 @@ def test_the_default_gives_every_group_at_least_150_test_images() -> None:
     counts = np.bincount(groups, minlength=len(data.loaders.group_names))
     assert len(counts) == 6 and counts.min() >= 150, counts
     assert data.n_train == 960  # the training set is the one the default always had
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_cell_size_is_the_size_of_the_packed_export(tmp_path: Path, bits: int | None) -> None:
+    """The table's size_bytes is what ``export_packed`` writes (BatchNorm buffers and the header
+    included), for a quantized cell and for FP32 (every weight at 32 bits)."""
+    from fq_bench.grid._methods import MethodOutput
+    from fq_bench.grid._runner import _fresh_model, evaluate, load_data
+    from fq_quant import BitAssignment, Granularity, ScopeLayout, export_packed, quantize_model
+
+    config = FRONTIER.replace(bootstrap_resamples=0)
+    data = load_data(config, "fitzpatrick17k")
+    model = _fresh_model(config, "tiny_cnn", data, pretrained=False)
+    layout = ScopeLayout.from_model(model, Granularity.CHANNEL)
+    assignment = None if bits is None else BitAssignment.uniform(layout, bits)
+    if assignment is not None:
+        model = quantize_model(model, assignment)
+    res = evaluate(MethodOutput(model=model, assignment=assignment), data, config,
+                   torch.device("cpu"))  # fmt: skip
+    path = tmp_path / "m.safetensors"
+    export_packed(model, path, assignment=assignment or BitAssignment.uniform(layout, 32))
+    assert res["cost"]["size_bytes"] == path.stat().st_size
+    assert any("running_mean" in k for k in model.state_dict())  # the buffers a params count missed

@@ -281,7 +281,7 @@ def evaluate(
     """Fairness and cost of ``out.model`` on the test split (METHOD.md sections 7 and 8)."""
     from fq_fairmetrics import cost_report, group_report
     from fq_fairmetrics.torch import layer_costs
-    from fq_quant import Granularity, ScopeLayout, quantizable_layers
+    from fq_quant import BitAssignment, Granularity, ScopeLayout, predicted_packed_size
 
     model = out.model
     y, p, g = predict(model, data.loaders.test, device)
@@ -300,12 +300,14 @@ def evaluate(
         bootstrap = {m: [ci.low[m], ci.high[m]] for m in BOOTSTRAP_METRICS}
     x = torch.zeros(1, 3, config.image_size, config.image_size, device=device)
     layers = layer_costs(model, x, out.assignment)
-    n_weights = sum(m.weight.numel() for m in quantizable_layers(model).values())
-    n_all = sum(t.numel() for t in model.parameters())
-    cost = cost_report(layers, extra_float_params=n_all - n_weights)
+    cost = cost_report(layers)
+    layout = ScopeLayout.from_model(model, Granularity.CHANNEL)
+    # the size of what fq_quant.export_packed writes for this model (header, BatchNorm buffers and
+    # every float tensor included); FP32 is the same file with every weight at 32 bits
+    bits = out.assignment if out.assignment is not None else BitAssignment.uniform(layout, 32)
+    size_bytes = predicted_packed_size(model, bits)
     layer_bits: list[list[Any]] = []
     if out.assignment is not None:
-        layout = ScopeLayout.from_model(model, Granularity.CHANNEL)
         layer_bits = [
             [name, float(b.to(torch.float64).mean()), int(layout[name].num_params)]
             for name, b in out.assignment.bits.items()
@@ -320,7 +322,7 @@ def evaluate(
             "avg_bits": cost.avg_bits,
             "gbops": cost.gbops,
             "paper_gops": cost.paper_gops,
-            "size_bytes": cost.size_bytes,
+            "size_bytes": size_bytes,
             "macs": cost.macs,
             "n_params": cost.n_params,
         },

@@ -507,11 +507,22 @@ def _st_dtype(dtype: torch.dtype) -> str:
     }.get(dtype, "F32")
 
 
+#: safetensors' ``Dtype`` enum order (its writer sorts tensors by it, descending, then by name).
+_DTYPE_RANK: dict[str, int] = {
+    name: i
+    for i, name in enumerate(
+        ("BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64")
+    )
+}
+
+
 def _header_size(sizes: Mapping[str, tuple[str, list[int], int]], meta: Mapping[str, str]) -> int:
     """The safetensors header: 8-byte length, then compact JSON padded with spaces to 8 bytes."""
     header: dict[str, object] = {"__metadata__": dict(meta)}
     offset = 0
-    for key in sorted(sizes):
+    # safetensors lays tensors out by dtype (widest first), then by name; the offsets' digits set
+    # the header's length, so the order must be the writer's
+    for key in sorted(sizes, key=lambda k: (-_DTYPE_RANK.get(sizes[k][0], 0), k)):
         dtype, shape, nbytes = sizes[key]
         header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
