@@ -281,7 +281,7 @@ def evaluate(
     """Fairness and cost of ``out.model`` on the test split (METHOD.md sections 7 and 8)."""
     from fq_fairmetrics import cost_report, group_report
     from fq_fairmetrics.torch import layer_costs
-    from fq_quant import BitAssignment, Granularity, ScopeLayout, predicted_packed_size
+    from fq_quant import BitAssignment, Granularity, ScopeLayout, packed_size
 
     model = out.model
     y, p, g = predict(model, data.loaders.test, device)
@@ -305,7 +305,7 @@ def evaluate(
     # the size of what fq_quant.export_packed writes for this model (header, BatchNorm buffers and
     # every float tensor included); FP32 is the same file with every weight at 32 bits
     bits = out.assignment if out.assignment is not None else BitAssignment.uniform(layout, 32)
-    size_bytes = predicted_packed_size(model, bits)
+    size_bytes = packed_size(model, bits)
     layer_bits: list[list[Any]] = []
     if out.assignment is not None:
         layer_bits = [
