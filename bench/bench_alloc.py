@@ -17,6 +17,8 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,26 +28,22 @@ def bench_allocation(*, repeats: int = 5, model: str = "resnet18") -> dict[str, 
     """Median seconds per call for each (granularity, call)."""
     import timm
     from fq_alloc import Palette, allocate, allocate_to_budget
-    from fq_quant import ImportanceMap, ScopeLayout
+    from fq_quant import Granularity, ImportanceMap, ScopeLayout
 
     net = timm.create_model(model, pretrained=False)
     palette = Palette((2, 4, 8), (0.2, 0.4, 0.4))
     rows = []
-    for granularity in ("channel", "param"):
+    for granularity in (Granularity.CHANNEL, Granularity.PARAM):
         layout = ScopeLayout.from_model(net, granularity)
         g = torch.Generator().manual_seed(0)
         imap = ImportanceMap(
             granularity,
             {n: torch.rand(s.scope_shape, generator=g) for n, s in layout.layers.items()},
         )
-        calls = {
-            "allocate(scopes)": lambda imap=imap: allocate(imap, palette),
-            "allocate(params)": lambda imap=imap, layout=layout: allocate(
-                imap, palette, weighting="params", layout=layout
-            ),
-            "allocate_to_budget(4.3)": lambda imap=imap, layout=layout: allocate_to_budget(
-                imap, layout=layout
-            ),
+        calls: dict[str, Callable[[], object]] = {
+            "allocate(scopes)": partial(allocate, imap, palette),
+            "allocate(params)": partial(allocate, imap, palette, weighting="params", layout=layout),
+            "allocate_to_budget(4.3)": partial(allocate_to_budget, imap, layout=layout),
         }
         for name, call in calls.items():
             call()  # warm-up
@@ -56,7 +54,7 @@ def bench_allocation(*, repeats: int = 5, model: str = "resnet18") -> dict[str, 
                 times.append(time.perf_counter() - t)
             rows.append(
                 {
-                    "granularity": granularity,
+                    "granularity": granularity.value,
                     "scopes": layout.num_scopes,
                     "call": name,
                     "median_s": statistics.median(times),

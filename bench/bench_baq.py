@@ -24,12 +24,17 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:
+    from fq_baq import TrainingSession
 
-def _session(kind: str, device: str, seed: int = 0):  # type: ignore[no-untyped-def]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (images, labels, groups)
+
+
+def _session(kind: str, device: str, seed: int = 0) -> TrainingSession:
     import timm
     from fq_baq import BAQConfig, BAQTrainer, FP32Trainer
 
@@ -40,7 +45,7 @@ def _session(kind: str, device: str, seed: int = 0):  # type: ignore[no-untyped-
     return trainer.session()
 
 
-def _batch(image_size: int, batch: int, device: str):  # type: ignore[no-untyped-def]
+def _batch(image_size: int, batch: int, device: str) -> Batch:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, image_size, image_size, generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
@@ -48,7 +53,7 @@ def _batch(image_size: int, batch: int, device: str):  # type: ignore[no-untyped
     return x.to(device), y.to(device), grp.to(device)
 
 
-def _timed_step(session, batch, device: str) -> float:  # type: ignore[no-untyped-def]
+def _timed_step(session: TrainingSession, batch: Batch, device: str) -> float:
     if device != "cpu":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -70,7 +75,8 @@ def bench_baq_step(
     """
     fp32, baq = _session("fp32", device), _session("baq", device)
     data = _batch(image_size, batch, device)
-    t_fp32, t_baq = [], []
+    t_fp32: list[float] = []
+    t_baq: list[float] = []
     for i in range(warmup + steps):
         # alternate which goes first so neither always follows the other's cache state
         order = ((fp32, t_fp32), (baq, t_baq)) if i % 2 == 0 else ((baq, t_baq), (fp32, t_fp32))
@@ -102,7 +108,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _accounted_bytes(session, data) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _accounted_bytes(session: TrainingSession, data: Batch) -> dict[str, int]:
     """Bytes autograd keeps for backward (distinct storages, parameters excluded) in one step,
     plus parameters, gradients and optimizer state after it: deterministic, unlike RSS."""
     params = {p.untyped_storage().data_ptr() for p in session.model.parameters()}

@@ -25,10 +25,13 @@ import json
 import platform
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from fq_importance import Metric, Strategy
 
 
 def _sync(device: str) -> None:
@@ -42,8 +45,8 @@ def bench_calibration(
     image_size: int = 64,
     batch: int = 64,
     repeats: int = 5,
-    strategies: tuple[str, ...] = ("fused", "loop", "batched"),
-    metric: str = "grape",
+    strategies: tuple[Strategy, ...] = ("fused", "loop", "batched"),
+    metric: Metric = "grape",
     device: str = "cpu",
     per_call: int = 3,
 ) -> dict[str, Any]:
@@ -71,7 +74,7 @@ def bench_calibration(
         _sync(device)
         return time.perf_counter() - t
 
-    def calib(g: int, strategy: str) -> float:
+    def calib(g: int, strategy: Strategy) -> float:
         grp = (torch.arange(batch) % g).to(device)
         _sync(device)
         t = time.perf_counter()
@@ -140,12 +143,14 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
+    from fq_importance import METRICS
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--groups", type=int, nargs="+", default=[2, 3, 6])
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--metric", default="grape")
+    p.add_argument("--metric", default="grape", choices=METRICS)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
     a = p.parse_args()

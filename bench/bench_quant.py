@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 
-def _models(seed: int, device: str):  # type: ignore[no-untyped-def]
+def _models(seed: int, device: str) -> tuple[torch.nn.Module, torch.nn.Module, float]:
     import timm
     from fq_quant import BitAssignment, Granularity, ScopeLayout, quantize_model
 
@@ -174,7 +174,8 @@ def bench_attention(
     out: dict[str, Any] = {"image_size": image_size, "batch": batch, "steps": steps,
                            "tokens": (image_size // 8) ** 2 + 1, "device": device}  # fmt: skip
     for name, fn in (("train", train), ("eval", infer)):
-        ratios, times = [], {"packed": [], "unpacked": []}
+        ratios: list[float] = []
+        times: dict[str, list[float]] = {"packed": [], "unpacked": []}
         for i in range(warmup + steps):
             order = ("packed", "unpacked") if i % 2 == 0 else ("unpacked", "packed")
             pair = {k: timed(lambda k=k, fn=fn: fn(k)) for k in order}

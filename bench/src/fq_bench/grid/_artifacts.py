@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -19,6 +19,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ._cells import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from fq_importance import GroupImportance
 
 logger = logging.getLogger("fq_bench.grid")
 
@@ -58,7 +61,9 @@ def save_checkpoint(
     save_tensors(path, model.state_dict(), {"fingerprint": fingerprint, "info": json.dumps(info)})
 
 
-def save_group_importance(path: Path, gi: Any, *, fingerprint: str, extra: dict[str, Any]) -> None:
+def save_group_importance(
+    path: Path, gi: GroupImportance, *, fingerprint: str, extra: dict[str, Any]
+) -> None:
     """A ``fq_importance.GroupImportance`` as tensors ``"<group>/<layer>"`` plus JSON metadata."""
     tensors = {f"{g}/{layer}": t for g, maps in gi.importance.items() for layer, t in maps.items()}
     meta = {
@@ -73,12 +78,13 @@ def save_group_importance(path: Path, gi: Any, *, fingerprint: str, extra: dict[
     save_tensors(path, tensors, meta)
 
 
-def load_group_importance(path: Path, *, fingerprint: str) -> Any | None:
+def load_group_importance(path: Path, *, fingerprint: str) -> GroupImportance | None:
     """What :func:`save_group_importance` wrote, or ``None`` (missing, corrupt, stale)."""
     got = load_tensors(path, fingerprint=fingerprint)
     if got is None:
         return None
     from fq_importance import GroupImportance
+    from fq_quant import Granularity
 
     tensors, meta = got
     try:
@@ -91,7 +97,7 @@ def load_group_importance(path: Path, *, fingerprint: str) -> Any | None:
             importance=importance,
             counts=counts,
             metric=meta["metric"],
-            granularity=meta["granularity"],
+            granularity=Granularity.parse(meta["granularity"]),
             batches=int(meta["batches"]),
         )
     except (KeyError, ValueError, TypeError) as exc:

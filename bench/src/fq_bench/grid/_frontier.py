@@ -25,6 +25,7 @@ import polars as pl
 
 from ._config import CONTROL_METHOD, METHOD_LABELS, MIXED_METHODS, UNIFORM_BITS
 from ._order import sort_rows
+from ._series import mean_of
 
 #: A seed "collapses" when its worst group falls more than this far (fraction) below the control.
 COLLAPSE_DROP = 0.05
@@ -112,10 +113,10 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
             "dataset": ds, "model": mo, "method": me, "budget": bu,
             "method_label": part["method_label"][0],
             "target_bits": float(bu) if bu else (float(UNIFORM_BITS[me]) if me in UNIFORM_BITS else None),
-            "avg_bits": float(part["avg_bits"].mean()),
-            "paper_gops": float(part["paper_gops"].mean()),
-            "size_bytes": float(part["size_bytes"].mean()),
-            "eodd_mean": float(part["eodd"].mean()),
+            "avg_bits": mean_of(part["avg_bits"]),
+            "paper_gops": mean_of(part["paper_gops"]),
+            "size_bytes": mean_of(part["size_bytes"]),
+            "eodd_mean": mean_of(part["eodd"]),
             "seeds": part.height,
             "worst_acc_by_seed": ";".join(f"{v:.6f}" for v in part["worst_acc"].to_list()),
         }  # fmt: skip
@@ -148,7 +149,7 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
                 row |= {"d_avg_vs_blind": mean, "d_avg_vs_blind_low": low,
                         "d_avg_vs_blind_high": high}  # fmt: skip
         rows.append(row)
-    schema = {c: pl.Float64 for c in FRONTIER_COLUMNS}
+    schema: dict[str, type[pl.DataType]] = {c: pl.Float64 for c in FRONTIER_COLUMNS}
     schema |= {c: pl.String for c in ("dataset", "model", "method", "method_label",
                                       "worst_acc_by_seed", "d_worst_vs_blind_verdict")}  # fmt: skip
     schema |= {"seeds": pl.Int64, "collapses_vs_blind": pl.Int64}

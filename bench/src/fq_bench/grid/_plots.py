@@ -13,6 +13,7 @@ import polars as pl
 from ._cells import atomic_write_bytes
 from ._config import DATASET_LABELS, METHOD_IDS, MODEL_LABELS, UNIFORM_BITS
 from ._order import ordered_methods, ordered_pairs
+from ._series import max_of, min_of
 
 
 def _plt():
@@ -131,7 +132,7 @@ def baq_bits(layer_bits: pl.DataFrame, path: Path) -> Path | None:
         return None
     pairs = _pairs(part)
     plt = _plt()
-    widest = int(part["position"].max()) + 1
+    widest = int(max_of(part["position"])) + 1
     fig, axes = plt.subplots(
         len(pairs), 1, figsize=(max(10.0, 0.12 * widest), 4.2 * len(pairs)), squeeze=False,
         layout="constrained",
@@ -201,7 +202,7 @@ def frontier_plot(frontier: pl.DataFrame, cells: pl.DataFrame, path: Path) -> Pa
         ax.set_ylim(max(0.0, float(shown.min()) - pad), min(100.0, float(shown.max()) + pad))
         ax.set_xlabel("average bits per weight (parameter-weighted)")
         ax.set_ylabel("worst-group accuracy (%)")
-        n = int(part["seeds"].min())
+        n = int(min_of(part["seeds"]))
         title = f"{DATASET_LABELS.get(ds, ds)} {MODEL_LABELS.get(mo, mo)}"
         ax.set_title(f"{title}: frontier (mean, 95% t-interval over {n} seeds; dots: seeds)",
                      fontsize=9)  # fmt: skip
@@ -233,7 +234,7 @@ def group_drop(groups: pl.DataFrame, path: Path) -> Path | None:
         (100 * (pl.col("acc") - pl.col("acc_fp32"))).fill_nan(None).alias("change"),
     )  # fmt: skip
     pairs = _pairs(d)
-    n_groups = int(d["group_index"].max()) + 1
+    n_groups = int(max_of(d["group_index"])) + 1
     plt = _plt()
     fig, axes = plt.subplots(
         len(pairs), n_groups, figsize=(3.2 * n_groups, 3.0 * len(pairs) + 0.8), squeeze=False,
@@ -341,7 +342,7 @@ def ablation_plots(ablation: pl.DataFrame, root: Path) -> list[Path]:
                 if i == 0:
                     ax.set_title(f)
                     ax.legend(fontsize=7)
-        n = int(part["n_seeds"].min())
+        n = int(min_of(part["n_seeds"]))
         spread = (
             f"mean and 95% t-interval over {n} seeds"
             if n > 1

@@ -44,6 +44,7 @@ from ._runner import (
     is_main_process,
     load_data,
 )
+from ._series import mean_of
 
 PROBE_GRANULARITIES = ("channel", "tensor")
 
@@ -265,7 +266,7 @@ def probe_main(argv: Sequence[str] | None = None) -> int:
     ratios = frame.filter(pl.col("bits") == 32)["w_max_over_std"]
     print(
         f"weights: max|w|/std(w) per output channel, mean over layers: "
-        f"{ratios.mean():.2f} (over {ratios.len()} FP32 reference(s))"
+        f"{mean_of(ratios):.2f} (over {ratios.len()} FP32 reference(s))"
     )
     print(f"{args.granularity} scopes; wall {time.perf_counter() - t0:.1f} s; results in {out}/")
     return 0

@@ -52,11 +52,13 @@ def allocate(
     imap, pal, layout = _check_inputs(importance_map, palette, layout)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}")
-    if weighting == "params" and layout is None:
-        raise ValueError(
-            'weighting="params" needs layout= (the model or its ScopeLayout) for parameter counts'
-        )
-    sizes = _sizes(imap, layout) if weighting == "params" else None
+    sizes = None
+    if weighting == "params":
+        if layout is None:
+            raise ValueError(
+                'weighting="params" needs layout= (the model or its ScopeLayout) for parameter counts'
+            )
+        sizes = _sizes(imap, layout)
     ranking = Ranking(_flat_scores(imap), sizes)
     return _assignment(imap, ranking.tiers(pal.levels), pal.bits)
 
@@ -102,10 +104,10 @@ def allocate_to_budget(
     pal, target = _check_budget(bits, target_avg_bits)
     if layout is None:
         raise ValueError("layout is required (the model or its ScopeLayout) for parameter counts")
-    imap, _, layout = _check_inputs(importance_map, pal, layout)
-    ranking = Ranking(_flat_scores(imap), _sizes(imap, layout))
+    imap, _, _ = _check_inputs(importance_map, pal, None)
+    ranking = Ranking(_flat_scores(imap), _sizes(imap, _check_layout(imap, layout)))
 
-    def realised(props: Sequence[float]) -> float:
+    def realised(props: tuple[float, ...]) -> float:
         return (
             float(np.dot(ranking.tier_weights(Palette(pal.bits, props).levels), pal.bits))
             / ranking.total
@@ -148,15 +150,21 @@ def _check_inputs(
         )
     if not isinstance(palette, Palette):
         raise TypeError(f"palette must be an fq_alloc.Palette; got {type(palette).__name__}")
+    if layout is None:
+        return importance_map, palette, None
+    return importance_map, palette, _check_layout(importance_map, layout)
+
+
+def _check_layout(imap: ImportanceMap, layout: ScopeLayout | nn.Module) -> ScopeLayout:
+    """``layout`` (or the model's layout at the map's granularity), checked against ``imap``."""
     if isinstance(layout, nn.Module):
-        layout = ScopeLayout.from_model(layout, importance_map.granularity)
-    if layout is not None:
-        if not isinstance(layout, ScopeLayout):
-            raise TypeError(
-                f"layout must be a ScopeLayout or an nn.Module; got {type(layout).__name__}"
-            )
-        importance_map.check(layout)
-    return importance_map, palette, layout
+        layout = ScopeLayout.from_model(layout, imap.granularity)
+    if not isinstance(layout, ScopeLayout):
+        raise TypeError(
+            f"layout must be a ScopeLayout or an nn.Module; got {type(layout).__name__}"
+        )
+    imap.check(layout)
+    return layout
 
 
 def _sizes(imap: ImportanceMap, layout: ScopeLayout) -> torch.Tensor:
@@ -180,15 +188,16 @@ def _assignment(imap: ImportanceMap, tiers: np.ndarray, bits: tuple[int, ...]) -
     flat = torch.from_numpy(np.take(np.asarray(bits, dtype=np.uint8), tiers))
     chunks = flat.split([s.numel() for s in imap.scores.values()])
     return BitAssignment(
-        imap.granularity, {n: c.reshape(s.shape) for (n, s), c in zip(imap.scores.items(), chunks, strict=True)}
+        imap.granularity,
+        {n: c.reshape(s.shape) for (n, s), c in zip(imap.scores.items(), chunks, strict=True)},
     )
 
 
 def _check_budget(bits: Sequence[int], target_avg_bits: float) -> tuple[Palette, float]:
-    bits_t = (
-        tuple(bits) if not isinstance(bits, (str, bytes)) and hasattr(bits, "__iter__") else bits
-    )
-    n = len(bits_t) if isinstance(bits_t, tuple) else 1
+    if isinstance(bits, (str, bytes)) or not hasattr(bits, "__iter__"):
+        raise TypeError(f"bits must be a sequence of ints; got {bits!r}")
+    bits_t = tuple(bits)
+    n = max(len(bits_t), 1)  # Palette names the error for no bit-width
     pal = Palette(bits_t, (1.0 / n,) * n)  # validates the bit-widths
     if isinstance(target_avg_bits, bool) or not isinstance(target_avg_bits, (int, float)):
         raise TypeError(f"target_avg_bits must be a number; got {target_avg_bits!r}")
@@ -214,4 +223,4 @@ def _mean(bits: tuple[int, ...], props: Sequence[float]) -> float:
 def _degenerate(bits: tuple[int, ...], target: float) -> Palette:
     props = [0.0] * len(bits)
     props[0 if target == bits[0] else -1] = 1.0
-    return Palette(bits, props)
+    return Palette(bits, tuple(props))

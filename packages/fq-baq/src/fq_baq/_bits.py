@@ -73,7 +73,7 @@ class _LearnableFakeQuant(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w, bits_b, granularity):  # type: ignore[override]
+    def forward(ctx, w, bits_b, granularity):
         with torch.no_grad():
             q = q_levels(bits_b).to(w.dtype)
             s = scope_scales(w, q, granularity)
@@ -82,7 +82,7 @@ class _LearnableFakeQuant(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         w, out, q = ctx.saved_tensors
         grad_bits = None
         if ctx.needs_input_grad[1]:
@@ -102,6 +102,8 @@ class LearnableBitsQuantizer(nn.Module):
             float32 logits; an ordinary parameter, so DDP keeps it in sync across ranks.
         theta_init: buffer, ``theta`` at construction (the ``bit_reg="anchor"`` reference).
     """
+
+    theta_init: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(
         self,
@@ -224,7 +226,7 @@ def learnable_quantizers(model: nn.Module) -> dict[str, LearnableBitsQuantizer]:
     found = {}
     for name, layer in quantizable_layers(model).items():
         if parametrize.is_parametrized(layer, "weight"):
-            for p in layer.parametrizations.weight:
+            for p in layer.get_submodule("parametrizations.weight").children():
                 if isinstance(p, LearnableBitsQuantizer):
                     found[name] = p
     return found

@@ -87,7 +87,8 @@ def bootstrap_ci(
     )
     samples = _resample_metrics(report.counts, int(n_resamples), np.random.default_rng(seed))
     alpha = (1.0 - float(confidence)) / 2.0
-    low, high = {}, {}
+    low: dict[str, float] = {}
+    high: dict[str, float] = {}
     for m in METRICS:
         lo, hi = np.quantile(samples[m], [alpha, 1.0 - alpha])
         low[m], high[m] = float(lo), float(hi)

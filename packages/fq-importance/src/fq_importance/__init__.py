@@ -7,8 +7,18 @@ The one way in::
 
 from fq_quant import ImportanceMap
 
-from ._calibrate import calibrate
+from ._calibrate import Metric, Strategy, calibrate
 from ._group_importance import METRICS, GroupImportance
-from ._reduce import REDUCERS, reduce
+from ._reduce import REDUCERS, Reducer, reduce
 
-__all__ = ["METRICS", "REDUCERS", "GroupImportance", "ImportanceMap", "calibrate", "reduce"]
+__all__ = [
+    "METRICS",
+    "REDUCERS",
+    "GroupImportance",
+    "ImportanceMap",
+    "Metric",
+    "Reducer",
+    "Strategy",
+    "calibrate",
+    "reduce",
+]

@@ -67,7 +67,8 @@ def _balanced(stacked: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise ValueError(
             'reducer "balanced" needs non-negative importances (group masses); got negative scores'
         )
-    mass = sum(s.flatten(1).sum(1) for s in stacked.values())  # [G], float64
+    masses = [s.flatten(1).sum(1) for s in stacked.values()]
+    mass = sum(masses[1:], masses[0])  # [G], float64
     total = mass.sum()
     share = mass / total if total > 0 else torch.full_like(mass, 1 / len(mass))
     # A zero-mass group has an all-zero map (scores >= 0): its term is 0, not 0/0.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -212,9 +213,10 @@ class LinearMultiheadAttention(nn.Module):
         return out, weights
 
 
-def _swap(
-    model: nn.Module, kind: type[nn.Module], convert: Callable[[nn.Module], nn.Module]
-) -> nn.Module:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _swap(model: nn.Module, kind: type[_M], convert: Callable[[_M], nn.Module]) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if isinstance(model, kind):

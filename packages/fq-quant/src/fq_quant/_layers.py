@@ -7,10 +7,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 #: Module types whose ``weight`` is quantized (METHOD.md: every Conv2d and Linear, first and last included).
-QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+QUANTIZABLE_TYPES: tuple[type[nn.Conv2d], type[nn.Linear]] = (nn.Conv2d, nn.Linear)
 
 
-def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
+def quantizable_layers(model: nn.Module) -> dict[str, nn.Conv2d | nn.Linear]:
     """Every ``nn.Conv2d`` and ``nn.Linear`` of ``model`` (subclasses included), by qualified name.
 
     Order is module order (``model.named_modules()``), so the first and last layers are included
@@ -30,7 +30,7 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def float_weight(layer: nn.Module) -> torch.Tensor:
+def float_weight(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
     """The float weight of a Conv2d/Linear layer: the parameter itself, also when it is wrapped.
 
     For a layer carrying a weight parametrization (:func:`quantize_model`, fq-baq's learnable bits)
@@ -38,5 +38,5 @@ def float_weight(layer: nn.Module) -> torch.Tensor:
     ``layer.weight``. Same shape and dtype as the weight; no copy.
     """
     if parametrize.is_parametrized(layer, "weight"):
-        return layer.parametrizations.weight.original
+        return layer.get_parameter("parametrizations.weight.original")
     return layer.weight

@@ -78,12 +78,13 @@ def is_quantized(model: nn.Module) -> bool:
 
 def current_assignment(model: nn.Module) -> BitAssignment:
     """The :class:`BitAssignment` a model wrapped by :func:`quantize_model` computes with."""
-    bits, granularity = {}, None
+    quantizers: dict[str, FixedBitsQuantizer] = {}
     for name, layer in quantizable_layers(model).items():
         if not parametrize.is_parametrized(layer, "weight"):
             raise ValueError(f"layer {name!r} is not quantized; call quantize_model first")
-        q = layer.parametrizations.weight[0]
+        q = next(layer.get_submodule("parametrizations.weight").children())
         if not isinstance(q, FixedBitsQuantizer):
             raise TypeError(f"layer {name!r} carries a {type(q).__name__}, not fixed bits")
-        bits[name], granularity = q.bits.cpu(), q.granularity
-    return BitAssignment(granularity, bits)
+        quantizers[name] = q
+    *_, last = quantizers.values()  # quantizable_layers raised if there was none
+    return BitAssignment(last.granularity, {n: q.bits.cpu() for n, q in quantizers.items()})

@@ -33,11 +33,11 @@ class RoundSTE(torch.autograd.Function):
     """``round(x)`` in forward; identity in backward (straight-through estimator)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         return torch.round(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return grad
 
 
@@ -80,7 +80,7 @@ class _FixedFakeQuant(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w, q, bits_b, granularity, special, groups):  # type: ignore[override]
+    def forward(ctx, w, q, bits_b, granularity, special, groups):
         with torch.no_grad():
             s = scope_scales(w, q, granularity, groups)
             # |w| <= max|w| = s * q, so round(w / s) already lies in [-q, q]: no clamp needed.
@@ -95,7 +95,7 @@ class _FixedFakeQuant(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         return grad, None, None, None, None, None
 
 
@@ -148,6 +148,8 @@ class FixedBitsQuantizer(torch.nn.Module):
     widths occur are precomputed once, so ``forward`` does no host-device synchronization.
     """
 
+    bits: torch.Tensor  # buffer: bit-width per scope (scope shape)
+
     def __init__(
         self,
         bits: torch.Tensor,
@@ -174,11 +176,11 @@ class FixedBitsQuantizer(torch.nn.Module):
         self._q = q_levels(bits_b.to(torch.float32))
         self._groups = param_groups(self.bits) if self.granularity is Granularity.PARAM else None
 
-    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._refresh()
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn, recurse=True):
         # Keep the precomputed helpers on the same device as the buffers.
         out = super()._apply(fn, recurse)
         dev = self.bits.device
