@@ -12,6 +12,7 @@ from ._importance_map import ImportanceMap
 from ._layers import quantizable_layers
 from ._layout import LayerScopes, ScopeLayout
 from ._model import current_assignment, is_quantized, quantize_model, strip_quantization
+from ._onnx import export_onnx, ort_session
 from ._packed import export_packed, load_packed, plain_state_dict, predicted_packed_size
 from ._quantizer import FixedBitsQuantizer, RoundSTE, fake_quantize, q_levels, round_ste, scope_view
 
@@ -26,10 +27,12 @@ __all__ = [
     "RoundSTE",
     "ScopeLayout",
     "current_assignment",
+    "export_onnx",
     "export_packed",
     "fake_quantize",
     "is_quantized",
     "load_packed",
+    "ort_session",
     "pack_attention",
     "plain_state_dict",
     "predicted_packed_size",
