@@ -255,6 +255,9 @@ def _export_float(model: nn.Module, example: torch.Tensor, opset: int) -> Any:
         # torch.export specializes a dimension of size 1; trace with 2 rows, the graph is the same
         x = torch.cat([x, x])
     batch = torch.export.Dim("batch")
+    # One eager forward first: modules that fill a cache on their first eval forward (timm's
+    # TinyViT attention biases) would otherwise assign tensor attributes while being traced.
+    model(x)
     try:
         program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},), strict=False)
     except Exception as exc:
