@@ -37,8 +37,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._assignment import BitAssignment
+from ._codes import dequantize, quantize_codes
 from ._granularity import Granularity
-from ._layers import quantizable_layers
+from ._layers import float_weight, quantizable_layers
 from ._model import current_assignment, is_quantized, quantize_model, strip_quantization
 
 logger = logging.getLogger("fq_quant.onnx")
@@ -86,36 +87,16 @@ def runtime_supports(container: str) -> bool:
     return bool(np.array_equal(w, np.array([[-3.5, 3.5], [2.0, 0.0]], np.float32)))
 
 
-def quantize_codes(
-    weight: torch.Tensor, bits: torch.Tensor, granularity: Granularity
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """INTERIM call site, replaced by ``fq_quant.quantize_codes`` (issue 14's one primitive).
-
-    ``(codes int16 weight-shaped, scales scope-shaped)``; 0 and 0 for 0- and 32-bit scopes.
-    """
-    from ._quantizer import _EPS, q_levels, scope_absmax, scope_absmean, scope_view
-
-    bits_b = scope_view(bits, weight.shape, granularity)
-    s = scope_absmax(weight, granularity).clamp_min(_EPS) / q_levels(bits_b).to(weight.dtype)
-    codes = torch.div(weight, s).round_()
-    one = bits_b == 1
-    codes = torch.where(one, torch.sign(weight), codes)
-    s = torch.where(one, scope_absmean(weight, granularity), s)
-    none = (bits_b == 0) | (bits_b >= 32)
-    codes = torch.where(none, 0.0, codes)
-    s = torch.where(none, 0.0, s)
-    return codes.to(torch.int16), s.reshape(granularity.scope_shape(tuple(weight.shape)))
-
-
 @dataclass(frozen=True, kw_only=True)
 class _LayerPlan:
     """How one quantized layer is stored: container name, codes, scales, float rows and order."""
 
     name: str
+    granularity: Granularity
     container: str  # "int4" | "int8" | "int16" | "float"
     weight: torch.Tensor  # the fake-quantized float32 weight the graph must reproduce
     codes: torch.Tensor | None  # [R, ...] integer codes of the coded rows
-    scales: torch.Tensor | None  # [R] per channel, or [] per tensor
+    scales: torch.Tensor | None  # [R] per channel, or [1] per tensor
     floats: torch.Tensor | None  # [O - R, ...] the 32-bit rows
     order: (
         torch.Tensor | None
@@ -141,6 +122,7 @@ def _plan_layer(
     if not bool(coded.any()):
         return _LayerPlan(
             name=name,
+            granularity=g,
             container="float",
             weight=w_hat,
             codes=None,
@@ -155,6 +137,7 @@ def _plan_layer(
         )
         return _LayerPlan(
             name=name,
+            granularity=g,
             container="float",
             weight=w_hat,
             codes=None,
@@ -166,10 +149,11 @@ def _plan_layer(
     if g is Granularity.TENSOR:
         return _LayerPlan(
             name=name,
+            granularity=g,
             container=container,
             weight=w_hat,
             codes=codes,
-            scales=scales.reshape(()),
+            scales=scales,
             floats=None,
             order=None,
         )
@@ -181,6 +165,7 @@ def _plan_layer(
         order = torch.argsort(torch.cat([rows, full]))
     return _LayerPlan(
         name=name,
+        granularity=g,
         container=container,
         weight=w_hat,
         codes=codes[rows],
@@ -195,7 +180,7 @@ def _plans(model: nn.Module, assignment: BitAssignment, opset: int) -> dict[str,
     g = assignment.granularity
     plans = {}
     for name, layer in quantizable_layers(model).items():
-        w = layer.parametrizations.weight.original.detach()
+        w = float_weight(layer).detach()
         w_hat = layer.weight.detach()
         plan = _plan_layer(name, w, w_hat, assignment.bits[name], g, opset)
         if plan.codes is not None:
@@ -211,12 +196,7 @@ def _check_exact(plan: _LayerPlan) -> None:
     ``+0.0`` in ONNX; every nonzero float32 is bit-identical.
     """
     assert plan.codes is not None and plan.scales is not None  # internal invariant
-    s = (
-        plan.scales.reshape((-1,) + (1,) * (plan.codes.dim() - 1))
-        if plan.scales.dim()
-        else plan.scales
-    )
-    deq = plan.codes.to(torch.float32) * s
+    deq = dequantize(plan.codes, plan.scales, plan.granularity)
     if plan.floats is not None and plan.order is not None:
         deq = torch.cat([deq, plan.floats])[plan.order]
     if not torch.equal(deq, plan.weight):
@@ -311,9 +291,12 @@ def _rewrite(proto: Any, plans: dict[str, _LayerPlan]) -> None:
         codes = plan.codes.numpy()
         np_dtype = {"int4": _int4_dtype(), "int8": np.int8, "int16": np.int16}[plan.container]
         q = nph.from_array(codes.astype(np_dtype), f"{key}_quantized")
-        s = nph.from_array(plan.scales.numpy().astype(np.float32), f"{key}_scale")
+        per_channel = plan.granularity is Granularity.CHANNEL
+        scales = plan.scales.numpy().astype(np.float32)
+        # per tensor: a scalar scale (a 1-element axis-0 scale would not broadcast over O rows)
+        s = nph.from_array(scales if per_channel else scales.reshape(()), f"{key}_scale")
         inits = [q, s]
-        axis = {"axis": 0} if plan.scales.dim() else {}
+        axis = {"axis": 0} if per_channel else {}
         if plan.floats is None:
             new_nodes.append(
                 h.make_node("DequantizeLinear", [q.name, s.name], [key], name=f"{key}_dq", **axis)
