@@ -376,3 +376,27 @@ def test_cli_exports_a_packed_file(tmp_path: Path) -> None:
     _check_against_torch(model, out, 32, n=32)
     with pytest.raises(SystemExit, match="does not fit model 'test_resnet' with 7 classes"):
         cli_main(["export-onnx", *args[:4], "7", *args[5:], "--out", str(out)])
+
+
+def test_non_float32_weights_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    model = _small().half()
+    with pytest.raises(ValueError, match=r"torch.float16 weights.*model.float\(\)"):
+        export_onnx(model, torch.randn(1, 3, 8, 8), tmp_path / "m.onnx", assignment=_mixed(model))
+
+
+@pytest.mark.slow
+def test_readme_deploy_example_runs_and_prints_what_it_says(tmp_path: Path) -> None:
+    import re
+    import subprocess
+
+    text = (Path(__file__).resolve().parents[2] / "packages/fq-quant/README.md").read_text()
+    block = re.search(r"```python\n(.*?)```", text.split("## Deploy", 1)[1], flags=re.S).group(1)
+    script = tmp_path / "example.py"
+    script.write_text(block)
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-W", "ignore:.*CUDA initialization.*:UserWarning", str(script)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    promised = [line[2:] for line in block.splitlines() if line.startswith("# ")]
+    assert out.stdout.splitlines() == promised

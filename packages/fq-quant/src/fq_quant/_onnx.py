@@ -64,7 +64,7 @@ def _require(module: str) -> ModuleType:
 
 
 @functools.cache
-def runtime_supports(container: str) -> bool:
+def _runtime_supports(container: str) -> bool:
     """Whether the installed ONNX Runtime (CPU) dequantizes per-axis ``container`` weights.
 
     ``container``: ``"int4"`` or ``"int16"`` (opset 21 types; INT8 is always supported).
@@ -89,26 +89,29 @@ def runtime_supports(container: str) -> bool:
 
 @dataclass(frozen=True, kw_only=True)
 class _LayerPlan:
-    """How one quantized layer is stored: container name, codes, scales, float rows and order."""
+    """How one quantized layer is stored: container name, codes, scales, float rows and order.
+
+    With ``R`` coded rows out of ``O``: ``codes`` ``[R, ...]``, ``scales`` ``[R]`` per channel or
+    ``[1]`` per tensor, ``floats`` ``[O - R, ...]`` (the 32-bit rows), ``order`` ``[O]`` int64 with
+    row ``i`` of the weight at row ``order[i]`` of ``concat(dequantized rows, floats)``.
+    """
 
     name: str
     granularity: Granularity
     container: str  # "int4" | "int8" | "int16" | "float"
     weight: torch.Tensor  # the fake-quantized float32 weight the graph must reproduce
-    codes: torch.Tensor | None  # [R, ...] integer codes of the coded rows
-    scales: torch.Tensor | None  # [R] per channel, or [1] per tensor
-    floats: torch.Tensor | None  # [O - R, ...] the 32-bit rows
-    order: (
-        torch.Tensor | None
-    )  # [O] int64: row i of the weight is row order[i] of concat(deq, floats)
+    codes: torch.Tensor | None
+    scales: torch.Tensor | None
+    floats: torch.Tensor | None
+    order: torch.Tensor | None
 
 
 def _container(max_bits: int, opset: int) -> str:
-    if max_bits <= 4 and opset >= 21 and runtime_supports("int4"):
+    if max_bits <= 4 and opset >= 21 and _runtime_supports("int4"):
         return "int4"
     if max_bits <= 8:
         return "int8"
-    if opset >= 21 and runtime_supports("int16"):
+    if opset >= 21 and _runtime_supports("int16"):
         return "int16"
     return "float"
 
@@ -181,6 +184,11 @@ def _plans(model: nn.Module, assignment: BitAssignment, opset: int) -> dict[str,
     plans = {}
     for name, layer in quantizable_layers(model).items():
         w = float_weight(layer).detach()
+        if w.dtype != torch.float32:
+            raise ValueError(
+                f"layer {name!r} has {w.dtype} weights; export_onnx writes float32 models: "
+                "call model.float() first"
+            )
         w_hat = layer.weight.detach()
         plan = _plan_layer(name, w, w_hat, assignment.bits[name], g, opset)
         if plan.codes is not None:
