@@ -269,9 +269,10 @@ def fig_attention(s: Settings, cache: dict[str, Any]) -> list[Figure]:
 
 
 def fig_onnx(s: Settings, cache: dict[str, Any]) -> list[Figure]:
-    mod = _module("bench_onnx")
+    size = s.deploy_size
+    res = _module("bench_onnx").bench_onnx(size, (1, 32), s.steps)
     out = []
-    for label, r in mod.bench_onnx_sizes().items():
+    for label, r in res["sizes"].items():
         mib = {k: v / 2**20 for k, v in r.items()}
         out.append(
             Figure(
@@ -283,8 +284,7 @@ def fig_onnx(s: Settings, cache: dict[str, Any]) -> list[Figure]:
                 ok=None,
             )
         )
-    size = s.deploy_size
-    for batch, r in mod.bench_onnx_latency(size, (1, 32), s.steps).items():
+    for batch, r in res["latency"].items():
         out.append(
             Figure(
                 figure=f"ONNX Runtime U4 latency / torch eager FP32 (/ ORT FP32), batch {batch}",

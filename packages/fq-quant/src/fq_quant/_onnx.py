@@ -427,6 +427,10 @@ def _write_atomic(payload: bytes, path: Path) -> None:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; a deployed model gets the usual permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
