@@ -4,7 +4,8 @@ timm ``resnet18`` (``num_classes=10``, random init, seeded), per-channel bits. S
 of :func:`fq_quant.export_onnx` against the packed file of :func:`fq_quant.export_packed` and a
 plain FP32 ONNX export of the same model, at uniform 4, uniform 8 and mixed 2..8 bits. Latency at
 ``image_size`` px, batch 1 and ``batch``: ONNX Runtime on the quantized file (``ort_session``,
-exact float32 compute) against torch eager FP32 and ONNX Runtime on the FP32 file, run
+exact float32 compute) against torch eager FP32 and ONNX Runtime on the FP32 file (every ONNX
+Runtime session without thread spinning, so that it leaves the cores to the next run), run
 interleaved (the order rotates every step) so machine noise hits all three alike; reported as the
 median of the per-step ratios with their min and max, and each variant's median time.
 
@@ -51,6 +52,7 @@ def bench_onnx(
     *,
     labels: tuple[str, ...] = ("U4", "U8", "mixed 2..8"),
     latency_label: str = "U4",
+    threads: int = 1,
     seed: int = 0,
 ) -> dict[str, Any]:
     """File sizes per assignment label and latency per batch size, from one export of each model.
@@ -60,16 +62,23 @@ def bench_onnx(
     ``ort_q_default_ms``) and the median per-step ratios ``vs_torch`` (ORT quantized / torch eager
     FP32), ``vs_ort_fp32`` (ORT quantized / ORT FP32) and ``default_vs_ort_fp32`` (the quantized
     file under ONNX Runtime's default session options, which dequantize on every run / ORT
-    FP32), each with ``_min``/``_max``.
+    FP32), each with ``_min``/``_max``. Torch and every ONNX Runtime session run on ``threads``
+    threads (default 1: on a shared 2-core machine, multi-threaded runs measure the scheduler).
     """
     from fq_quant import export_onnx, export_packed, ort_session, quantize_model
+
+    # ONNX Runtime's threads spin after each run by default, which would slow the torch run that
+    # follows it in the interleaved loop: no spinning, for every session alike.
+    quiet = {"session.intra_op.allow_spinning": "0"}
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
 
     x0 = torch.randn(1, 3, image_size, image_size)
     fp32 = _resnet18(seed)
     sizes: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory() as d:
         f_path = export_onnx(fp32, x0, Path(d) / "fp32.onnx", allow_float=True)
-        f_sess = ort_session(f_path)
+        f_sess = ort_session(f_path, threads=threads, config=quiet)
         for label in labels:
             model = _resnet18(seed)
             quantize_model(model, _assignment(model, label, seed))
@@ -81,8 +90,14 @@ def bench_onnx(
                 "fp32_onnx": f_path.stat().st_size,
             }
             if label == latency_label:
-                q_sess, q_default = ort_session(q_path), ort_session(q_path, exact=False)
-    latency = {b: _latency(b, image_size, steps, fp32, q_sess, q_default, f_sess) for b in batches}
+                q_sess = ort_session(q_path, threads=threads, config=quiet)
+                q_default = ort_session(q_path, exact=False, threads=threads, config=quiet)
+    try:
+        latency = {
+            b: _latency(b, image_size, steps, fp32, q_sess, q_default, f_sess) for b in batches
+        }
+    finally:
+        torch.set_num_threads(torch_threads)
     return {"sizes": sizes, "latency": latency}
 
 
@@ -126,8 +141,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image-size", type=int, default=224, help="px of the latency runs")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    p.add_argument("--threads", type=int, default=1, help="threads of torch and ONNX Runtime")
     a = p.parse_args()
-    print(json.dumps(bench_onnx(a.image_size, steps=a.steps), indent=2))
+    print(json.dumps(bench_onnx(a.image_size, steps=a.steps, threads=a.threads), indent=2))
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ def fig_onnx(s: Settings, cache: dict[str, Any]) -> list[Figure]:
             Figure(
                 figure=f"ONNX Runtime U4 latency / torch eager FP32 (/ ORT FP32), batch {batch}",
                 setting=f"timm resnet18, {size} px, batch {batch}, CPUExecutionProvider, exact "
-                "(float32 activations), interleaved",
+                "(float32 activations), 1 thread each, interleaved",
                 value=f"{r['vs_torch']:.3f} {_spread(r['vs_torch_min'], r['vs_torch_max'])} "
                 f"(/ ORT FP32 {r['vs_ort_fp32']:.3f} {_spread(r['vs_ort_fp32_min'], r['vs_ort_fp32_max'])}; "
                 f"{r['ort_q_ms']:.1f} / {r['torch_ms']:.1f} / {r['ort_fp32_ms']:.1f} ms; ORT default "

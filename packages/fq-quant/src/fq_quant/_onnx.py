@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -393,7 +394,13 @@ def _independent_copy(model: nn.Module) -> nn.Module:
     return work
 
 
-def ort_session(path: str | os.PathLike[str] | bytes, *, exact: bool = True) -> Any:
+def ort_session(
+    path: str | os.PathLike[str] | bytes,
+    *,
+    exact: bool = True,
+    threads: int | None = None,
+    config: Mapping[str, str] | None = None,
+) -> Any:
     """An ONNX Runtime ``InferenceSession`` on the CPU for a file written by :func:`export_onnx`.
 
     Args:
@@ -406,6 +413,9 @@ def ort_session(path: str | os.PathLike[str] | bytes, *, exact: bool = True) -> 
             activations quantized to int8 on the fly (``session.qdq_matmulnbits_accuracy_level``
             4), which moves a ViT's logits by about 1% of their range, and dequantizes conv
             weights on every run.
+        threads: intra-op threads (default: ONNX Runtime's, one per physical core).
+        config: further ONNX Runtime session config entries (``SessionOptions.add_session_config_entry``),
+            e.g. ``{"session.intra_op.allow_spinning": "0"}`` when other work shares the cores.
 
     Returns:
         ``onnxruntime.InferenceSession`` with ``CPUExecutionProvider``; input ``"input"``
@@ -415,6 +425,12 @@ def ort_session(path: str | os.PathLike[str] | bytes, *, exact: bool = True) -> 
     options = ort.SessionOptions()
     if exact:
         options.add_session_config_entry("session.disable_quant_qdq", "1")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int or None; got {threads!r}")
+        options.intra_op_num_threads = threads
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(str(key), str(value))
     data = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
