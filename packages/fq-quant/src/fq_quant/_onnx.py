@@ -117,6 +117,20 @@ def _container(max_bits: int, opset: int) -> str:
     return "float"
 
 
+def _float_plan(name: str, g: Granularity, w_hat: torch.Tensor) -> _LayerPlan:
+    """A layer whose weight keeps its float initializer."""
+    return _LayerPlan(
+        name=name,
+        granularity=g,
+        container="float",
+        weight=w_hat,
+        codes=None,
+        scales=None,
+        floats=None,
+        order=None,
+    )
+
+
 def _plan_layer(
     name: str, w: torch.Tensor, w_hat: torch.Tensor, bits: torch.Tensor, g: Granularity, opset: int
 ) -> _LayerPlan:
@@ -124,31 +138,13 @@ def _plan_layer(
     bits = bits.to(torch.int64)
     coded = bits < _FULL  # per scope: (1,) or (O,)
     if not bool(coded.any()):
-        return _LayerPlan(
-            name=name,
-            granularity=g,
-            container="float",
-            weight=w_hat,
-            codes=None,
-            scales=None,
-            floats=None,
-            order=None,
-        )
+        return _float_plan(name, g, w_hat)
     container = _container(int(bits[coded].max()), opset)
     if container == "float":
         logger.info(
             "layer %r: more than 8 bits and no INT16 at opset %d: stored as float", name, opset
         )
-        return _LayerPlan(
-            name=name,
-            granularity=g,
-            container="float",
-            weight=w_hat,
-            codes=None,
-            scales=None,
-            floats=None,
-            order=None,
-        )
+        return _float_plan(name, g, w_hat)
     codes, scales = quantize_codes(w, bits, g)
     if g is Granularity.TENSOR:
         return _LayerPlan(
