@@ -400,3 +400,8 @@ def test_readme_deploy_example_runs_and_prints_what_it_says(tmp_path: Path) -> N
     assert out.returncode == 0, out.stderr[-3000:]
     promised = [line[2:] for line in block.splitlines() if line.startswith("# ")]
     assert out.stdout.splitlines() == promised
+
+
+def test_ort_session_refuses_bad_threads() -> None:
+    with pytest.raises(ValueError, match="threads must be a positive int or None; got 0"):
+        ort_session(b"", threads=0)
