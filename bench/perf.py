@@ -56,6 +56,7 @@ class Settings:
     image_size: int
     batch: int
     steps: int
+    deploy_size: int = 224
 
 
 def _spread(lo: float, hi: float) -> str:
@@ -267,6 +268,39 @@ def fig_attention(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     ]
 
 
+def fig_onnx(s: Settings, cache: dict[str, Any]) -> list[Figure]:
+    size = s.deploy_size
+    res = _module("bench_onnx").bench_onnx(size, (1, 32), s.steps)
+    out = []
+    for label, r in res["sizes"].items():
+        mib = {k: v / 2**20 for k, v in r.items()}
+        out.append(
+            Figure(
+                figure=f"ONNX file size / packed / FP32 ONNX, {label}",
+                setting="timm resnet18, per-channel, export_onnx (INT4/INT8 + DequantizeLinear)",
+                value=f"{r['onnx'] / r['packed']:.3f} of packed, {r['onnx'] / r['fp32_onnx']:.3f} of "
+                f"FP32 ONNX ({mib['onnx']:.2f} / {mib['packed']:.2f} / {mib['fp32_onnx']:.2f} MiB)",
+                target="-",
+                ok=None,
+            )
+        )
+    for batch, r in res["latency"].items():
+        out.append(
+            Figure(
+                figure=f"ONNX Runtime U4 latency / torch eager FP32 (/ ORT FP32), batch {batch}",
+                setting=f"timm resnet18, {size} px, batch {batch}, CPUExecutionProvider, exact "
+                "(float32 activations), 1 thread each, interleaved",
+                value=f"{r['vs_torch']:.3f} {_spread(r['vs_torch_min'], r['vs_torch_max'])} "
+                f"(/ ORT FP32 {r['vs_ort_fp32']:.3f} {_spread(r['vs_ort_fp32_min'], r['vs_ort_fp32_max'])}; "
+                f"{r['ort_q_ms']:.1f} / {r['torch_ms']:.1f} / {r['ort_fp32_ms']:.1f} ms; ORT default "
+                f"options {r['default_vs_ort_fp32']:.3f} of ORT FP32)",
+                target="-",
+                ok=None,
+            )
+        )
+    return out
+
+
 FIGURES: dict[str, Callable[[Settings, dict[str, Any]], list[Figure]]] = {
     "qat": fig_qat,
     "baq": fig_baq,
@@ -276,6 +310,7 @@ FIGURES: dict[str, Callable[[Settings, dict[str, Any]], list[Figure]]] = {
     "group_report": fig_group_report,
     "packed": fig_packed,
     "attention": fig_attention,
+    "onnx": fig_onnx,
 }
 
 
@@ -313,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only", default=",".join(FIGURES), help=f"comma-separated subset of: {', '.join(FIGURES)}"
     )
+    p.add_argument(
+        "--deploy-size", type=int, default=224, help="px of the ONNX latency rows (default: 224)"
+    )
     p.add_argument("--out", type=Path, default=HERE / "results", help="folder of perf-<device>.md")
     a = p.parse_args(argv)
     names = [n.strip() for n in a.only.split(",") if n.strip()]
@@ -327,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size=a.image_size or (224 if gpu else 64),
         batch=a.batch or (128 if gpu else 64),
         steps=a.steps,
+        deploy_size=a.deploy_size,
     )
     rows: list[Figure] = []
     cache: dict[str, Any] = {}

@@ -18,7 +18,7 @@ def test_perf_suite_writes_every_figure(tmp_path: Path) -> None:
     env = dict(os.environ, FQ_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="error")
     out = tmp_path / "results"
     cmd = [sys.executable, str(ROOT / "bench" / "perf.py"), "--image-size", "16", "--batch", "4"]
-    cmd += ["--steps", "1", "--out", str(out)]
+    cmd += ["--steps", "1", "--deploy-size", "32", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     # 0: every target met; 1: some target missed (expected at 16 px, batch 4); anything else crashed
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
@@ -40,6 +40,11 @@ def test_perf_suite_writes_every_figure(tmp_path: Path) -> None:
         "packed export size / packed_size, mixed 2..8",
         "unpack_attention train step / nn.MultiheadAttention train step",
         "unpack_attention forward / nn.MultiheadAttention forward",
+        "ONNX file size / packed / FP32 ONNX, U4",
+        "ONNX file size / packed / FP32 ONNX, U8",
+        "ONNX file size / packed / FP32 ONNX, mixed 2..8",
+        "ONNX Runtime U4 latency / torch eager FP32 (/ ORT FP32), batch 1",
+        "ONNX Runtime U4 latency / torch eager FP32 (/ ORT FP32), batch 32",
     }
     assert expected <= figures, expected - figures
     # the loading share compares batches of the same size as the step it is divided by

@@ -26,6 +26,7 @@ from ._importance_map import ImportanceMap
 from ._layers import float_weight, quantizable_layers
 from ._layout import LayerScopes, ScopeLayout
 from ._model import current_assignment, is_quantized, quantize_model, strip_quantization
+from ._onnx import export_onnx, ort_session
 from ._packed import export_packed, load_packed, packed_size, plain_state_dict
 from ._quantizer import FixedBitsQuantizer, RoundSTE, fake_quantize, round_ste
 
@@ -37,6 +38,7 @@ __all__ = [
     "BitAssignment",
     "current_assignment",
     "dequantize",
+    "export_onnx",
     "export_packed",
     "fake_quantize",
     "float_weight",
@@ -47,6 +49,7 @@ __all__ = [
     "LayerScopes",
     "LinearMultiheadAttention",
     "load_packed",
+    "ort_session",
     "pack_attention",
     "packed_size",
     "param_groups",
