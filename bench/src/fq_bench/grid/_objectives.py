@@ -55,6 +55,14 @@ def objective_label(variant: str) -> str:
     return value if name in NAME_SWEEPS else variant
 
 
+def _objective_rank(variant: str) -> int:
+    """``fair_loss=<name>`` in ``fq_baq.FAIR_LOSSES`` order, then any other variant."""
+    from fq_baq import FAIR_LOSSES
+
+    name, _, value = variant.partition("=")
+    return FAIR_LOSSES.index(value) if name == "fair_loss" else len(FAIR_LOSSES)
+
+
 def objective_cells(cells: pl.DataFrame) -> pl.DataFrame:
     """The cells of :func:`objectives_frame`: objective variants of the L_fair methods, with an
     ``objective`` column (:func:`objective_label`)."""
@@ -108,13 +116,10 @@ def objectives_frame(cells: pl.DataFrame) -> pl.DataFrame:
         schema[c] = pl.String
     schema |= {"seeds": pl.Int64, "collapses_vs_blind": pl.Int64, "budget": pl.String}
     frame = pl.DataFrame(rows, schema=schema)
-    # objectives in fq_baq's order (gap first), other variants as they come; then the grid's order
-    from fq_baq import FAIR_LOSSES
-
-    names = {f"fair_loss={n}": i for i, n in enumerate(FAIR_LOSSES)}
-    for v in frame["variant"].to_list():
-        names.setdefault(v, len(names))
-    frame = frame.with_columns(pl.col("variant").replace_strict(names).alias("_o"))
+    # objectives in fq_baq's order (gap first), other variants after them; then the grid's order
+    frame = frame.with_columns(
+        pl.col("variant").map_elements(_objective_rank, return_dtype=pl.Int64).alias("_o")
+    )
     frame = sort_rows(frame.sort("_o", maintain_order=True))
     return frame.select(list(OBJECTIVES_COLUMNS))
 
@@ -196,6 +201,7 @@ def group_loss_plot(raw: Iterable[tuple[CellKey, dict[str, Any]]], path: Path) -
     budget = min((k.budget for k, _ in picked), key=lambda b: math.inf if not b else float(b))
     seed = min(k.seed for k, _ in picked if k.budget == budget)
     first = [(k, r) for k, r in picked if k.budget == budget and k.seed == seed]
+    first.sort(key=lambda kr: _objective_rank(kr[0].variant))
     fig, axes = new_panels(len(first), width=4.0, height=3.2)
     for ax, (key, res) in zip(axes, first, strict=True):
         curves = np.array([h["group_loss"] for h in res["history"]], dtype=float)  # [E, G]
