@@ -7,7 +7,10 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fq_baq import FairLoss
 
 #: Method ids in Table 1 order, with the label the table prints.
 #: This is the one place that defines the order of methods in every table, plot and cell list.
@@ -241,7 +244,7 @@ class GridConfig:
     weights_dir: str | None = None
     data_sources: tuple[tuple[str, str], ...] = ()
     label_columns: tuple[tuple[str, str], ...] = ()
-    fair_loss: str = "gap"
+    fair_loss: FairLoss = "gap"
     fair_tau: float = 0.1
     dro_eta: float = 0.1
     fair_ema: float = 0.0

@@ -89,9 +89,9 @@ def objectives_frame(cells: pl.DataFrame) -> pl.DataFrame:
         row: dict[str, Any] = {
             "dataset": ds, "model": mo, "method": me, "method_label": group["method_label"][0],
             "objective": group["objective"][0], "variant": var, "budget": bu,
-            "target_bits": float(bu) if bu else None, "avg_bits": float(group["avg_bits"].mean()),
-            "seeds": group.height, "worst_acc_mean": float(group["worst_acc"].mean()),
-            "avg_acc_mean": float(group["avg_acc"].mean()),
+            "target_bits": float(bu) if bu else None, "avg_bits": float(np.mean(group["avg_bits"].to_numpy())),
+            "seeds": group.height, "worst_acc_mean": float(np.mean(group["worst_acc"].to_numpy())),
+            "avg_acc_mean": float(np.mean(group["avg_acc"].to_numpy())),
         }  # fmt: skip
         row |= dict.fromkeys(OBJECTIVES_COLUMNS[11:])
         control = cells.filter(
