@@ -19,7 +19,8 @@ only when the processes cooperate as the runner claims:
 A second launch checks that splitting a batch over two processes changes nothing but float
 rounding: ``BAQTrainer`` (learnable bits and the fairness loss, whose group gap is not a mean over
 samples) on a BatchNorm-free model with a fixed loader ends with the same weights and bits as in
-one process.
+one process, for every fairness objective (``gap``, ``gap-up``, ``worst`` with a running
+estimate, ``lse``, ``dro`` and its group weights).
 
 Launched with ``--multi_gpu`` because ``accelerate launch --cpu --num_processes 2`` starts ONE
 process (accelerate leaves multi-CPU launches to mpirun); on a machine without CUDA the runner
@@ -229,23 +230,36 @@ EXACT = textwrap.dedent(
 
     import torch
     from accelerate import PartialState
-    from fq_baq import BAQConfig, BAQTrainer
+    from fq_baq import BAQConfig, BAQTrainer, _checkpoint
     from safetensors.torch import save_file
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
     state = PartialState(cpu=True)
-    torch.manual_seed(0)
-    x, y, g = torch.randn(128, 48), torch.randint(0, 3, (128,)), torch.randint(0, 3, (128,))
-    model = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 3))
-    loader = DataLoader(TensorDataset(x, y, g), batch_size=16, shuffle=False)
-    cfg = BAQConfig(lr=1e-2, epochs=2, lambda_fair=1.0, seed=0, cpu=True, progress=False)
-    res = BAQTrainer(model, cfg).fit(loader)
-    if state.is_main_process:
-        sd = {k: v.detach().contiguous() for k, v in res.model.state_dict().items()}
-        save_file(sd, sys.argv[1])
+    for name, kw in OBJECTIVES:
+        torch.manual_seed(0)
+        x, y, g = torch.randn(128, 48), torch.randint(0, 3, (128,)), torch.randint(0, 3, (128,))
+        model = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 3))
+        loader = DataLoader(TensorDataset(x, y, g), batch_size=16, shuffle=False)
+        cfg = BAQConfig(lr=1e-2, epochs=2, lambda_fair=1.0, seed=0, cpu=True, progress=False,
+                        fair_loss=name, **kw)
+        res = BAQTrainer(model, cfg).fit(loader, checkpoint_dir=f"{sys.argv[1]}.{name}.ckpt")
+        if state.is_main_process:
+            sd = {k: v.detach().contiguous() for k, v in res.model.state_dict().items()}
+            ckpt = _checkpoint.load(f"{sys.argv[1]}.{name}.ckpt")
+            sd["fair_state.weights"] = ckpt["fair_state"]["weights"]  # DRO's group weights
+            save_file(sd, f"{sys.argv[1]}.{name}")
     """
 )
+#: Every fairness objective (issue 19), with the options that give each its own code path.
+OBJECTIVES = (
+    ("gap", {}),
+    ("gap-up", {}),
+    ("worst", {"fair_ema": 0.5, "n_groups": 3}),
+    ("lse", {"fair_tau": 0.3}),
+    ("dro", {"dro_eta": 1.0}),
+)
+EXACT = f"OBJECTIVES = {OBJECTIVES!r}\n" + EXACT
 
 
 def test_split_batches_train_like_one_process(tmp_path: Path) -> None:
@@ -261,12 +275,16 @@ def test_split_batches_train_like_one_process(tmp_path: Path) -> None:
     for cmd in ([sys.executable, str(script), str(one)], [*launch, str(script), str(two)]):
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-5000:]
-    a, b = load_file(one), load_file(two)
-    assert sorted(a) == sorted(b)
-    assert any(k.endswith(".bits") for k in a)
-    # 16 steps; float32 rounding of the gradient reduction only (measured ~5e-8)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
+    for name, _ in OBJECTIVES:
+        a, b = load_file(f"{one}.{name}"), load_file(f"{two}.{name}")
+        assert sorted(a) == sorted(b)
+        assert any(k.endswith(".bits") for k in a)
+        # 16 steps; float32 rounding of the gradient reduction only (measured ~5e-8)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=f"{name}: {k}")
+    # DRO's group weights moved off uniform (1/3): the comparison above is not of a constant
+    assert float(load_file(f"{one}.dro")["fair_state.weights"].max()) > 0.34
+    a = load_file(f"{one}.gap")
     # and the weights did move: the comparison is not between two untrained models
     torch.manual_seed(0)
     torch.randn(128, 48), torch.randint(0, 3, (128,)), torch.randint(0, 3, (128,))

@@ -13,7 +13,7 @@ from typing import Any
 
 from fq_data import atomic_write_bytes
 
-from ._config import METHOD_IDS, GridConfig, same_swept_value
+from ._config import METHOD_IDS, SWEEP_METHODS, GridConfig, parse_swept_value, same_swept_value
 
 logger = logging.getLogger("fq_bench.grid")
 
@@ -52,12 +52,13 @@ class CellKey:
         return float(self.budget) if self.budget else None
 
     @property
-    def override(self) -> tuple[str, float] | None:
-        """The ``(field, value)`` of an ablation variant, else ``None``."""
+    def override(self) -> tuple[str, float | str] | None:
+        """The ``(field, value)`` of an ablation variant, else ``None`` (a name for the fields of
+        :data:`~fq_bench.grid._config.NAME_SWEEPS`, a float otherwise)."""
         if not self.variant:
             return None
         name, value = self.variant.split("=", 1)
-        return name, float(value)
+        return name, parse_swept_value(name, value)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,9 +95,9 @@ def format_value(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def variant_name(field_name: str, value: float) -> str:
-    """``"<field>=<value>"`` with the value written exactly (:func:`format_value`)."""
-    return f"{field_name}={format_value(value)}"
+def variant_name(field_name: str, value: float | str) -> str:
+    """``"<field>=<value>"`` with a number written exactly (:func:`format_value`), a name as is."""
+    return f"{field_name}={value if isinstance(value, str) else format_value(value)}"
 
 
 def canonical_key(key: CellKey, config: GridConfig) -> CellKey:
@@ -117,7 +118,9 @@ def grid_cells(config: GridConfig) -> list[CellKey]:
 
     Without sweeps: datasets x models x methods x seeds. With sweeps: for each swept field and
     value, each method (normally only ``fq-baq``) with that override. Then, per (dataset, model,
-    seed), the frontier: each of ``frontier_methods`` at each of ``budgets``.
+    seed), the frontier: each of ``frontier_methods`` at each of ``budgets``, and with sweeps,
+    after the plain cells of a budget, each frontier method the swept field changes
+    (:data:`~fq_bench.grid._config.SWEEP_METHODS`) once per swept value at that budget.
     """
     order = {m: i for i, m in enumerate(METHOD_IDS)}
     methods = sorted(config.methods, key=order.__getitem__)
@@ -127,6 +130,7 @@ def grid_cells(config: GridConfig) -> list[CellKey]:
         if not config.sweeps
         else [variant_name(name, v) for name, values in config.sweeps for v in values]
     )
+    swept = [(variant_name(name, v), name) for name, values in config.sweeps for v in values]
     cells = []
     for d in config.datasets:
         for m in config.models:
@@ -136,11 +140,18 @@ def grid_cells(config: GridConfig) -> list[CellKey]:
                     for var in variants
                     for meth in methods
                 ]
-                cells += [
-                    CellKey(dataset=d, model=m, method=meth, seed=s, budget=format_value(b))
-                    for b in sorted(config.budgets)
-                    for meth in frontier
-                ]
+                for b in sorted(config.budgets):
+                    budget = format_value(b)
+                    cells += [
+                        CellKey(dataset=d, model=m, method=meth, seed=s, budget=budget)
+                        for meth in frontier
+                    ]
+                    cells += [
+                        CellKey(dataset=d, model=m, method=meth, seed=s, budget=budget, variant=v)
+                        for v, name in swept
+                        for meth in frontier
+                        if meth in SWEEP_METHODS[name]
+                    ]
     return cells
 
 

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from ._cells import parse_shard
-from ._config import DATASETS, METHOD_IDS, MIXED_METHODS, PRESETS, SWEEPABLE, GridConfig
+from ._config import (
+    DATASETS,
+    METHOD_IDS,
+    MIXED_METHODS,
+    PRESETS,
+    SWEEPABLE,
+    GridConfig,
+    parse_swept_value,
+)
 
 #: Help for every GridConfig field (units in brackets); the CLI flag is ``--field-name``.
 FIELD_HELP: dict[str, str] = {
@@ -34,6 +42,15 @@ FIELD_HELP: dict[str, str] = {
     "weight_decay": "AdamW weight decay",
     "lambda_bits": "BAQ bit-rate regularizer weight",
     "lambda_fair": "fairness-loss weight of FQ-QAT and FQ-BAQ",
+    "fair_loss": "the fairness objective L_fair of blind-fair, FQ-QAT and FQ-BAQ: gap (the paper's "
+    "max - min of the group losses), gap-up (same value, no gradient raises a group's loss), worst "
+    "(the worst group's loss), lse (its smooth max at --fair-tau), dro (online group DRO, step "
+    "--dro-eta)",
+    "fair_tau": "temperature of --fair-loss lse [nats]",
+    "dro_eta": "step size of --fair-loss dro's group weights [per nat]; the default grid's ~30 "
+    "fine-tune steps need more than Sagawa et al.'s 0.01 for the weights to move",
+    "fair_ema": "momentum of a running per-group loss estimate across steps, in [0, 1) (0: each "
+    "batch's own group losses, the paper's)",
     "bit_min": "BAQ minimum bits",
     "bit_max": "BAQ maximum bits",
     "palette_bits": "fixed palette bit-widths (Lin, Guo, FQ-QAT)",
@@ -73,7 +90,8 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: A
     if f.name == "datasets":
         parser.add_argument(flag, nargs="+", choices=DATASETS, default=None, help=help_)
     elif f.name == "methods":
-        parser.add_argument(flag, nargs="+", choices=METHOD_IDS, default=None, help=help_)
+        # none at all: a frontier-only run (Table 1 left out)
+        parser.add_argument(flag, nargs="*", choices=METHOD_IDS, default=None, help=help_)
     elif f.name == "frontier_methods":
         parser.add_argument(flag, nargs="*", choices=MIXED_METHODS, default=None, help=help_)
     elif f.name == "budgets":
@@ -126,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only rebuild tables and plots of DIR from its cell files")  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--sweep", action="append", default=None, metavar="FIELD=V1,V2,...",
-                   help=f"ablation sweep over FQ-BAQ's {', '.join(SWEEPABLE)} (replaces the preset's; "
-                   "without --methods, runs only the methods the swept fields change)")  # fmt: skip
+                   help=f"ablation sweep over {', '.join(SWEEPABLE)} (replaces the preset's; "
+                   "without --methods, runs only the methods the swept fields change; with budgets, "
+                   "the frontier's methods that use the field run once per value at every budget), "
+                   "e.g. fair_loss=gap,gap-up,worst,lse,dro or lambda_fair=0.1,0.5")  # fmt: skip
     add_config_arguments(p)
     return p
 
@@ -188,7 +208,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                     f"--sweep {item!r}: expected FIELD=V1,V2 with FIELD in {', '.join(SWEEPABLE)}"
                 )
             try:
-                sweeps.append((name, tuple(float(v) for v in vals.split(","))))
+                sweeps.append((name, tuple(parse_swept_value(name, v) for v in vals.split(","))))
             except ValueError:
                 parser.error(f"--sweep {item!r}: values must be numbers")
         changes["sweeps"] = tuple(sweeps)

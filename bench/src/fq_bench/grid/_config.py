@@ -7,7 +7,10 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fq_baq import FairLoss
 
 #: Method ids in Table 1 order, with the label the table prints.
 #: This is the one place that defines the order of methods in every table, plot and cell list.
@@ -74,7 +77,13 @@ SWEEPABLE: dict[str, str] = {
     "lambda_bits": "weight of the bit-rate regularizer L_bits",
     "lambda_fair": "weight of the fairness loss L_fair",
     "lr_bits": "learning rate of the bit logits theta",
+    "fair_loss": "the fairness objective L_fair (gap, gap-up, worst, lse, dro)",
+    "fair_ema": "momentum of the running per-group loss estimate of L_fair",
 }
+#: Sweepable fields whose values are names (the others take numbers).
+NAME_SWEEPS: tuple[str, ...] = ("fair_loss",)
+#: The methods that train with L_fair (lambda_fair > 0), so its objective changes their numbers.
+FAIR_METHODS: tuple[str, ...] = ("blind-fair", "fq-qat", "fq-baq")
 
 #: The methods whose numbers a swept field changes (the others would recompute the same cell
 #: once per swept value): lambda_fair enters FQ-QAT and FQ-BAQ; lambda_bits and lr_bits only BAQ.
@@ -82,14 +91,25 @@ SWEEP_METHODS: dict[str, tuple[str, ...]] = {
     "lambda_bits": ("fq-baq",),
     "lambda_fair": ("fq-qat", "fq-baq"),
     "lr_bits": ("fq-baq",),
+    "fair_loss": FAIR_METHODS,
+    "fair_ema": FAIR_METHODS,
 }
 
 
-def same_swept_value(a: float, b: float) -> bool:
+def parse_swept_value(field_name: str, text: str) -> float | str:
+    """A swept value as written in a variant or on the command line: the name itself for the
+    fields of :data:`NAME_SWEEPS`, a float otherwise (``ValueError`` when it is none)."""
+    return text if field_name in NAME_SWEEPS else float(text)
+
+
+def same_swept_value(a: float | str, b: float | str) -> bool:
     """Whether a swept value ``a`` is the run's own value ``b`` (the sweep's reference point).
 
     One rule for the ablation table's ``(ref)`` mark and for running that point as the plain cell.
+    Names (:data:`NAME_SWEEPS`) are the same when equal.
     """
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-15)
 
 
@@ -176,7 +196,13 @@ class GridConfig:
     rates are AdamW's. ``palette_bits``/``palette_props``: the fixed palette of Lin et al., Guo et al.
     and FQ-QAT (paper: 2/4/8 at 0.2/0.4/0.4). ``baq_bits``/``baq_warm_avg_bits``: the palette and
     parameter-weighted average bits of FQ-BAQ's warm-start allocation (``allocate_to_budget``).
-    ``sweeps``: ablation sweeps ``((field, (values...)), ...)`` over FQ-BAQ (empty for Table 1).
+    ``sweeps``: ablation sweeps ``((field, (values...)), ...)`` over FQ-BAQ (empty for Table 1);
+    values are numbers, or names for :data:`NAME_SWEEPS` (``fair_loss``). With ``budgets``, each
+    frontier method a swept field changes also runs once per value at every budget.
+    ``fair_loss``: the L_fair objective of the methods that train with it (``gap``: METHOD.md eq. 4,
+    the paper's; ``gap-up``, ``worst``, ``lse`` with temperature ``fair_tau``, ``dro`` with step
+    ``dro_eta``); ``fair_ema``: momentum of a running per-group loss estimate (0: off), see
+    ``fq_baq.BAQConfig``.
     ``budgets``: the frontier's budgets in parameter-weighted average bits per weight; each method
     of ``frontier_methods`` (a subset of :data:`MIXED_METHODS`) runs once per budget, allocated
     with ``allocate_to_budget`` over ``budget_bits`` (FQ-BAQ: warm start there and
@@ -218,7 +244,11 @@ class GridConfig:
     weights_dir: str | None = None
     data_sources: tuple[tuple[str, str], ...] = ()
     label_columns: tuple[tuple[str, str], ...] = ()
-    sweeps: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    fair_loss: FairLoss = "gap"
+    fair_tau: float = 0.1
+    dro_eta: float = 0.1
+    fair_ema: float = 0.0
+    sweeps: tuple[tuple[str, tuple[float | str, ...]], ...] = ()
     budgets: tuple[float, ...] = ()
     frontier_methods: tuple[str, ...] = ()
     budget_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
@@ -231,7 +261,8 @@ class GridConfig:
 
     def __post_init__(self) -> None:
         _check_names("datasets", self.datasets, DATASETS)
-        _check_names("methods", self.methods, METHOD_IDS)
+        if self.methods or not self.budgets:  # a frontier-only run may leave Table 1 out
+            _check_names("methods", self.methods, METHOD_IDS)
         if not self.models or len(set(self.models)) != len(self.models):
             raise _fail("models", self.models, "one or more distinct model names")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -248,6 +279,7 @@ class GridConfig:
             _check_pos_float(name, getattr(self, name))
         for name in ("lr_bits", "weight_decay", "lambda_bits", "lambda_fair"):
             _check_pos_float(name, getattr(self, name), zero_ok=True)
+        self._check_objective(self.fair_loss, self.fair_ema)
         if not 2 <= self.bit_min <= self.bit_max <= 16:
             raise _fail(
                 "bit_min/bit_max", (self.bit_min, self.bit_max), "2 <= bit_min <= bit_max <= 16"
@@ -299,7 +331,12 @@ class GridConfig:
             if not values:
                 raise _fail(f"sweeps[{name}]", values, "one or more values")
             for v in values:
-                _check_pos_float(f"sweeps[{name}]", v, zero_ok=True)
+                if name == "fair_loss":
+                    self._check_objective(v, self.fair_ema, where=f"sweeps[{name}]")
+                elif name == "fair_ema":
+                    self._check_objective(self.fair_loss, v, where=f"sweeps[{name}]")
+                else:
+                    _check_pos_float(f"sweeps[{name}]", v, zero_ok=True)
         if self.sweeps:
             allowed = sweep_methods(tuple(name for name, _ in self.sweeps))
             idle = [m for m in self.methods if m not in allowed]
@@ -309,6 +346,17 @@ class GridConfig:
                     f"{[name for name, _ in self.sweeps]}: {idle} do not use every swept field "
                     f"(each value would recompute the same cell); allowed: {', '.join(allowed)}"
                 )
+
+    def _check_objective(self, fair_loss: Any, fair_ema: Any, where: str = "") -> None:
+        """fq_baq's own rules for the objective's fields, now rather than in the first cell."""
+        from fq_baq import BAQConfig
+
+        try:
+            BAQConfig(
+                fair_loss=fair_loss, fair_tau=self.fair_tau, dro_eta=self.dro_eta, fair_ema=fair_ema
+            )
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where}: {exc}" if where else str(exc)) from None
 
     def _check_frontier(self) -> None:
         bad = [m for m in self.frontier_methods if m not in MIXED_METHODS]
@@ -364,6 +412,10 @@ class GridConfig:
             d.pop("label_columns", None)
         if not d.get("min_test_per_group"):
             d.pop("min_test_per_group", None)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("fair_loss", "fair_tau", "dro_eta", "fair_ema"):
+            if d.get(name, defaults[name]) == defaults[name]:
+                d.pop(name, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

@@ -75,10 +75,9 @@ def t_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float, floa
 
 def frontier_cells(cells: pl.DataFrame) -> pl.DataFrame:
     """The cells the frontier draws on: every budget cell, and the budget-free FP32 and uniform
-    cells (Table 1's, no ablation variant) as reference points."""
-    ref = (pl.col("budget") == "") & (pl.col("variant") == "")
-    ref = ref & pl.col("method").is_in(["fp32", *UNIFORM_BITS])
-    return cells.filter((pl.col("budget") != "") | ref)
+    cells (Table 1's), none of them a sweep variant (those: :mod:`fq_bench.grid._objectives`)."""
+    ref = (pl.col("budget") == "") & pl.col("method").is_in(["fp32", *UNIFORM_BITS])
+    return cells.filter(((pl.col("budget") != "") | ref) & (pl.col("variant") == ""))
 
 
 def has_frontier(cells: pl.DataFrame) -> bool:
@@ -86,7 +85,7 @@ def has_frontier(cells: pl.DataFrame) -> bool:
     return not cells.filter(pl.col("budget") != "").is_empty()
 
 
-def _paired(part: pl.DataFrame, control: pl.DataFrame, col: str) -> np.ndarray:
+def paired_differences(part: pl.DataFrame, control: pl.DataFrame, col: str) -> np.ndarray:
     """``part[col] - control[col]`` per seed present in both (sorted by seed)."""
     joined = part.select("seed", col).join(control.select("seed", col), on="seed", suffix="_c")
     joined = joined.sort("seed")
@@ -137,7 +136,7 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
             & (pl.col("method") == CONTROL_METHOD)
         )  # fmt: skip
         if bu and me != CONTROL_METHOD and not control.is_empty():
-            d_worst = _paired(part, control, "worst_acc")
+            d_worst = paired_differences(part, control, "worst_acc")
             if d_worst.size:
                 mean, low, high = t_interval(d_worst)
                 row |= {
@@ -145,7 +144,7 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
                     "d_worst_vs_blind_high": high, "d_worst_vs_blind_verdict": verdict(low, high),
                     "collapses_vs_blind": int((d_worst < -COLLAPSE_DROP).sum()),
                 }  # fmt: skip
-                mean, low, high = t_interval(_paired(part, control, "avg_acc"))
+                mean, low, high = t_interval(paired_differences(part, control, "avg_acc"))
                 row |= {"d_avg_vs_blind": mean, "d_avg_vs_blind_low": low,
                         "d_avg_vs_blind_high": high}  # fmt: skip
         rows.append(row)
@@ -164,7 +163,7 @@ def effects_frame(cells: pl.DataFrame) -> pl.DataFrame:
     d_worst, d_worst_low, d_worst_high, verdict, d_avg, d_avg_low, d_avg_high`` (fractions;
     paired by seed, 95% t-interval). A contrast whose two methods were not both run is absent.
     """
-    budget_cells = cells.filter(pl.col("budget") != "")
+    budget_cells = cells.filter((pl.col("budget") != "") & (pl.col("variant") == ""))
     rows: list[dict[str, Any]] = []
     for (ds, mo, bu), part in budget_cells.group_by(["dataset", "model", "budget"],
                                                     maintain_order=True):  # fmt: skip
@@ -172,11 +171,11 @@ def effects_frame(cells: pl.DataFrame) -> pl.DataFrame:
             pa, pb = part.filter(pl.col("method") == a), part.filter(pl.col("method") == b)
             if pa.is_empty() or pb.is_empty():
                 continue
-            d_worst = _paired(pa, pb, "worst_acc")
+            d_worst = paired_differences(pa, pb, "worst_acc")
             if d_worst.size == 0:
                 continue
             mean, low, high = t_interval(d_worst)
-            am, alow, ahigh = t_interval(_paired(pa, pb, "avg_acc"))
+            am, alow, ahigh = t_interval(paired_differences(pa, pb, "avg_acc"))
             rows.append({
                 "dataset": ds, "model": mo, "budget": bu, "target_bits": float(bu),
                 "effect": name, "ingredient": ingredient, "minuend": a, "subtrahend": b,
@@ -294,7 +293,7 @@ def best_lines(cells: pl.DataFrame, frontier: pl.DataFrame) -> list[str]:
 
     lines = []
     mixed = frontier.filter(pl.col("method").is_in(list(MIXED_METHODS)))
-    budget_cells = cells.filter(pl.col("budget") != "")
+    budget_cells = cells.filter((pl.col("budget") != "") & (pl.col("variant") == ""))
     for (ds, mo, t), part in mixed.group_by(["dataset", "model", "target_bits"],
                                             maintain_order=True):  # fmt: skip
         ranked = part.sort("worst_acc_mean", descending=True, maintain_order=True)
@@ -312,7 +311,7 @@ def best_lines(cells: pl.DataFrame, frontier: pl.DataFrame) -> list[str]:
         for other_id, what in ((runner_up, "runner-up"), (control, "control")):
             if other_id is None:
                 continue
-            d = _paired(
+            d = paired_differences(
                 here.filter(pl.col("method") == best["method"]),
                 here.filter(pl.col("method") == other_id),
                 "worst_acc",
@@ -326,3 +325,7 @@ def best_lines(cells: pl.DataFrame, frontier: pl.DataFrame) -> list[str]:
             )
         lines.append(head + ("; " + "; ".join(bits) if bits else "") + ".")
     return lines
+
+
+#: The text helpers under public names (the objectives table prints the same way).
+format_points, format_interval = _pts, _ci

@@ -39,6 +39,8 @@ class CellContext:
         budget: the frontier budget in parameter-weighted average bits per weight, or ``None``
             for Table 1 (the fixed palette).
         progress: show the fine-tune's epoch progress bar.
+        n_groups: the dataset's number of sensitive groups (ids ``0..n_groups-1``), for the
+            objectives that keep a weight or an estimate per group (``None``: grown as seen).
     """
 
     config: GridConfig
@@ -49,6 +51,7 @@ class CellContext:
     seed: int
     budget: float | None = None
     progress: bool = False
+    n_groups: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +73,11 @@ def _train_config(ctx: CellContext, *, lambda_fair: float):
         bit_max=c.bit_max,
         lambda_bits=c.lambda_bits,
         lambda_fair=lambda_fair,
+        fair_loss=c.fair_loss,
+        fair_tau=c.fair_tau,
+        dro_eta=c.dro_eta,
+        fair_ema=c.fair_ema,
+        n_groups=ctx.n_groups,
         lr=c.lr,
         lr_bits=c.lr_bits,
         weight_decay=c.weight_decay,

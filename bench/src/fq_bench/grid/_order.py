@@ -46,7 +46,8 @@ def rank_columns(frame: pl.DataFrame) -> list[pl.Expr]:
             .replace_strict({"": -1} | {f: i for i, f in enumerate(fields)}, default=_LAST,
                             return_dtype=pl.Int64)
         )  # fmt: skip
-        keys.append(part.field("field_1").cast(pl.Float64).fill_null(0.0))
+        # names (fair_loss=dro) tie here and keep their order
+        keys.append(part.field("field_1").cast(pl.Float64, strict=False).fill_null(0.0))
     if "method" in cols:
         me = {m: i for i, m in enumerate(METHOD_IDS)}
         keys.append(pl.col("method").replace_strict(me, default=_LAST, return_dtype=pl.Int64))

@@ -178,7 +178,8 @@ def frontier_plot(frontier: pl.DataFrame, cells: pl.DataFrame, path: Path) -> Pa
             lines.append((pm["method_label"][0], pm, method_color(meth), "-"))
         per_seed = cells.filter(
             (pl.col("dataset") == ds) & (pl.col("model") == mo) & (pl.col("budget") != "")
-        )
+            & (pl.col("variant") == "")
+        )  # fmt: skip
         for label, pm, color, style in lines:
             if pm.is_empty():
                 continue
@@ -384,3 +385,7 @@ def make_plots(
     if ablation is not None:
         made += ablation_plots(ablation, root)
     return made
+
+
+#: The figure helpers under public names (the objectives plots draw the same way).
+new_panels, save_png = _panels, _save

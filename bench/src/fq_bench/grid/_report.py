@@ -26,6 +26,7 @@ from ._config import (
     DATASET_LABELS,
     DATASETS,
     METHOD_IDS,
+    NAME_SWEEPS,
     SWEEPABLE,
     GridConfig,
     same_swept_value,
@@ -335,7 +336,15 @@ def reference_values(config: dict[str, Any] | None) -> dict[str, float]:
     """The run's own value of every sweepable field (GridConfig defaults without a config)."""
     base = GridConfig().to_dict()
     src = config or {}
-    return {f: float(src.get(f, base[f])) for f in SWEEPABLE}
+    return {f: float(src.get(f, base[f])) for f in SWEEPABLE if f not in NAME_SWEEPS}
+
+
+def ablation_cells(cells: pl.DataFrame) -> pl.DataFrame:
+    """The cells of the ablation table: numeric sweep variants off the frontier (a sweep of
+    names, or a variant at a budget, goes to :mod:`fq_bench.grid._objectives`)."""
+    field_name = pl.col("variant").str.split_exact("=", 1).struct.field("field_0")
+    keep = (pl.col("variant") != "") & (pl.col("budget") == "")
+    return cells.filter(keep & ~field_name.is_in(list(NAME_SWEEPS)))
 
 
 def ablation_frame(cells: pl.DataFrame, reference: dict[str, float]) -> pl.DataFrame:
@@ -349,7 +358,7 @@ def ablation_frame(cells: pl.DataFrame, reference: dict[str, float]) -> pl.DataF
     """
     from fq_fairmetrics import seed_summary
 
-    ab = cells.filter(pl.col("variant") != "")
+    ab = ablation_cells(cells)
     if ab.is_empty():
         raise ValueError("no ablation cells to summarize")
     split = pl.col("variant").str.split_exact("=", 1).struct
@@ -475,6 +484,7 @@ class Report:
     effects: pl.DataFrame | None = None
     effects_markdown: str = ""
     frontier_summary: tuple[str, ...] = ()
+    objectives: pl.DataFrame | None = None
 
     def text(self) -> str:
         """What the CLI prints: the data caveat, provenance, the tables, and the observations."""
@@ -549,7 +559,7 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
         written += ["table.md", "table.csv", "table.tex"]
     ab = None
     ab_md = ab_csv = ab_tex = ""
-    if not cells.filter(pl.col("variant") != "").is_empty():
+    if not ablation_cells(cells).is_empty():
         ab = ablation_frame(cells, reference_values(config))
         ab_md, ab_csv = ablation_markdown(ab), ab.write_csv(float_precision=6)
         caption = "FQ-BAQ ablations, mean, std and 95% t-interval over seeds" + (
@@ -575,6 +585,10 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
         )
         atomic_write_bytes(root / "frontier_effects.csv", eff.write_csv(float_precision=6).encode())
         written += ["frontier.md", "frontier.csv", "frontier_seeds.csv", "frontier_effects.csv"]
+    from ._objectives import write_objectives
+
+    objectives, obj_files, obj_plots = write_objectives(root, cells, raw, head=head, plots=plots)
+    written += obj_files
     made: tuple[Path, ...] = ()
     if plots:
         from ._plots import make_plots
@@ -588,7 +602,7 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
                 ablation=ab,
                 frontier=fr,
             )
-        )
+        ) + tuple(obj_plots)
     return Report(
         cells=cells,
         summary=t1,
@@ -609,4 +623,5 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
         effects=eff,
         effects_markdown=eff_md,
         frontier_summary=fr_lines,
+        objectives=objectives,
     )

@@ -572,6 +572,7 @@ def run_cell(
         seed=s,
         budget=key.budget_bits,
         progress=progress,
+        n_groups=len(data.loaders.group_names),
     )
     out = METHODS[key.method](ctx)
     if not is_main_process():

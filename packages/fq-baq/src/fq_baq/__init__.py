@@ -2,7 +2,7 @@
 
 The one way in::
 
-    from fq_baq import BAQConfig, BAQTrainer, QATTrainer, FP32Trainer, fairness_penalty
+    from fq_baq import BAQConfig, BAQTrainer, QATTrainer, FP32Trainer, fairness_penalty, GroupObjective
 """
 
 from ._bits import (
@@ -15,16 +15,19 @@ from ._bits import (
 )
 from ._budget import project_to_budget
 from ._config import BAQConfig
-from ._fairness import fairness_penalty
+from ._fairness import FAIR_LOSSES, FairLoss, GroupObjective, fairness_penalty
 from ._loop import BAQResult, EpochRecord, TrainingSession
 from ._trainers import BAQTrainer, FP32Trainer, QATTrainer
 
 __all__ = [
+    "FAIR_LOSSES",
     "BAQConfig",
     "BAQResult",
     "BAQTrainer",
     "EpochRecord",
     "FP32Trainer",
+    "FairLoss",
+    "GroupObjective",
     "LearnableBitsQuantizer",
     "QATTrainer",
     "TrainingSession",

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from fq_quant import Granularity
 
+from ._fairness import FAIR_LOSSES, FairLoss
+
 BitReg = Literal["l2", "anchor"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 LRSchedule = Literal["constant", "cosine"]
@@ -46,7 +48,19 @@ class BAQConfig:
         bit_min, bit_max: range of the learnable bit-widths, ``2 <= bit_min <= bit_max <= 16``.
         lambda_bits: weight of ``L_bits`` (mean of ``theta^2`` over scopes; pulls bits down).
             With ``target_avg_bits`` it is the starting value of the dual variable.
-        lambda_fair: weight of ``L_fair = max_g L_g - min_g L_g`` (0: off, groups optional).
+        lambda_fair: weight of ``L_fair`` (0: off, groups optional).
+        fair_loss: the fairness objective ``L_fair`` (METHOD.md section 6): ``"gap"`` (eq. 4,
+            ``max_g L_g - min_g L_g``, the paper's), ``"gap-up"`` (the same value, no gradient
+            raises a group's loss), ``"worst"`` (``max_g L_g``), ``"lse"`` (``fair_tau * log sum_g
+            exp(L_g / fair_tau)``) or ``"dro"`` (online group DRO: ``sum_g q_g L_g``, ``q``
+            updated by exponentiated gradient with step ``dro_eta``, kept in the checkpoint).
+        fair_tau: temperature of ``"lse"`` (nats, > 0).
+        dro_eta: step size of ``"dro"``'s weight update (per nat of group loss, >= 0).
+        fair_ema: momentum ``m`` in [0, 1) of a running per-group loss estimate across steps
+            (``R_g <- m R_g + (1 - m) L_g``; the objective sees ``R_g``, the gradient comes from
+            the batch's ``L_g``); 0: the batch's own group losses (eq. 4).
+        n_groups: number of group ids ``0..K-1`` for ``"dro"`` and ``fair_ema > 0``; ``None``:
+            grown to the largest id seen (one host sync per step for those two only).
         bit_reg: ``"l2"`` penalizes ``theta^2``; ``"anchor"`` penalizes ``(theta - theta_init)^2``.
         lr, lr_bits: AdamW learning rates of the weights and of the bit logits ``theta``.
         weight_decay: AdamW decoupled weight decay of the weights (bit logits get none).
@@ -70,6 +84,11 @@ class BAQConfig:
     bit_max: int = 8
     lambda_bits: float = 1e-2
     lambda_fair: float = 0.5
+    fair_loss: FairLoss = "gap"
+    fair_tau: float = 0.1
+    dro_eta: float = 0.01
+    fair_ema: float = 0.0
+    n_groups: int | None = None
     bit_reg: BitReg = "l2"
     lr: float = 3e-5
     lr_bits: float = 3e-3
@@ -115,6 +134,13 @@ class BAQConfig:
                     f"target_avg_bits must lie in [bit_min, bit_max] = [{self.bit_min}, "
                     f"{self.bit_max}]; got {t}"
                 )
+        _check_choice("fair_loss", self.fair_loss, FAIR_LOSSES)
+        _check_number("fair_tau", self.fair_tau, strict=True)
+        _check_number("dro_eta", self.dro_eta)
+        if _check_number("fair_ema", self.fair_ema) >= 1:
+            raise ValueError(f"fair_ema must be in [0, 1); got {self.fair_ema!r}")
+        if self.n_groups is not None:
+            _check_int("n_groups", self.n_groups, low=1)
         _check_choice("bit_reg", self.bit_reg, ("l2", "anchor"))
         _check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
         _check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))

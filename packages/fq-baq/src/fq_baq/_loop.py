@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import _checkpoint
 from ._config import BAQConfig
-from ._fairness import group_gap
+from ._fairness import GroupObjective
 from ._wrap import Wrapping
 
 logger = logging.getLogger("fq_baq")
@@ -186,6 +186,14 @@ class TrainingSession:
         self.params = [p for g in groups for p in g["params"]]
         dev = self.accelerator.device
         self.lam = torch.tensor(float(config.lambda_bits), device=dev)
+        self.objective = GroupObjective(
+            config.fair_loss,
+            tau=config.fair_tau,
+            eta=config.dro_eta,
+            momentum=config.fair_ema,
+            n_groups=config.n_groups,
+            device=dev,
+        )
         self._zero = torch.zeros((), device=dev)
         self.sums = torch.zeros(4, device=dev)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=dev)
@@ -231,25 +239,29 @@ class TrainingSession:
         t = min(self.opt_steps / self.total_steps, 1.0)
         return 0.5 * (1.0 + math.cos(math.pi * t))
 
-    def _group_gap(self, ce: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``L_fair`` of the whole batch, also when its samples are split over processes.
+    def _fair(self, ce: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``L_fair`` (``config.fair_loss``) of the whole batch, also when its samples are split
+        over processes.
 
-        The gap of group means is not a mean over samples, so averaging per-process gaps (what
-        DDP would do) is not the batch's gap. Every process gathers the per-sample losses and
-        groups of all (equal shares, as ``split_batches`` gives), keeps its own losses
-        differentiable and the others' constant, and scales the gradient by the number of
-        processes W: DDP's average of the W partial gradients is then the gradient of the batch's
-        gap, while the value stays the gap.
+        No objective is a mean over samples (the gap, the worst group, DRO's weights all depend
+        on the whole batch's group means), so averaging per-process values (what DDP would do) is
+        not the batch's. Every process gathers the per-sample losses and groups of all (equal
+        shares, as ``split_batches`` gives), keeps its own losses differentiable and the others'
+        constant, and scales the gradient by the number of processes W: DDP's average of the W
+        partial gradients is then the gradient of the batch's objective, while the value stays
+        the objective's. Every process sees the same gathered batch, so the objective's state
+        (DRO weights, running estimates) moves identically on all of them. With
+        ``lambda_fair == 0`` the value is only logged: each process takes its own share.
         """
         acc = self.accelerator
         w = acc.num_processes
         if w == 1 or self.config.lambda_fair == 0:
-            return group_gap(ce, g)
+            return self.objective(ce, g)
         n, i = ce.shape[0], acc.process_index
         all_ce, all_g = acc.gather(ce.detach()), acc.gather(g)
         mixed = torch.cat([all_ce[: i * n], ce, all_ce[(i + 1) * n :]])
-        gap = group_gap(mixed, all_g)
-        return w * gap - (w - 1) * gap.detach()
+        value = self.objective(mixed, all_g)
+        return w * value - (w - 1) * value.detach()
 
     def step(self, batch: Any, index: int | None = None) -> None:
         """Forward, backward and (at the end of an accumulation window) an optimizer step.
@@ -267,7 +279,7 @@ class TrainingSession:
             logits = self.model(x)
             ce = F.cross_entropy(logits.float(), y, reduction="none")
             task = ce.mean()
-            fair = self._group_gap(ce, g) if g is not None else self._zero
+            fair = self._fair(ce, g) if g is not None else self._zero
             bits = self.wrapping.bit_loss()
             loss = task + cfg.lambda_fair * fair if cfg.lambda_fair > 0 else task
             if bits is None:
@@ -299,6 +311,7 @@ class TrainingSession:
 
     def check_finite(self, epoch: int) -> None:
         """Raise ``FloatingPointError`` naming the first non-finite-loss batch of ``epoch``."""
+        self.objective.check()
         bad = int(self.first_bad)
         if bad >= 0:
             raise FloatingPointError(
@@ -318,7 +331,9 @@ def _resume(
 ) -> tuple[int, list[EpochRecord]]:
     if ckpt.get("kind") != kind:
         raise ValueError(f"checkpoint was written by a {ckpt.get('kind')!r} trainer, not {kind!r}")
-    old, new = ckpt["config"], session.config.to_dict()
+    # a field added after the checkpoint was written reads as its default there
+    old = {**BAQConfig().to_dict(), **ckpt["config"]}
+    new = session.config.to_dict()
     diff = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
     if diff:
         raise ValueError(
@@ -328,6 +343,8 @@ def _resume(
     session.accelerator.unwrap_model(session.model).load_state_dict(ckpt["model"])
     session.optimizer.load_state_dict(ckpt["optimizer"])
     session.lam.copy_(ckpt["lambda_bits"])
+    if "fair_state" in ckpt:
+        session.objective.load_state_dict(ckpt["fair_state"])
     session.opt_steps = int(ckpt["opt_steps"])
     _checkpoint.set_rng_state(ckpt["rng"])
     return int(ckpt["epoch"]), [EpochRecord.from_dict(h) for h in ckpt["history"]]
@@ -352,6 +369,7 @@ def _save(
                 },
                 "optimizer": session.optimizer.state_dict(),
                 "lambda_bits": session.lam.detach().cpu(),
+                "fair_state": session.objective.state_dict(),
                 "rng": _checkpoint.rng_state(),
                 "history": [h.to_dict() for h in history],
             },
