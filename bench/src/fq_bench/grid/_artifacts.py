@@ -1,13 +1,17 @@
 """Reusable artifacts on disk: FP32 checkpoints and calibration results, as safetensors.
 
-Both are written atomically (temp file + ``os.replace``) and carry a fingerprint in their
-metadata; a file that does not parse, or was made under another fingerprint, reads as missing.
-Concurrent shards that produce the same artifact write identical bytes, so the last rename wins
-harmlessly.
+Both are written atomically (temp file + ``os.replace``) and carry in their metadata a
+fingerprint (the config fields they depend on) and ``content_sha256``, a hash of their tensors
+(names, dtypes, shapes and data bytes; :func:`content_hash`). A file that does not parse, was made
+under another fingerprint, or whose tensors no longer match their hash (a flipped byte) reads as
+missing, with a warning, and is recomputed. Concurrent shards that produce the same artifact write
+the same tensors (the same content hash; the metadata, e.g. the training time, may differ), so
+the last rename wins harmlessly.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -23,30 +27,63 @@ from ._cells import atomic_write_bytes
 logger = logging.getLogger("fq_bench.grid")
 
 
+def _data_section(blob: bytes) -> tuple[dict[str, Any], bytes]:
+    """A safetensors file's tensor entries (header without ``__metadata__``) and data bytes."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    header.pop("__metadata__", None)
+    return header, blob[8 + n :]
+
+
+def content_hash(blob: bytes) -> str:
+    """SHA-256 of the tensors of the safetensors bytes ``blob``: each tensor's name, dtype, shape
+    and offsets (the header, less its metadata) and the data section. Independent of the
+    metadata, so it can be stored there."""
+    header, data = _data_section(blob)
+    h = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    h.update(data)
+    return h.hexdigest()
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """``tensors`` (copied to contiguous CPU) and string ``metadata`` to ``path``, atomically."""
+    """``tensors`` (copied to contiguous CPU) and string ``metadata`` plus ``content_sha256`` to
+    ``path``, atomically."""
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save(clean, metadata=metadata))
+    digest = content_hash(st_save(clean))
+    atomic_write_bytes(path, st_save(clean, metadata={**metadata, "content_sha256": digest}))
 
 
 def load_tensors(
     path: Path, *, fingerprint: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
-    """``(tensors, metadata)`` or ``None`` when missing, unreadable, or of another fingerprint."""
+    """``(tensors, metadata)`` or ``None`` when missing, unreadable, of another fingerprint, or
+    when the tensors do not match the ``content_sha256`` they were saved with (each with a
+    warning but the fingerprint, which is a normal config change).
+
+    A file without ``content_sha256`` (written before it existed) is used, with a warning that it
+    cannot be verified.
+    """
     if not path.is_file():
         return None
     try:
-        data = path.read_bytes()
-        tensors = st_load(data)
-        from safetensors import safe_open  # metadata needs a file handle
-
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = fh.metadata() or {}
-    except (OSError, SafetensorError, ValueError) as exc:
+        blob = path.read_bytes()
+        tensors = st_load(blob)
+        n = int.from_bytes(blob[:8], "little")
+        metadata = dict(json.loads(blob[8 : 8 + n]).get("__metadata__") or {})
+    except (OSError, SafetensorError, ValueError, TypeError, AttributeError) as exc:
         logger.warning("%s is unreadable (%s); recomputing it", path, exc)
         return None
     if metadata.get("fingerprint") != fingerprint:
         logger.info("%s was made under another config; recomputing it", path)
+        return None
+    stored = metadata.get("content_sha256")
+    if stored is None:
+        logger.warning("%s carries no content hash (an older version wrote it); unverified", path)
+    elif stored != content_hash(blob):
+        logger.warning(
+            "%s: its tensors do not match their content hash (corrupted on disk); recomputing it",
+            path,
+        )
         return None
     return tensors, metadata
 
