@@ -389,3 +389,38 @@ def test_none_in_sensitive_features_is_named() -> None:
 
     with pytest.raises(ValueError, match=r"sensitive_features contains None .*index 2"):
         group_report([0, 1, 1], [0, 1, 0], sensitive_features=["a", "b", None])
+
+
+def test_allocate_to_budget_without_bits_says_so() -> None:
+    import torch
+    from fq_alloc import allocate_to_budget
+    from fq_quant import Granularity, ImportanceMap, ScopeLayout
+
+    layout = ScopeLayout.from_model(torch.nn.Sequential(torch.nn.Linear(3, 4)), Granularity.CHANNEL)
+    imap = ImportanceMap("channel", {"0": torch.rand(4)})
+    for bits in ((), []):
+        with pytest.raises(ValueError, match="bits is empty"):
+            allocate_to_budget(imap, bits, 4.0, layout=layout)
+
+
+@pytest.mark.parametrize("fault", ["truncated", "another architecture"])
+def test_bad_weights_file_is_named_before_training(tmp_path: Path, capsys, fault: str) -> None:
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    path = folder / "test_resnet.safetensors"
+    if fault == "truncated":
+        sd = {k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()}
+        save_file(sd, path)
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        save_file({"blocks.0.weight": torch.zeros(3, 3)}, path)
+    args = ["--models", "test_resnet", "--weights", str(folder), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit):
+        main([*TINY_ARGS[2:], *args])
+    err = capsys.readouterr().err
+    assert f"weights file {path}" in err
+    assert ("unreadable" if fault == "truncated" else "does not hold 'test_resnet' weights") in err

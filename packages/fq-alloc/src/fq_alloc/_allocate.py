@@ -180,7 +180,8 @@ def _assignment(imap: ImportanceMap, tiers: np.ndarray, bits: tuple[int, ...]) -
     flat = torch.from_numpy(np.take(np.asarray(bits, dtype=np.uint8), tiers))
     chunks = flat.split([s.numel() for s in imap.scores.values()])
     return BitAssignment(
-        imap.granularity, {n: c.reshape(s.shape) for (n, s), c in zip(imap.scores.items(), chunks, strict=True)}
+        imap.granularity,
+        {n: c.reshape(s.shape) for (n, s), c in zip(imap.scores.items(), chunks, strict=True)},
     )
 
 
@@ -189,6 +190,8 @@ def _check_budget(bits: Sequence[int], target_avg_bits: float) -> tuple[Palette,
         tuple(bits) if not isinstance(bits, (str, bytes)) and hasattr(bits, "__iter__") else bits
     )
     n = len(bits_t) if isinstance(bits_t, tuple) else 1
+    if n == 0:
+        raise ValueError("bits is empty; give one or more bit-widths, e.g. (2, 3, 4, 5, 6, 7, 8)")
     pal = Palette(bits_t, (1.0 / n,) * n)  # validates the bit-widths
     if isinstance(target_avg_bits, bool) or not isinstance(target_avg_bits, (int, float)):
         raise TypeError(f"target_avg_bits must be a number; got {target_avg_bits!r}")
