@@ -48,11 +48,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._assignment import BITS_DTYPE, BitAssignment
+from ._codes import dequantize, quantize_codes, scope_view
 from ._granularity import Granularity
-from ._layers import quantizable_layers
+from ._layers import float_weight, quantizable_layers
 from ._layout import ScopeLayout
-from ._model import _float_weight, current_assignment, is_quantized, quantize_model
-from ._quantizer import _EPS, _param_key, q_levels, scope_absmax, scope_absmean, scope_view
+from ._model import current_assignment, is_quantized, quantize_model
 
 FORMAT = "fq_quant.packed/1"
 _SUFFIXES = ("codes", "scales", "float", "zeros1", "bit_palette", "bit_index")
@@ -163,41 +163,30 @@ def _encode_layer(
 ) -> dict[str, torch.Tensor]:
     """The stored tensors of one layer (keys are the suffixes of ``_SUFFIXES``)."""
     shape = tuple(w.shape)
-    bits_b = scope_view(bits, shape, granularity)
-    key = _param_key(bits) if granularity is Granularity.PARAM else None
     groups = _Groups.of(bits, shape, granularity)
-    # Exactly the quantizer's arithmetic (see _FixedFakeQuant.forward), so decoding is bit-exact.
-    s = scope_absmax(w, granularity, key).clamp_min(_EPS) / q_levels(bits_b).to(w.dtype)
-    q = torch.div(w, s).round_().reshape(-1)[groups.perm]
-    s = s.expand(shape).reshape(-1)[groups.perm]
-    w_sorted = w.reshape(-1)[groups.perm]
+    codes, scales = quantize_codes(w, bits, granularity)
+    q = codes.reshape(-1)[groups.perm].to(torch.int64)
+    s = scope_view(scales, shape, granularity).expand(shape).reshape(-1)[groups.perm]
     out: dict[str, torch.Tensor] = {}
-    code_groups, scales = [], []
+    code_groups, run_scales = [], []
     for i in groups.coded():
         b, sl = groups.widths[i], groups.group(i)
         if b == 1:
-            per_el = scope_absmean(w, granularity, key).expand(shape).reshape(-1)[groups.perm[sl]]
-            code_groups.append(((w_sorted[sl] >= 0).numpy().astype(np.uint16), 1))
-            zeros = groups.perm[sl][w_sorted[sl] == 0]
+            # sign(w) >= 0 as one bit; exact zeros (sign 0) are listed apart.
+            code_groups.append(((q[sl] >= 0).numpy().astype(np.uint16), 1))
+            zeros = groups.perm[sl][q[sl] == 0]
             if zeros.numel():
                 out["zeros1"] = zeros
         else:
-            qb = 2 ** (b - 1) - 1
-            codes = q[sl].to(torch.int64) + qb
-            if not (int(codes.min()) >= 0 and int(codes.max()) <= 2 * qb):
-                raise RuntimeError(
-                    f"{b}-bit codes outside [0, {2 * qb}]: quantizer and export disagree"
-                )
-            code_groups.append((codes.numpy().astype(np.uint16), b))
-            per_el = s[sl]
+            code_groups.append(((q[sl] + (2 ** (b - 1) - 1)).numpy().astype(np.uint16), b))
         # Every element of a (row, b) group carries the same scale: keep each run's first.
         run = groups.row_runs(i)
-        scales.append(per_el[torch.cumsum(run, 0) - run])
+        run_scales.append(s[sl][torch.cumsum(run, 0) - run])
     out["codes"] = torch.from_numpy(pack_bits(code_groups))
-    if scales:
-        out["scales"] = torch.cat(scales)
+    if run_scales:
+        out["scales"] = torch.cat(run_scales)
     if _FULL in groups.widths:
-        out["float"] = w_sorted[groups.group(groups.widths.index(_FULL))].clone()
+        out["float"] = w.reshape(-1)[groups.perm[groups.group(groups.widths.index(_FULL))]]
     if granularity is Granularity.PARAM:
         palette, index = torch.unique(bits.reshape(-1).to(torch.int64), return_inverse=True)
         out["bit_palette"] = palette.to(BITS_DTYPE)
@@ -237,10 +226,8 @@ def _decode_layer(
         s_el = torch.repeat_interleave(scales[offset : offset + run.numel()], run)
         offset += run.numel()
         c = torch.from_numpy(c)
-        if b == 1:
-            values[sl] = s_el * torch.where(c == 1, 1.0, -1.0).to(dtype)
-        else:
-            values[sl] = (c - (2 ** (b - 1) - 1)).to(dtype) * s_el
+        q = torch.where(c == 1, 1, -1) if b == 1 else c - (2 ** (b - 1) - 1)
+        values[sl] = dequantize(q, s_el, Granularity.PARAM)
     if _FULL in groups.widths:
         i = groups.widths.index(_FULL)
         floats = parts.get("float")
@@ -290,7 +277,7 @@ def _weights(model: nn.Module, assignment: BitAssignment) -> dict[str, torch.Ten
     assignment.check(layout)
     weights = {}
     for name, layer in quantizable_layers(model).items():
-        w = _float_weight(layer).detach().to("cpu")
+        w = float_weight(layer).detach().to("cpu")
         finite = torch.isfinite(w)
         if not bool(finite.all()):
             bad = float(w[~finite][0])
@@ -346,7 +333,7 @@ def export_packed(
         assignment: bits to store; default: the wrapped model's :func:`current_assignment`.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`. The file size is :func:`predicted_packed_size`.
+        ``path`` as a :class:`~pathlib.Path`. The file size is :func:`packed_size`.
         Layout: see the module docstring of ``fq_quant._packed`` (or the package README).
     """
     assignment = _resolve(model, assignment)
@@ -445,10 +432,13 @@ def _load_into(
     return model
 
 
-def predicted_packed_size(
+def packed_size(
     model: nn.Module, assignment: BitAssignment | None = None, *, header: bool = True
 ) -> int:
-    """Bytes :func:`export_packed` writes for ``model`` at ``assignment``, from a formula.
+    """Exactly the bytes :func:`export_packed` writes for ``model`` at ``assignment``, unwritten.
+
+    Computed from a formula (nothing is encoded or serialized), so it is cheap; the tests check
+    it equals the written file's size byte for byte.
 
     Per quantized layer, with ``n_b`` weights at width ``b`` (``1 <= b < 32`` coded):
 
@@ -459,9 +449,10 @@ def predicted_packed_size(
     * rare extras: 8 bytes per exact zero in a 1-bit scope; at param granularity the bit map,
       ``K`` bytes of palette plus ``ceil(N * ceil(log2 K) / 8)`` for ``K`` distinct widths.
 
-    Plus every other state-dict tensor at its size (4 bytes per float32 parameter or buffer) and,
-    with ``header=True``, the safetensors header (8 bytes + JSON, padded to 8). Without the header
-    and the rare extras this is ``fq_fairmetrics.cost_report(...).size_bytes``.
+    Plus every other state-dict tensor at its size (biases, norms, BatchNorm running statistics
+    and ``num_batches_tracked``: 4 bytes per float32 value, 8 per int64) and, with
+    ``header=True``, the safetensors header (8 bytes + JSON, padded to 8). Without the header and
+    the rare extras this is ``fq_fairmetrics.cost_report(...).size_bytes``.
     """
     assignment = _resolve(model, assignment)
     weights = _weights(model, assignment)
@@ -505,28 +496,40 @@ def predicted_packed_size(
     return payload + _header_size(sizes, _metadata(weights, assignment))
 
 
+#: safetensors' dtype names, in the order of its ``Dtype`` enum: it writes tensors sorted by
+#: dtype (descending in this order), then by name, which fixes the offsets in its header.
+_ST_DTYPES: dict[torch.dtype, str] = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int32: "I32",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.int64: "I64",
+}
+_ST_RANK = {name: i for i, name in enumerate(_ST_DTYPES.values())}
+
+
 def _st_dtype(dtype: torch.dtype) -> str:
-    return {
-        torch.float32: "F32",
-        torch.float16: "F16",
-        torch.bfloat16: "BF16",
-        torch.float64: "F64",
-        torch.int64: "I64",
-        torch.int32: "I32",
-        torch.int16: "I16",
-        torch.int8: "I8",
-        torch.uint8: "U8",
-        torch.bool: "BOOL",
-    }.get(dtype, "F32")
+    try:
+        return _ST_DTYPES[dtype]
+    except KeyError:
+        raise ValueError(
+            f"packed_size cannot size a {dtype} tensor; supported: "
+            f"{', '.join(str(d).removeprefix('torch.') for d in _ST_DTYPES)}"
+        ) from None
 
 
 def _header_size(sizes: Mapping[str, tuple[str, list[int], int]], meta: Mapping[str, str]) -> int:
     """The safetensors header: 8-byte length, then compact JSON padded with spaces to 8 bytes."""
     header: dict[str, object] = {"__metadata__": dict(meta)}
     offset = 0
-    for key in sorted(sizes):
+    for key in sorted(sizes, key=lambda k: (-_ST_RANK[sizes[k][0]], k)):
         dtype, shape, nbytes = sizes[key]
         header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
-    n = len(json.dumps(header, separators=(",", ":")).encode())
+    n = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode())
     return 8 + n + (-n) % 8
