@@ -23,9 +23,9 @@ import numpy as np
 import polars as pl
 import pytest
 from fq_bench.grid import DEFAULT, CellKey, CellStore, build_report, main, run_grid
-from fq_bench.grid._artifacts import content_hash
 from fq_bench.grid._cells import select_config
 from fq_data import DataError, atomic_write_bytes, load_fitzpatrick17k, load_isic2019
+from fq_quant import tensors_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = DEFAULT.replace(
@@ -145,7 +145,7 @@ def test_flipped_artifact_bytes_are_recomputed(
     assert "do not match their content hash" in caplog.text
     assert [k.method for k in summary.computed] == [cell]
     # recomputed, not reused: the same tensors as the clean run, and the same table
-    assert content_hash((out / artifact).read_bytes()) == content_hash(good)
+    assert tensors_sha256((out / artifact).read_bytes()) == tensors_sha256(good)
     build_report(out, plots=False)
     assert (out / "table.csv").read_text() == (reference / "table.csv").read_text()
 
@@ -163,19 +163,19 @@ def test_truncated_and_empty_artifacts_are_recomputed(copy_of, reference: Path, 
     assert (out / "table.csv").read_text() == (reference / "table.csv").read_text()
 
 
-def test_content_hash_covers_dtype_shape_and_data() -> None:
+def test_tensors_sha256_covers_dtype_shape_and_data() -> None:
     import torch
     from safetensors.torch import save
 
-    base = content_hash(save({"w": torch.arange(6, dtype=torch.float32)}))
-    assert base == content_hash(save({"w": torch.arange(6, dtype=torch.float32)}, {"m": "x"}))
+    base = tensors_sha256(save({"w": torch.arange(6, dtype=torch.float32)}))
+    assert base == tensors_sha256(save({"w": torch.arange(6, dtype=torch.float32)}, {"m": "x"}))
     for other in (
         {"w": torch.arange(6, dtype=torch.int32)},  # same bytes length, another dtype
         {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)},
         {"v": torch.arange(6, dtype=torch.float32)},
         {"w": torch.arange(6, dtype=torch.float32) + 1},
     ):
-        assert content_hash(save(other)) != base
+        assert tensors_sha256(save(other)) != base
 
 
 # ---------------------------------------------------------------- 7. one failing cell

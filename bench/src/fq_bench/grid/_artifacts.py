@@ -2,7 +2,7 @@
 
 Both are written atomically (temp file + ``os.replace``) and carry in their metadata a
 fingerprint (the config fields they depend on) and ``content_sha256``, a hash of their tensors
-(names, dtypes, shapes and data bytes; :func:`content_hash`). A file that does not parse, was made
+(names, dtypes, shapes and data bytes; ``fq_quant.tensors_sha256``). A file that does not parse, was made
 under another fingerprint, or whose tensors no longer match their hash (a flipped byte) reads as
 missing, with a warning, and is recomputed. Concurrent shards that produce the same artifact write
 the same tensors (the same content hash; the metadata, e.g. the training time, may differ), so
@@ -11,13 +11,13 @@ the last rename wins harmlessly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from fq_quant import tensors_sha256
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -27,29 +27,11 @@ from ._cells import atomic_write_bytes
 logger = logging.getLogger("fq_bench.grid")
 
 
-def _data_section(blob: bytes) -> tuple[dict[str, Any], bytes]:
-    """A safetensors file's tensor entries (header without ``__metadata__``) and data bytes."""
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + n])
-    header.pop("__metadata__", None)
-    return header, blob[8 + n :]
-
-
-def content_hash(blob: bytes) -> str:
-    """SHA-256 of the tensors of the safetensors bytes ``blob``: each tensor's name, dtype, shape
-    and offsets (the header, less its metadata) and the data section. Independent of the
-    metadata, so it can be stored there."""
-    header, data = _data_section(blob)
-    h = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
-    h.update(data)
-    return h.hexdigest()
-
-
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """``tensors`` (copied to contiguous CPU) and string ``metadata`` plus ``content_sha256`` to
     ``path``, atomically."""
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    digest = content_hash(st_save(clean))
+    digest = tensors_sha256(st_save(clean))
     atomic_write_bytes(path, st_save(clean, metadata={**metadata, "content_sha256": digest}))
 
 
@@ -79,7 +61,7 @@ def load_tensors(
     stored = metadata.get("content_sha256")
     if stored is None:
         logger.warning("%s carries no content hash (an older version wrote it); unverified", path)
-    elif stored != content_hash(blob):
+    elif stored != tensors_sha256(blob):
         logger.warning(
             "%s: its tensors do not match their content hash (corrupted on disk); recomputing it",
             path,
