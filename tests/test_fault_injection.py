@@ -424,3 +424,100 @@ def test_bad_weights_file_is_named_before_training(tmp_path: Path, capsys, fault
     err = capsys.readouterr().err
     assert f"weights file {path}" in err
     assert ("unreadable" if fault == "truncated" else "does not hold 'test_resnet' weights") in err
+
+
+# ---------------------------------------------------------------- 3. packed files
+
+
+def _packed(tmp_path: Path) -> tuple[Path, dict]:
+    import torch
+    from fq_quant import BitAssignment, Granularity, ScopeLayout, export_packed, quantize_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    layout = ScopeLayout.from_model(model, Granularity.CHANNEL)
+    bits = {n: torch.tensor([2, 4, 8, 4, 2, 8][: s.scope_shape[0]]) for n, s in layout.layers.items()}
+    wrapped = quantize_model(model, BitAssignment(Granularity.CHANNEL, bits))
+    path = export_packed(wrapped, tmp_path / "m.safetensors")
+    with torch.no_grad():
+        ref = {k: v.clone() for k, v in wrapped.state_dict().items()}
+    return path, ref
+
+
+def _rewrite(path: Path, *, tensors=None, meta=None, rehash: bool = True) -> None:
+    """Re-save ``path`` with edited tensors/metadata; ``rehash``: a content hash computed as the
+    format documents it (canonical JSON of the other metadata, then ``tensors_sha256``)."""
+    import hashlib
+
+    from safetensors.torch import load, save
+
+    blob = path.read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    old_meta = json.loads(blob[8 : 8 + n])["__metadata__"]
+    t = load(blob)
+    t = tensors(t) if tensors else t
+    m = meta(dict(old_meta)) if meta else dict(old_meta)
+    if rehash:
+        body = {k: v for k, v in m.items() if k != "content_sha256"}
+        h = hashlib.sha256(json.dumps(body, sort_keys=True).encode())
+        h.update(tensors_sha256(save(t, metadata=body)).encode())
+        m["content_sha256"] = h.hexdigest()
+    path.write_bytes(save(t, metadata=m))
+
+
+def test_packed_file_faults_are_refused_with_the_path(tmp_path: Path) -> None:
+    from fq_quant import load_packed
+
+    path, _ = _packed(tmp_path)
+    good = path.read_bytes()
+    load_packed(path)
+    # a flipped byte in a tensor
+    _flip(path, at_end=8)
+    with pytest.raises(ValueError, match=f"{path}: content hash mismatch"):
+        load_packed(path)
+
+    # a changed bit width in the header: the hash, and, rehashed, the code stream's length
+    def wider(m: dict) -> dict:
+        a = json.loads(m["assignment"])
+        a["bits"]["0"]["values"] = [8] * len(a["bits"]["0"]["values"])
+        return {**m, "assignment": json.dumps(a)}
+
+    for rehash, message in ((False, "content hash mismatch"), (True, "code stream holds")):
+        path.write_bytes(good)
+        _rewrite(path, meta=wider, rehash=rehash)
+        with pytest.raises(ValueError, match=f"{path}: .*{message}"):
+            load_packed(path)
+
+    # a NaN scale, even under a valid hash
+    def nan_scale(t: dict) -> dict:
+        s = t["0.weight:scales"].clone()
+        s[1] = float("nan")
+        return {**t, "0.weight:scales": s}
+
+    path.write_bytes(good)
+    _rewrite(path, tensors=nan_scale)
+    with pytest.raises(ValueError, match=r"layer '0': 1 non-finite scale"):
+        load_packed(path)
+    # truncated, empty
+    for blob in (good[: len(good) // 2], b""):
+        path.write_bytes(blob)
+        with pytest.raises(ValueError, match=f"{path}: not a readable safetensors file"):
+            load_packed(path)
+
+
+def test_packed_version_1_is_read_with_a_warning(tmp_path: Path) -> None:
+    import torch
+    from fq_quant import load_packed
+
+    path, ref = _packed(tmp_path)
+    state, _ = load_packed(path)
+
+    def v1(m: dict) -> dict:
+        return {k: v for k, v in m.items() if k != "content_sha256"} | {
+            "format": "fq_quant.packed/1"
+        }
+
+    _rewrite(path, meta=v1, rehash=False)
+    with pytest.warns(UserWarning, match="version 1 carries no content hash"):
+        old, _ = load_packed(path)
+    assert all(torch.equal(old[k], state[k]) for k in state)
