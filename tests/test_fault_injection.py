@@ -436,7 +436,9 @@ def _packed(tmp_path: Path) -> tuple[Path, dict]:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
     layout = ScopeLayout.from_model(model, Granularity.CHANNEL)
-    bits = {n: torch.tensor([2, 4, 8, 4, 2, 8][: s.scope_shape[0]]) for n, s in layout.layers.items()}
+    bits = {
+        n: torch.tensor([2, 4, 8, 4, 2, 8][: s.scope_shape[0]]) for n, s in layout.layers.items()
+    }
     wrapped = quantize_model(model, BitAssignment(Granularity.CHANNEL, bits))
     path = export_packed(wrapped, tmp_path / "m.safetensors")
     with torch.no_grad():
@@ -521,3 +523,28 @@ def test_packed_version_1_is_read_with_a_warning(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="version 1 carries no content hash"):
         old, _ = load_packed(path)
     assert all(torch.equal(old[k], state[k]) for k in state)
+
+
+def test_fake_quantize_bits_types_accepted_or_refused_clearly() -> None:
+    import torch
+    from fq_quant import fake_quantize
+
+    w = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    want = fake_quantize(w, torch.tensor([4, 4, 4]), "channel")
+    for bits in (4, np.int64(4), [4, 4, 4], np.array([4, 4, 4]), (4, 4, 4)):
+        assert torch.equal(fake_quantize(w, bits, "channel"), want)
+    for bits in (4.0, np.float32(4), True, None, "4"):
+        with pytest.raises(TypeError, match="bits must be an int, or a tensor/array/list"):
+            fake_quantize(w, bits, "channel")
+
+
+def test_calibration_labels_outside_the_classes_name_the_batch() -> None:
+    import torch
+    from fq_importance import calibrate
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x = torch.randn(4, 3, 2, 2)
+    g = torch.tensor([0, 0, 1, 1])
+    batches = [(x, torch.tensor([0, 1, 2, 0]), g), (x, torch.tensor([0, 3, 2, 7]), g)]
+    with pytest.raises(ValueError, match=r"batch 1 has label\(s\) \[3, 7\] outside 0..2"):
+        calibrate(model, batches, metric="grape", device="cpu", progress=False)
