@@ -53,7 +53,8 @@ ARGS = [
     "--models", "tiny_cnn", "--methods", "fp32", "u4", "fq-qat", "fq-baq", "--seeds", "0",
     "--image-size", "16", "--n-images", str(N_IMAGES), "--batch-size", str(BATCH),
     "--fp32-epochs", "1", "--epochs", "1", "--calib-batches", "2", "--no-progress",
-    "--threads", "1", "--cpu", "--no-plots",
+    "--threads", "1", "--cpu", "--no-plots", "--budgets", "--frontier-methods",
+    "--min-test-per-group", "0",
 ]  # fmt: skip
 
 WRAPPER = textwrap.dedent(

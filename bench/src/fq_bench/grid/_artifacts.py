@@ -1,9 +1,12 @@
 """Reusable artifacts on disk: FP32 checkpoints and calibration results, as safetensors.
 
-Both are written atomically (temp file + ``os.replace``) and carry a fingerprint in their
-metadata; a file that does not parse, or was made under another fingerprint, reads as missing.
-Concurrent shards that produce the same artifact write identical bytes, so the last rename wins
-harmlessly.
+Both are written atomically (temp file + ``os.replace``) and carry in their metadata a
+fingerprint (the config fields they depend on) and ``content_sha256``, a hash of their tensors
+(names, dtypes, shapes and data bytes; ``fq_quant.tensors_sha256``). A file that does not parse, was made
+under another fingerprint, or whose tensors no longer match their hash (a flipped byte) reads as
+missing, with a warning, and is recomputed. Concurrent shards that produce the same artifact write
+the same tensors (the same content hash; the metadata, e.g. the training time, may differ), so
+the last rename wins harmlessly.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from fq_quant import tensors_sha256
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -27,29 +31,44 @@ logger = logging.getLogger("fq_bench.grid")
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """``tensors`` (copied to contiguous CPU) and string ``metadata`` to ``path``, atomically."""
+    """``tensors`` (copied to contiguous CPU) and string ``metadata`` plus ``content_sha256`` to
+    ``path``, atomically."""
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save(clean, metadata=metadata))
+    digest = tensors_sha256(st_save(clean))
+    atomic_write_bytes(path, st_save(clean, metadata={**metadata, "content_sha256": digest}))
 
 
 def load_tensors(
     path: Path, *, fingerprint: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
-    """``(tensors, metadata)`` or ``None`` when missing, unreadable, or of another fingerprint."""
+    """``(tensors, metadata)`` or ``None`` when missing, unreadable, of another fingerprint, or
+    when the tensors do not match the ``content_sha256`` they were saved with (each with a
+    warning but the fingerprint, which is a normal config change).
+
+    A file without ``content_sha256`` (written before it existed) is used, with a warning that it
+    cannot be verified.
+    """
     if not path.is_file():
         return None
     try:
-        data = path.read_bytes()
-        tensors = st_load(data)
-        from safetensors import safe_open  # metadata needs a file handle
-
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = fh.metadata() or {}
-    except (OSError, SafetensorError, ValueError) as exc:
+        blob = path.read_bytes()
+        tensors = st_load(blob)
+        n = int.from_bytes(blob[:8], "little")
+        metadata = dict(json.loads(blob[8 : 8 + n]).get("__metadata__") or {})
+    except (OSError, SafetensorError, ValueError, TypeError, AttributeError) as exc:
         logger.warning("%s is unreadable (%s); recomputing it", path, exc)
         return None
     if metadata.get("fingerprint") != fingerprint:
         logger.info("%s was made under another config; recomputing it", path)
+        return None
+    stored = metadata.get("content_sha256")
+    if stored is None:
+        logger.warning("%s carries no content hash (an older version wrote it); unverified", path)
+    elif stored != tensors_sha256(blob):
+        logger.warning(
+            "%s: its tensors do not match their content hash (corrupted on disk); recomputing it",
+            path,
+        )
         return None
     return tensors, metadata
 

@@ -1,4 +1,5 @@
-"""Cell keys, the grid's cell list, sharding, and the atomic, checksummed cell store."""
+"""Cell keys, the grid's cell list, sharding, and the atomic, checksummed cell store (with
+failure records and claim files)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,11 @@ from ._config import METHOD_IDS, SWEEP_METHODS, GridConfig, parse_swept_value, s
 logger = logging.getLogger("fq_bench.grid")
 
 CELL_FORMAT = "fq_bench.grid.cell/1"
+FAILURE_FORMAT = "fq_bench.grid.failure/1"
+CLAIM_FORMAT = "fq_bench.grid.claim/1"
+#: A claim older than this (seconds) is taken over even when its owner cannot be checked (another
+#: host): longer than any single cell takes.
+STALE_CLAIM_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True, kw_only=True, order=True)
@@ -225,7 +234,10 @@ class CellStore:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             ok = False
         if not ok:
-            logger.warning("cell file %s is corrupt or partial; it will be recomputed", path)
+            logger.warning(
+                "cell file %s is corrupt, partial or edited; it is ignored (a run recomputes it)",
+                path,
+            )
             return None
         return body
 
@@ -243,10 +255,164 @@ class CellStore:
         return body["result"]
 
     def all(self) -> list[tuple[CellKey, dict[str, Any]]]:
-        """Every valid cell file in the store, sorted by id (for the report)."""
+        """Every valid cell file in the store, sorted by id, whatever its fingerprint."""
+        return [(key, result) for key, _fp, result in self.entries()]
+
+    def entries(self) -> list[tuple[CellKey, str, dict[str, Any]]]:
+        """``(key, fingerprint, result)`` of every valid cell file, sorted by id."""
         out = []
         for path in sorted(self.dir.glob("*.json")):
             body = self._load(path)
             if body is not None:
-                out.append((CellKey.from_dict(body["key"]), body["result"]))
+                out.append(
+                    (CellKey.from_dict(body["key"]), str(body["fingerprint"]), body["result"])
+                )
         return out
+
+    # -- failures ---------------------------------------------------------------------------------
+    def failure_path(self, key: CellKey) -> Path:
+        return self.root / "failed" / f"{key.id}.json"
+
+    def write_failure(self, key: CellKey, error: BaseException, *, fingerprint: str) -> Path:
+        """Record that ``key`` failed with ``error`` (type, message, traceback) under
+        ``<root>/failed/``; the next run tries the cell again."""
+        body = {
+            "format": FAILURE_FORMAT,
+            "key": key.to_dict(),
+            "fingerprint": fingerprint,
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": "".join(traceback.format_exception(error))[-8000:],
+            "time": time.time(),
+        }
+        path = self.failure_path(key)
+        atomic_write_bytes(path, json.dumps(body, indent=1, sort_keys=True).encode())
+        return path
+
+    def clear_failure(self, key: CellKey) -> None:
+        self.failure_path(key).unlink(missing_ok=True)
+
+    def failures(self) -> list[tuple[CellKey, str]]:
+        """``(key, "ErrorType: message")`` of every recorded failure, sorted by id."""
+        out = []
+        for path in sorted((self.root / "failed").glob("*.json")):
+            try:
+                body = json.loads(path.read_bytes())
+                out.append((CellKey.from_dict(body["key"]), str(body["error"])))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                logger.warning("failure record %s is unreadable; ignored", path)
+        return out
+
+    # -- claims -----------------------------------------------------------------------------------
+    def claim_path(self, key: CellKey) -> Path:
+        return self.root / "claims" / f"{key.id}.claim"
+
+    def claim(self, key: CellKey) -> bool:
+        """Take the claim on computing ``key``: ``True`` when this process now holds it.
+
+        The claim is a file created exclusively (``O_EXCL``) holding its owner (host, pid) and the
+        time. A claim held by another live process is respected (``False``); a stale one (its
+        owner's process is gone on this host, or it is older than :data:`STALE_CLAIM_SECONDS`) is
+        taken over.
+        """
+        path = self.claim_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        host, pid = _me()
+        body = json.dumps(
+            {"format": CLAIM_FORMAT, "host": host, "pid": pid, "time": time.time()}
+        ).encode()
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                holder = self._claim_holder(path)
+                if holder is not None and not _claim_stale(holder):
+                    return holder[:2] == _me()
+                logger.warning("taking over the stale claim %s (%s)", path, holder)
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(body)
+            return True
+        return False
+
+    def release(self, key: CellKey) -> None:
+        """Drop this process's claim on ``key`` (a no-op when it holds none)."""
+        path = self.claim_path(key)
+        holder = self._claim_holder(path)
+        if holder is not None and holder[:2] == _me():
+            path.unlink(missing_ok=True)
+
+    def claimed_by_other(self, key: CellKey) -> bool:
+        """Whether another live process holds the claim on ``key``."""
+        holder = self._claim_holder(self.claim_path(key))
+        return holder is not None and holder[:2] != _me() and not _claim_stale(holder)
+
+    @staticmethod
+    def _claim_holder(path: Path) -> tuple[str, int, float] | None:
+        """``(host, pid, time)`` of the claim at ``path``, ``None`` when there is none."""
+        try:
+            body = json.loads(path.read_bytes())
+            return str(body["host"]), int(body["pid"]), float(body["time"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            # being written this instant, or garbage: fresh for a minute after its mtime
+            try:
+                return "?", -1, path.stat().st_mtime
+            except OSError:
+                return None
+
+
+def _me() -> tuple[str, int]:
+    return socket.gethostname(), os.getpid()
+
+
+def _claim_stale(holder: tuple[str, int, float]) -> bool:
+    host, pid, when = holder
+    if time.time() - when > STALE_CLAIM_SECONDS:
+        return True
+    if host == "?":
+        return time.time() - when > 60.0
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def read_cell_fingerprints(root: str | os.PathLike[str]) -> dict[str, str] | None:
+    """``cell_fingerprints`` of ``root/config.json`` (model -> the cell fingerprint of the config
+    the run recorded), or ``None`` when there is no readable one (a folder from before)."""
+    try:
+        fps = json.loads((Path(root) / "config.json").read_text())["cell_fingerprints"]
+        return {str(m): str(f) for m, f in fps.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def select_config(
+    entries: list[tuple[CellKey, str, dict[str, Any]]], fingerprints: dict[str, str] | None
+) -> tuple[list[tuple[CellKey, dict[str, Any]]], list[CellKey]]:
+    """The cells of one config per model, and the keys of the others (kept on disk, not used).
+
+    ``fingerprints``: model -> the cell fingerprint of the config whose cells a table holds (the
+    run's ``config.json``). Without it, each model keeps the fingerprint most of its cells carry
+    (ties: the lexically smallest), so two configs are never averaged into one row.
+    """
+    if fingerprints is None:
+        counts: dict[str, dict[str, int]] = {}
+        for key, fp, _ in entries:
+            per = counts.setdefault(key.model, {})
+            per[fp] = per.get(fp, 0) + 1
+        fingerprints = {m: min(per, key=lambda f: (-per[f], f)) for m, per in counts.items()}
+    kept, ignored = [], []
+    for key, fp, result in entries:
+        if fingerprints.get(key.model) == fp:
+            kept.append((key, result))
+        else:
+            ignored.append(key)
+    return kept, ignored

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", default=None,
                    help="only rebuild tables and plots of DIR from its cell files")  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first failing cell (default: record it under failed/, run the "
+                   "others, exit 1 listing the failures)")  # fmt: skip
     p.add_argument("--sweep", action="append", default=None, metavar="FIELD=V1,V2,...",
                    help=f"ablation sweep over {', '.join(SWEEPABLE)} (replaces the preset's; "
                    "without --methods, runs only the methods the swept fields change; with budgets, "
@@ -175,7 +178,21 @@ def _dataset_pair(
         parser.error(
             f"{flag} {item!r}: expected DATASET={what} with DATASET in {', '.join(DATASETS)}"
         )
+    if what == "SOURCE" and not _plausible_source(value):
+        parser.error(
+            f"{flag} {item!r}: {value} does not exist (a local folder or file, or a hub id "
+            "owner/name)"
+        )
     return ds, value
+
+
+def _plausible_source(source: str) -> bool:
+    """Whether ``source`` exists locally or reads as a hub id (``owner/name``, nothing more)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return True
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~")) and not path.suffix
 
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> GridConfig:
@@ -237,6 +254,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the grid (or only ``--report``); 0 when every cell finished, 1 when some failed."""
     parser = build_parser()
     args = parser.parse_args(argv)
     set_up_process(args, parser)
@@ -245,31 +263,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report is not None:
         if not (Path(args.report) / "cells").is_dir():
             parser.error(f"--report {args.report}: no cells/ folder there")
-        print(build_report(args.report, plots=not args.no_plots).text())
+        try:
+            print(build_report(args.report, plots=not args.no_plots).text())
+        except ValueError as exc:
+            parser.error(f"--report {args.report}: {exc}")
         return 0
     config = config_from_args(args, parser)
+    from ._cells import grid_cells, shard_cells
+    from ._runner import check_cells
+
     try:
         shard = parse_shard(args.shard)
+        check_cells(config, shard_cells(grid_cells(config), *shard))
     except ValueError as exc:
         parser.error(str(exc))
     out = Path(args.out) if args.out else Path("results") / (args.run or config.preset)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: is a file; give a folder for the results")
     from ._runner import is_main_process, run_grid
 
     t0 = time.perf_counter()
-    summary = run_grid(config, out, shard=shard)
+    summary = run_grid(config, out, shard=shard, fail_fast=args.fail_fast)
     if not is_main_process():
         return 0
-    report = build_report(out, plots=not args.no_plots)
-    print(report.text())
+    try:
+        report = build_report(out, plots=not args.no_plots)
+    except ValueError as exc:  # no finished cell to tabulate (all failed)
+        report = None
+        print(f"no table: {exc}")
+    if report is not None:
+        print(report.text())
     for note in config.notes:
         print(note)
     if shard[1] > 1:
         print(f"shard {shard[0]}/{shard[1]}: the table holds every cell finished so far in {out}")
+    made = "no tables"
+    if report is not None:
+        plots = ", ".join(p.name for p in report.plots) or "no plots"
+        made = f"{', '.join(report.tables)}, {plots}"
     print(
         f"{len(summary.computed)} cell(s) computed, {len(summary.skipped)} reused; "
-        f"wall {time.perf_counter() - t0:.1f} s; results in {out}/ "
-        f"({', '.join(report.tables)}, {', '.join(p.name for p in report.plots) or 'no plots'})"
+        f"wall {time.perf_counter() - t0:.1f} s; results in {out}/ ({made})"
     )
+    if summary.failed:
+        print(f"{len(summary.failed)} cell(s) FAILED (recorded under {out}/failed/):")
+        for key, error in summary.failed:
+            print(f"  {key.id}: {error}")
+        return 1
     return 0
 
 

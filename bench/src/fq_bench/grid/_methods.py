@@ -65,9 +65,13 @@ class MethodOutput:
 
 
 def _train_config(ctx: CellContext, *, lambda_fair: float):
+    return train_config(ctx.config, seed=ctx.seed, progress=ctx.progress, lambda_fair=lambda_fair)
+
+
+def train_config(c: GridConfig, *, seed: int, progress: bool, lambda_fair: float):
+    """The ``fq_baq.BAQConfig`` of a fine-tune under the cell config ``c``."""
     from fq_baq import BAQConfig
 
-    c = ctx.config
     return BAQConfig(
         bit_min=c.bit_min,
         bit_max=c.bit_max,
@@ -84,10 +88,46 @@ def _train_config(ctx: CellContext, *, lambda_fair: float):
         epochs=c.epochs,
         granularity=Granularity.CHANNEL,
         mixed_precision=c.mixed_precision,
-        seed=ctx.seed,
+        seed=seed,
         cpu=c.cpu,
-        progress=ctx.progress,
+        progress=progress,
     )
+
+
+#: Methods that allocate bits from a palette (Table 1) or a budget (the frontier).
+_ALLOCATING: frozenset[str] = frozenset(
+    {"blind", "blind-fair", "fq-alloc", "lin", "guo", "fq-qat", "fq-baq"}
+)
+
+
+def check_method_config(c: GridConfig, method: str, budget: float | None) -> None:
+    """Raise ``ValueError``/``TypeError`` now for what ``method`` would refuse under the cell
+    config ``c`` (its ablation override applied) at ``budget`` only after FP32 training and
+    calibration: the fine-tune's ``BAQConfig`` (FQ-BAQ's target bits included), the palette or the
+    budget's bit-widths, FQ-BAQ's warm start."""
+    from fq_alloc import Palette
+
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
+    if method in ("fp32", "u8", "u4", "u3", "u2"):
+        return
+    cfg = train_config(c, seed=0, progress=False, lambda_fair=c.lambda_fair)
+    if method == "fq-baq":
+        dataclasses.replace(cfg, target_avg_bits=budget)
+        warm = (c.baq_bits, c.baq_warm_avg_bits) if budget is None else (c.budget_bits, budget)
+        if not min(warm[0]) <= warm[1] <= max(warm[0]):
+            raise ValueError(f"FQ-BAQ's warm start at {warm[1]} bits is outside {warm[0]}")
+        bad = [b for b in warm[0] if not c.bit_min <= b <= c.bit_max]
+        if bad:
+            raise ValueError(
+                f"FQ-BAQ's warm-start bit-widths {bad} are outside [bit_min, bit_max] = "
+                f"[{c.bit_min}, {c.bit_max}]"
+            )
+    if method in _ALLOCATING:
+        if budget is None:
+            Palette(tuple(c.palette_bits), tuple(c.palette_props))
+        elif not min(c.budget_bits) <= budget <= max(c.budget_bits):
+            raise ValueError(f"budget {budget} bits is outside budget_bits {c.budget_bits}")
 
 
 def _history(result: Any) -> tuple[dict[str, Any], ...]:

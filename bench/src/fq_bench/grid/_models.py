@@ -121,6 +121,46 @@ def weights_file(weights_dir: str | Path, name: str) -> Path:
     return Path(weights_dir) / f"{name}.safetensors"
 
 
+def check_weights_file(path: str | Path, name: str) -> None:
+    """Raise ``ValueError`` naming ``path`` unless it is a readable safetensors file holding the
+    tensors of timm's ``name`` (every name and shape but the classifier head's, which is
+    replaced): a truncated file or another architecture's weights fail here, before training.
+    Reads the header only (no tensor data)."""
+    import timm
+    from safetensors import safe_open
+    from timm.models import get_pretrained_cfg
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise ValueError(
+            f"weights file {path} is unreadable ({exc}); truncated or not safetensors"
+        ) from None
+    cfg = get_pretrained_cfg(name)
+    heads = cfg.classifier if cfg is not None and cfg.classifier else ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    def body(d: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        return {k: v for k, v in d.items() if not k.startswith(tuple(f"{h}." for h in heads))}
+
+    got, need = body(found), body(want)
+    missing = sorted(k for k in set(need) - set(got) if not k.endswith("num_batches_tracked"))
+    shapes = sorted(k for k in set(need) & set(got) if need[k] != got[k])
+    if missing or shapes:
+        detail = ", ".join(
+            [f"missing {missing[:3]}" if missing else ""]
+            + [f"{k}: {got[k]} vs {need[k]}" for k in shapes[:3]]
+        ).strip(", ")
+        raise ValueError(
+            f"weights file {path} does not hold {name!r} weights ({len(missing)} tensor(s) "
+            f"missing, {len(shapes)} of another shape: {detail})"
+        )
+
+
 def _hub_reachable(host: str = "huggingface.co", timeout_s: float = 3.0) -> bool:
     import os
     import socket
@@ -175,6 +215,8 @@ def check_pretrained_sources(
                 f"--weights {weights_dir}: missing {missing}; the folder must hold "
                 "<model>.safetensors for every model (a timm state_dict, any head)"
             )
+        for m in models:
+            check_weights_file(weights_file(weights_dir, m), m)
         return
     uncached = [m for m in models if not _hub_cached(m)]
     if uncached and not _hub_reachable():

@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from ._cells import CellKey, CellStore, atomic_write_bytes
+from ._cells import CellKey, CellStore, atomic_write_bytes, read_cell_fingerprints, select_config
 from ._config import (
     DATASET_LABELS,
     DATASETS,
@@ -485,10 +485,12 @@ class Report:
     effects_markdown: str = ""
     frontier_summary: tuple[str, ...] = ()
     objectives: pl.DataFrame | None = None
+    ignored: tuple[CellKey, ...] = ()
+    failed: tuple[tuple[CellKey, str], ...] = ()
 
     def text(self) -> str:
         """What the CLI prints: the data caveat, provenance, the tables, and the observations."""
-        lines: list[str] = []
+        lines: list[str] = list(self.warnings())
         if self.semisynthetic:
             lines.append(
                 "DATA IS SEMI-SYNTHETIC: real metadata rows (labels, groups) with generated "
@@ -530,16 +532,36 @@ class Report:
             ]
         return "\n".join([*lines, *self.notes])
 
+    def warnings(self) -> tuple[str, ...]:
+        """Lines about cells left out of the tables: of another config, or failed."""
+        out = []
+        if self.ignored:
+            out.append(
+                f"{len(self.ignored)} cell(s) of another config ignored (kept on disk in cells/; "
+                "the tables hold one config per model, the one config.json names)"
+            )
+        if self.failed:
+            out.append(f"{len(self.failed)} cell(s) failed (details in failed/):")
+            out += [f"  {key.id}: {error}" for key, error in self.failed]
+        return tuple(out)
+
 
 def build_report(root: str | Path, *, plots: bool = True) -> Report:
     """Rebuild the tables and plots of ``root`` from ``root/cells`` (plus ``config.json``, when
     present, for the Weights line and the ablations' reference values).
 
+    The tables hold, per model, only the cells of the config ``config.json`` records for it
+    (without one: the fingerprint most of the model's cells carry); cells of another config stay
+    on disk and are counted in ``Report.ignored``, never averaged in. Failed cells are listed.
+
     Writes ``table.md``/``.csv``/``.tex`` when there are Table 1 cells and ``ablation.md``/
     ``.csv``/``.tex`` when there are ablation cells.
     """
     root = Path(root)
-    raw = CellStore(root).all()
+    store = CellStore(root)
+    raw, ignored = select_config(store.entries(), read_cell_fingerprints(root))
+    kept = {key for key, _ in raw}
+    failed = tuple((k, e) for k, e in store.failures() if k not in kept)
     cells = cells_frame(raw)
     summary = summary_frame(cells)
     config = run_config(root)
@@ -624,4 +646,6 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
         effects_markdown=eff_md,
         frontier_summary=fr_lines,
         objectives=objectives,
+        ignored=tuple(ignored),
+        failed=failed,
     )

@@ -37,6 +37,7 @@ from ._cells import (
     atomic_write_bytes,
     canonical_key,
     grid_cells,
+    read_cell_fingerprints,
     shard_cells,
     stable_seed,
 )
@@ -630,13 +631,19 @@ def _cell_line(done: int, total: int, key: CellKey, result: dict[str, Any], how:
 
 @dataclass(kw_only=True)
 class RunSummary:
-    """What :func:`run_grid` did: cells in this shard, skipped (already done), computed."""
+    """What :func:`run_grid` did: cells in this shard, skipped (already done, or finished by a
+    concurrent run while this one waited on its claim), computed, and failed (key, error)."""
 
     out: Path
     cells: list[CellKey]
     skipped: list[CellKey] = field(default_factory=list)
     computed: list[CellKey] = field(default_factory=list)
+    failed: list[tuple[CellKey, str]] = field(default_factory=list)
     seconds: float = 0.0
+
+
+#: Seconds between looks at cells another live run has claimed, once nothing else is left.
+CLAIM_POLL_SECONDS = 5.0
 
 
 def _device(config: GridConfig) -> torch.device:
@@ -657,25 +664,98 @@ def _finished_twin(
     return None
 
 
-def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0, 1)) -> RunSummary:
+def check_cells(config: GridConfig, cells: Iterable[CellKey]) -> None:
+    """Raise ``ValueError`` naming the cell for any cell whose configuration (its ablation
+    override, fine-tune config, palette, budget, FQ-BAQ warm start) would fail, before any data
+    is loaded or model trained."""
+    from ._methods import check_method_config
+
+    seen: set[tuple[str, str, str]] = set()
+    for key in cells:
+        sig = (key.method, key.variant, key.budget)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        try:
+            check_method_config(apply_override(config, key), key.method, key.budget_bits)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"cell {key.id}: {exc}") from None
+
+
+class _Lazy:
+    """A value computed on first use; an exception is kept and raised again on every use (an
+    FP32 training that failed fails each of its cells, without training again)."""
+
+    def __init__(self, make: Any):
+        self.make, self.value, self.error = make, None, None
+        self.done = False
+
+    def __call__(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        if not self.done:
+            try:
+                self.value = self.make()
+            except Exception as exc:
+                self.error = exc
+                raise
+            self.done = True
+        return self.value
+
+
+def write_run_config(out: Path, config: GridConfig) -> dict[str, str]:
+    """Write ``out/config.json`` and return its ``cell_fingerprints`` (model -> the cell
+    fingerprint the report uses for that model's cells).
+
+    The models of ``config`` take this config's fingerprint; other models keep the one an
+    earlier run recorded (the paper's ViTs run as a second invocation with other FP32 epochs).
+    A table only ever holds cells of one config per model (see :func:`select_config`).
+    """
+    merged = dict(read_cell_fingerprints(out) or {})
+    merged.update({m: cell_fingerprint(config, m) for m in config.models})
+    meta = {
+        "config": config.to_dict(),
+        "fingerprint": config.fingerprint(),
+        "cell_fingerprints": dict(sorted(merged.items())),
+    }
+    atomic_write_bytes(out / "config.json", json.dumps(meta, indent=1, default=str).encode())
+    return merged
+
+
+def run_grid(
+    config: GridConfig,
+    out: str | Path,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    fail_fast: bool = False,
+) -> RunSummary:
     """Compute every missing cell of ``config`` (this shard's share) into ``out``.
 
     Finished cells (valid checksum, same config fingerprint) are skipped; FP32 checkpoints and
-    calibrations under ``out`` are reused. Does not build the report (see ``build_report``).
+    calibrations under ``out`` are reused. Every cell's configuration is checked before anything
+    is loaded (:func:`check_cells`). A cell is claimed before it is computed
+    (``CellStore.claim``), so shards and duplicate launches into one folder share the work; a
+    cell another live run holds is waited for at the end. A cell that raises is recorded under
+    ``out/failed/`` and in ``RunSummary.failed`` and the other cells still run, unless
+    ``fail_fast`` (or several processes, which must stay in step), where the error propagates.
+    Does not build the report (see ``build_report``).
     """
     t_start = time.perf_counter()
     from ._models import check_pretrained_sources
 
-    # before anything is loaded or trained: missing weights files, unreachable hub
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out={str(out)!r} is a file; give a folder for the results")
+    # before anything is loaded or trained: missing weights files, unreachable hub, bad cells
     check_pretrained_sources(
         config.models, pretrained=config.pretrained, weights_dir=config.weights_dir
     )
-    init_processes(config)
-    out = Path(out)
-    store, paths = CellStore(out), RunPaths(root=out)
-    fp = config.fingerprint()
-    cell_fp = {m: cell_fingerprint(config, m) for m in config.models}
     cells = shard_cells(grid_cells(config), *shard)
+    check_cells(config, cells)
+    init_processes(config)
+    fail_fast = fail_fast or _distributed()
+    store, paths = CellStore(out), RunPaths(root=out)
+    cell_fp = {m: cell_fingerprint(config, m) for m in config.models}
     done = (
         [c for c in cells if store.read(c, fingerprint=cell_fp[c.model]) is not None]
         if is_main_process()
@@ -691,52 +771,127 @@ def run_grid(config: GridConfig, out: str | Path, *, shard: tuple[int, int] = (0
     todo = [c for c in cells if c.id not in done_ids]
     summary = RunSummary(out=out, cells=cells, skipped=[c for c in cells if c.id in done_ids])
     if is_main_process():
-        meta = {"config": config.to_dict(), "fingerprint": fp}
-        atomic_write_bytes(out / "config.json", json.dumps(meta, indent=1, default=str).encode())
+        write_run_config(out, config)
     device = _device(config)
     mode = progress_mode(config)
     bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=mode != "bars")
     if mode == "lines":
         _say(f"{len(todo)} cell(s) to compute, {len(summary.skipped)} already finished in {out}")
-    for dataset in dict.fromkeys(c.dataset for c in todo):
-        bar.set_postfix_str(f"loading {dataset}")
-        # the main process first fills the on-disk data caches; the others then read them
-        with _state().main_process_first():
-            data = load_data(config, dataset)
-        for model_name, seed in dict.fromkeys(
-            (c.model, c.seed) for c in todo if c.dataset == dataset
-        ):
-            bar.set_postfix_str(f"FP32 {model_name} seed {seed}")
-            t_fp32 = time.perf_counter()
-            state = fp32_state(config, paths, data, model_name, seed)
-            if mode == "lines":
-                _say(
-                    f"FP32 {dataset} {model_name} seed {seed}: ready "
-                    f"({time.perf_counter() - t_fp32:.1f} s; trained or loaded)"
-                )
-            calib = CalibrationCache(config, paths, data, model_name, seed, state, device)
-            for key in [
-                c for c in todo if (c.dataset, c.model, c.seed) == (dataset, model_name, seed)
-            ]:
-                bar.set_postfix_str(key.id)
-                result = memo.get(canon[key.id])
-                if result is None and is_main_process():
-                    result = _finished_twin(store, done_by_canon.get(canon[key.id], ()), cell_fp)
-                # every process takes the same branch (run_cell trains on all of them)
-                how = "reused a finished twin"
-                if not _broadcast(result is not None):
-                    how = "computed"
-                    result = run_cell(
-                        key, config, data, state, calib, device, progress=mode == "bars"
+
+    def attempt(key: CellKey, calib: _Lazy, state: _Lazy, data: _Lazy) -> str:
+        """Compute or reuse ``key``: ``"computed"``, ``"reused a finished twin"``,
+        ``"finished by another run"``, ``"claimed"`` (another live run holds it) or ``"failed"``."""
+        result = memo.get(canon[key.id])
+        if result is None and is_main_process():
+            result = _finished_twin(store, done_by_canon.get(canon[key.id], ()), cell_fp)
+        # every process takes the same branch (run_cell trains on all of them)
+        if _broadcast(result is not None):
+            memo[canon[key.id]] = result or {}
+            if is_main_process():
+                store.write(key, result or {}, fingerprint=cell_fp[key.model])
+            _barrier()
+            return "reused a finished twin"
+        got = store.claim(key) if is_main_process() else None
+        if not _broadcast(got):
+            return "claimed"
+        try:
+            # a concurrent run may have finished it between our first look and the claim
+            fresh = is_main_process() and store.read(key, fingerprint=cell_fp[key.model])
+            if _broadcast(fresh is not None and fresh is not False):
+                return "finished by another run"
+            result = run_cell(
+                key, config, data(), state(), calib(), device, progress=mode == "bars"
+            )
+            memo[canon[key.id]] = result
+            if is_main_process():
+                store.write(key, result, fingerprint=cell_fp[key.model])
+                store.clear_failure(key)
+            _barrier()
+            return "computed"
+        except Exception as exc:
+            # the data not loading is the run's error, not a cell's: every cell would repeat it
+            if fail_fast or exc is data.error:
+                raise
+            logger.error("cell %s failed: %s: %s", key.id, type(exc).__name__, exc)
+            store.write_failure(key, exc, fingerprint=cell_fp[key.model])
+            summary.failed.append((key, f"{type(exc).__name__}: {exc}"))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return "failed"
+        finally:
+            if is_main_process():
+                store.release(key)
+
+    pending = todo
+    while pending:
+        waiting: list[CellKey] = []
+        for dataset in dict.fromkeys(c.dataset for c in pending):
+
+            def _load(dataset: str = dataset) -> DataBundle:
+                # the main process first fills the on-disk data caches; the others then read them
+                with _state().main_process_first():
+                    return load_data(config, dataset)
+
+            data = _Lazy(_load)
+            for model_name, seed in dict.fromkeys(
+                (c.model, c.seed) for c in pending if c.dataset == dataset
+            ):
+
+                def _fp32(
+                    model_name: str = model_name, seed: int = seed, data: _Lazy = data
+                ) -> Any:
+                    bar.set_postfix_str(f"FP32 {model_name} seed {seed}")
+                    t_fp32 = time.perf_counter()
+                    st = fp32_state(config, paths, data(), model_name, seed)
+                    if mode == "lines":
+                        _say(
+                            f"FP32 {data().name} {model_name} seed {seed}: ready "
+                            f"({time.perf_counter() - t_fp32:.1f} s; trained or loaded)"
+                        )
+                    return st
+
+                state = _Lazy(_fp32)
+                calib = _Lazy(
+                    lambda model_name=model_name, seed=seed, state=state, data=data: (
+                        CalibrationCache(config, paths, data(), model_name, seed, state(), device)
                     )
-                memo[canon[key.id]] = result if result is not None else {}
-                if is_main_process():
-                    store.write(key, result, fingerprint=cell_fp[key.model])
-                _barrier()
-                summary.computed.append(key)
-                bar.update(1)
-                if mode == "lines":
-                    _say(_cell_line(len(summary.computed), len(todo), key, result or {}, how))
+                )
+                for key in [
+                    c
+                    for c in pending
+                    if (c.dataset, c.model, c.seed) == (dataset, model_name, seed)
+                ]:
+                    bar.set_postfix_str(key.id)
+                    how = attempt(key, calib, state, data)
+                    if how == "claimed":
+                        waiting.append(key)
+                        continue
+                    if how == "finished by another run":
+                        summary.skipped.append(key)
+                    elif how != "failed":
+                        summary.computed.append(key)
+                    bar.update(1)
+                    if mode == "lines":
+                        n = len(summary.computed) + len(summary.failed)
+                        _say(_cell_line(n, len(todo), key, memo.get(canon[key.id], {}), how))
+        pending = []
+        if waiting:
+            # cells other live runs are computing: wait until they finish or their claim goes
+            # stale (the owner died), then take those over
+            time.sleep(CLAIM_POLL_SECONDS)
+            finished = _broadcast(
+                {k.id for k in waiting if store.read(k, fingerprint=cell_fp[k.model]) is not None}
+                if is_main_process()
+                else None
+            )
+            for key in waiting:
+                if key.id in finished:
+                    summary.skipped.append(key)
+                    bar.update(1)
+                else:
+                    pending.append(key)
+            if mode == "lines" and pending:
+                _say(f"waiting for {len(pending)} cell(s) claimed by another run in {out}")
     bar.close()
     summary.seconds = time.perf_counter() - t_start
     return summary

@@ -197,7 +197,9 @@ def _check_budget(bits: Sequence[int], target_avg_bits: float) -> tuple[Palette,
     if isinstance(bits, (str, bytes)) or not hasattr(bits, "__iter__"):
         raise TypeError(f"bits must be a sequence of ints; got {bits!r}")
     bits_t = tuple(bits)
-    n = max(len(bits_t), 1)  # Palette names the error for no bit-width
+    if not bits_t:
+        raise ValueError("bits is empty; give one or more bit-widths, e.g. (2, 3, 4, 5, 6, 7, 8)")
+    n = len(bits_t)
     pal = Palette(bits_t, (1.0 / n,) * n)  # validates the bit-widths
     if isinstance(target_avg_bits, bool) or not isinstance(target_avg_bits, (int, float)):
         raise TypeError(f"target_avg_bits must be a number; got {target_avg_bits!r}")

@@ -39,9 +39,13 @@ def open_image(ref: dict | str, *, draft_size: int | None = None) -> PILImage.Im
     if src is None:
         raise FileNotFoundError("image has neither bytes nor path")
     img = PILImage.open(src)
-    if draft_size is not None and img.format == "JPEG":
-        img.draft("RGB", (draft_size, draft_size))
-    img.load()
+    try:
+        if draft_size is not None and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+    except BaseException:
+        img.close()  # a corrupt file must not leave its handle open (ResourceWarning)
+        raise
     return img
 
 
@@ -53,7 +57,7 @@ def _check_one(ref: dict | str | None) -> str | None:
     if not has_bytes and (path is None or not os.path.exists(path)):
         return "missing"
     try:
-        open_image(ref, draft_size=32)
+        open_image(ref, draft_size=32).close()
     except Exception as exc:  # PIL raises many types for corrupt data; all mean "corrupt"
         return f"corrupt: {type(exc).__name__}: {exc}"[:200]
     return None
@@ -75,6 +79,25 @@ def _skipped_path(name: str, source: str, skipped_out: str | os.PathLike[str] | 
         return Path(skipped_out)
     digest = hashlib.sha1(source.encode()).hexdigest()[:10]
     return default_cache_dir() / "skipped" / f"{name}-{digest}.csv"
+
+
+def _first_of_each_id(name: str, ids: pl.Series, *, strict: bool) -> np.ndarray:
+    """Mask ``[N]`` keeping the first row of each id; repeats are refused under ``strict``,
+    else dropped with a warning that counts them."""
+    first = ids.is_first_distinct().to_numpy()
+    n_dup = int((~first).sum())
+    if n_dup:
+        repeated = ids.filter(pl.Series(~first)).unique(maintain_order=True).to_list()
+        listed = ", ".join(map(str, repeated[:5])) + (" ..." if len(repeated) > 5 else "")
+        if strict:
+            raise DataError(f"{name}: {n_dup} row(s) repeat an earlier id (strict=True): {listed}")
+        logger.warning(
+            "%s: dropped %d row(s) repeating an earlier id (kept the first of each): %s",
+            name,
+            n_dup,
+            listed,
+        )
+    return first
 
 
 @quiet_datasets()
@@ -103,11 +126,13 @@ def assemble(
     ``given_split``: ``[N]`` codes 0 train / 1 test from the source, used when no ``split_file``.
     Bad images are dropped, counted in a log line, and listed in a CSV (``skipped_out`` or a file in
     the cache dir); under ``strict`` they raise :class:`DataError` instead. Nothing is returned
-    half-built: every check runs before any split is assembled.
+    half-built: every check runs before any split is assembled. Rows repeating an earlier row's
+    ``id`` are dropped with a warning (under ``strict``: :class:`DataError`), so no id is ever in
+    both splits.
     """
     if len(images) != meta.height:
         raise ValueError(f"images ({len(images)}) and meta ({meta.height}) differ in length")
-    keep = np.ones(meta.height, dtype=bool)
+    keep = _first_of_each_id(name, meta["id"], strict=strict)
     if verify_images:
         reasons = check_images(images)
         bad = [(i, r) for i, r in enumerate(reasons) if r is not None]

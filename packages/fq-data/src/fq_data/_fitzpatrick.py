@@ -53,7 +53,12 @@ def fitzpatrick_groups(values: pl.Series, *, grouping: Grouping) -> np.ndarray:
 
 
 def canonical_fitzpatrick_meta(
-    raw: pl.DataFrame, *, label_col: str, group_col: str, grouping: Grouping
+    raw: pl.DataFrame,
+    *,
+    label_col: str,
+    group_col: str,
+    grouping: Grouping,
+    warn_unknown: bool = True,
 ) -> tuple[np.ndarray, pl.DataFrame, list[str]]:
     """``(keep mask [N], canonical meta of kept rows, class names)`` from the raw CSV columns."""
     require_columns(raw.columns, (label_col, group_col), what="fitzpatrick17k metadata")
@@ -62,7 +67,12 @@ def canonical_fitzpatrick_meta(
     keep = (groups >= 0) & labels.is_not_null().to_numpy()
     n_unknown = int((groups < 0).sum())
     if n_unknown:
-        logger.info("fitzpatrick17k: dropped %d row(s) with unknown Fitzpatrick type", n_unknown)
+        # a warning for the user's metadata; the copy shipped for semi-synthetic data is known
+        logger.log(
+            logging.WARNING if warn_unknown else logging.INFO,
+            "fitzpatrick17k: dropped %d row(s) with unknown Fitzpatrick type (-1 or empty)",
+            n_unknown,
+        )
     n_nolabel = int(labels.is_null().sum())
     if n_nolabel:
         logger.info("fitzpatrick17k: dropped %d row(s) with no %r", n_nolabel, label_col)
@@ -134,7 +144,7 @@ def load_fitzpatrick17k(
     such as the output of ``python -m fq_data prepare fitzpatrick17k``, imagefolder), or a
     ``save_to_disk`` folder. ``label_col``: ``label`` (114 conditions), ``nine_partition_label``
     or ``three_partition_label``. ``grouping``: ``type`` (6 groups "1".."6") or ``binary``
-    ("1-3", "4-6"); unknown type (-1) rows are dropped and counted in a log line. Raw attributes
+    ("1-3", "4-6"); unknown type (-1) rows are dropped and counted in a warning. Raw attributes
     (``fitzpatrick_scale``, ``condition``, partitions, ``qc``, ...) are kept. Split: the source's
     ``split_file`` if given, else the source's own train/test if it has both,
     else stratified by label x group (seeded).

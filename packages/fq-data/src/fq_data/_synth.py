@@ -232,7 +232,11 @@ def _real_meta(name: SynthName, label_col: str, grouping: Grouping, unknown_sex:
     if name == "fitzpatrick17k":
         raw = pl.read_csv(METADATA_DIR / "fitzpatrick17k.csv", infer_schema_length=0)
         _, meta, classes = canonical_fitzpatrick_meta(
-            raw, label_col=label_col, group_col="fitzpatrick_scale", grouping=grouping
+            raw,
+            label_col=label_col,
+            group_col="fitzpatrick_scale",
+            grouping=grouping,
+            warn_unknown=False,
         )
         return meta, classes, GROUP_NAMES[grouping]
     raw = read_isic_metadata(METADATA_DIR / GT_NAME, METADATA_DIR / META_NAME)

@@ -68,6 +68,13 @@ def _unique_inverse(arr: np.ndarray, name: str) -> tuple[list[Hashable], np.ndar
             return values, rank[a - lo]
     if arr.dtype.kind == "f" and np.isnan(arr).any():
         raise ValueError(f"{name} contains NaN")
+    if arr.dtype.kind == "O":
+        missing = np.flatnonzero(np.equal(arr, None))
+        if missing.size:
+            raise ValueError(
+                f"{name} contains None ({missing.size} sample(s), first at index "
+                f"{int(missing[0])}); give every sample a group or label"
+            )
     try:
         values, inverse = np.unique(arr, return_inverse=True)
     except TypeError as exc:
@@ -147,8 +154,19 @@ def encode_classes(
         p_codes = p.argmax(axis=1).astype(np.int64)
         # argmax returns the first NaN of a row that has one, so checking the winners finds
         # every NaN row in O(N) instead of scanning all N*C scores
-        if p.dtype.kind == "f" and np.isnan(p[np.arange(p.shape[0]), p_codes]).any():
-            raise ValueError("y_pred contains NaN scores; argmax would be meaningless")
+        if p.dtype.kind == "f":
+            winners = p[np.arange(p.shape[0]), p_codes]
+            if np.isnan(winners).any():
+                raise ValueError("y_pred contains NaN scores; argmax would be meaningless")
+            # a row whose best score is infinite may hold no finite score at all (all -inf, or
+            # +inf ties): its argmax would be column 0 by convention, not a prediction
+            odd = np.flatnonzero(~np.isfinite(winners))
+            empty = odd[~np.isfinite(p[odd]).any(axis=1)] if odd.size else odd
+            if empty.size:
+                raise ValueError(
+                    f"y_pred has {empty.size} row(s) with no finite score (first: row "
+                    f"{int(empty[0])}, {p[empty[0]].tolist()[:8]}); argmax would be meaningless"
+                )
         if _is_text(t):
             if names is None:
                 raise ValueError(

@@ -198,7 +198,7 @@ def group_report(
     Args:
         y_true: ``[N]`` true labels, ints in ``0..C-1`` or strings.
         y_pred: ``[N]`` predicted labels (same kind as ``y_true``) or ``[N, C]`` scores/logits
-            (``y_hat = argmax``; NaN rejected).
+            (``y_hat = argmax``; NaN, and rows without a finite score, rejected).
         sensitive_features: ``[N]`` group of each sample (ints or strings), identified by value.
         n_classes: ``C``; default ``max label + 1`` for ints, the number of distinct labels for
             strings, the number of score columns for 2-D ``y_pred``.

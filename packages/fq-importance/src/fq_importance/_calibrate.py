@@ -134,6 +134,13 @@ def calibrate(
             x, y, inverse, n = x.to(dev), y.to(dev), inverse.to(dev), n.to(dev)
             with _capture(layers if strategy == "fused" else {}) as captured:
                 logits = model(x)
+            n_cls = logits.shape[-1]
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_cls):
+                bad = sorted({int(v) for v in y[(y < 0) | (y >= n_cls)].tolist()})
+                raise ValueError(
+                    f"batch {index} has label(s) {bad[:10]} outside 0..{n_cls - 1} (the model "
+                    f"has {n_cls} outputs)"
+                )
             ce = F.cross_entropy(logits, y, reduction="none")  # [B]
             # Row k: weight 1/n_k on the samples of the k-th present group, so losses[k] = L_g.
             rows = F.one_hot(inverse, len(ids)).T.to(ce.dtype) / n[:, None].to(ce.dtype)

@@ -27,7 +27,13 @@ from ._layers import float_weight, quantizable_layers
 from ._layout import LayerScopes, ScopeLayout
 from ._model import current_assignment, is_quantized, quantize_model, strip_quantization
 from ._onnx import export_onnx, ort_session
-from ._packed import export_packed, load_packed, packed_size, plain_state_dict
+from ._packed import (
+    export_packed,
+    load_packed,
+    packed_size,
+    plain_state_dict,
+    tensors_sha256,
+)
 from ._quantizer import FixedBitsQuantizer, RoundSTE, fake_quantize, round_ste
 
 __all__ = [
@@ -67,6 +73,7 @@ __all__ = [
     "scope_view",
     "ScopeLayout",
     "strip_quantization",
+    "tensors_sha256",
     "unpack_attention",
     "unpack_batch",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ._assignment import check_bits
@@ -192,7 +193,8 @@ def checked_bits(
 ) -> torch.Tensor:
     """``bits`` as a tensor on ``weight``'s device, validated against ``weight`` when ``check``.
 
-    An int becomes a tensor of the scope shape. Raises ``TypeError``/``ValueError`` naming the
+    An int becomes a tensor of the scope shape, a list or numpy array a tensor; a float (even
+    ``4.0``) is refused (``TypeError``), as one width is an int. Raises ``TypeError``/``ValueError`` naming the
     argument for a non-float weight, a weight without an output-channel dim, a wrong bit shape,
     non-finite weights or bits outside {0, 1, 2..16, 32} (floating bits: integral, in [2, 16]).
     """
@@ -203,8 +205,20 @@ def checked_bits(
             f"weight must have an output-channel dim and at least one more; got shape {tuple(weight.shape)}"
         )
     want = granularity.scope_shape(tuple(weight.shape))
-    if isinstance(bits, int):
-        bits = torch.full(want, bits, dtype=torch.int64, device=weight.device)
+    if isinstance(bits, (bool, float, np.floating)):
+        raise TypeError(
+            f"bits must be an int, or a tensor/array/list of the scope shape {want}; got "
+            f"{type(bits).__name__} {bits!r} (for one width everywhere pass an int, e.g. 4)"
+        )
+    if isinstance(bits, (int, np.integer)):
+        bits = torch.full(want, int(bits), dtype=torch.int64, device=weight.device)
+    elif isinstance(bits, (list, tuple, np.ndarray)):
+        bits = torch.as_tensor(np.asarray(bits))
+    elif not isinstance(bits, torch.Tensor):
+        raise TypeError(
+            f"bits must be an int, or a tensor/array/list of the scope shape {want}; got "
+            f"{type(bits).__name__}"
+        )
     if check:
         if tuple(bits.shape) != want:
             raise ValueError(

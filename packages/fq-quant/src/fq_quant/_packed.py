@@ -2,9 +2,12 @@
 
 Layout of a file written by :func:`export_packed` (all tensors little-endian, safetensors format):
 
-* Header metadata (strings): ``format`` (``"fq_quant.packed/1"``), ``granularity``, ``layers``
-  (JSON: quantized layer name -> weight shape and dtype, in module order) and, at tensor and
-  channel granularity, ``assignment`` (:meth:`BitAssignment.to_json`).
+* Header metadata (strings): ``format`` (``"fq_quant.packed/2"``), ``granularity``, ``layers``
+  (JSON: quantized layer name -> weight shape and dtype, in module order), at tensor and
+  channel granularity ``assignment`` (:meth:`BitAssignment.to_json`), and ``content_sha256``:
+  the SHA-256 of the other metadata (canonical JSON) and of every tensor
+  (:func:`tensors_sha256`), so a changed bit width in the header or a flipped byte in a tensor
+  is refused on load. Version 1 (no hash) is still read, with a warning.
 * Per quantized layer ``L`` (the weight's elements grouped by bit-width ``b``, ascending; inside a
   group in row-major order):
 
@@ -32,17 +35,19 @@ quantizer used, so the weights are bit-identical to the fake-quantized ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn.utils import parametrize
@@ -54,7 +59,10 @@ from ._layers import float_weight, quantizable_layers
 from ._layout import ScopeLayout
 from ._model import current_assignment, is_quantized, quantize_model
 
-FORMAT = "fq_quant.packed/1"
+FORMAT = "fq_quant.packed/2"
+#: The first version: the same layout without ``content_sha256``; read with a warning.
+FORMAT_V1 = "fq_quant.packed/1"
+_HASH_KEY = "content_sha256"
 _SUFFIXES = ("codes", "scales", "float", "zeros1", "bit_palette", "bit_index")
 _FULL = 32
 
@@ -207,14 +215,30 @@ def _decode_layer(
     parts: Mapping[str, torch.Tensor],
 ) -> torch.Tensor:
     """Dequantized weight of one layer, ``shape`` and ``dtype``, from its stored tensors."""
+    if tuple(bits.shape) != granularity.scope_shape(shape):
+        raise ValueError(
+            f"layer {name!r}: its bit map has shape {tuple(bits.shape)}; a {list(shape)} weight "
+            f"at {granularity.value} granularity needs {granularity.scope_shape(shape)}"
+        )
     groups = _Groups.of(bits, shape, granularity)
     coded = groups.coded()
-    codes = unpack_bits(
-        parts.get("codes", torch.zeros(0, dtype=torch.uint8)).numpy(),
-        [(groups.counts[i], groups.widths[i]) for i in coded],
-    )
+    stream = parts.get("codes", torch.zeros(0, dtype=torch.uint8))
+    want = math.ceil(sum(groups.counts[i] * groups.widths[i] for i in coded) / 8)
+    if stream.dtype != torch.uint8 or stream.numel() != want:
+        raise ValueError(
+            f"layer {name!r}: the code stream holds {stream.numel()} bytes ({stream.dtype}); its "
+            f"bit map needs exactly {want} uint8"
+        )
+    codes = unpack_bits(stream.numpy(), [(groups.counts[i], groups.widths[i]) for i in coded])
     values = torch.zeros(math.prod(shape), dtype=dtype)  # in sorted order; pruned stay 0
     scales = parts.get("scales", torch.zeros(0, dtype=dtype))
+    n_scales = sum(int(groups.row_runs(i).numel()) for i in coded)
+    if scales.numel() != n_scales:
+        raise ValueError(
+            f"layer {name!r}: the file holds {scales.numel()} scales; its bit map needs exactly "
+            f"{n_scales}"
+        )
+    _check_finite(name, "scale", scales)
     offset = 0
     for i, c in zip(coded, codes, strict=True):
         b, sl = groups.widths[i], groups.group(i)
@@ -225,6 +249,10 @@ def _decode_layer(
             )
         s_el = torch.repeat_interleave(scales[offset : offset + run.numel()], run)
         offset += run.numel()
+        if b >= 2 and c.size and int(c.max()) > 2**b - 2:
+            raise ValueError(
+                f"layer {name!r}: a {b}-bit code of {int(c.max())} is outside [0, {2**b - 2}]"
+            )
         c = torch.from_numpy(c)
         q = torch.where(c == 1, 1, -1) if b == 1 else c - (2 ** (b - 1) - 1)
         values[sl] = dequantize(q, s_el, Granularity.PARAM)
@@ -233,12 +261,45 @@ def _decode_layer(
         floats = parts.get("float")
         if floats is None or floats.numel() != groups.counts[i]:
             raise ValueError(f"layer {name!r}: the file lacks its {groups.counts[i]} float weights")
+        _check_finite(name, "float weight", floats)
         values[groups.group(i)] = floats.to(dtype)
     out = torch.empty_like(values)
     out[groups.perm] = values
     if "zeros1" in parts:
         out[parts["zeros1"]] = 0
     return out.reshape(shape)
+
+
+def _check_finite(name: str, what: str, t: torch.Tensor) -> None:
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        raise ValueError(
+            f"layer {name!r}: {int(bad.sum())} non-finite {what}(s) (first: "
+            f"{float(t[bad][0])}); the file is corrupt"
+        )
+
+
+def tensors_sha256(blob: bytes) -> str:
+    """SHA-256 of the tensors of the safetensors file ``blob``: every tensor's name, dtype, shape
+    and offsets (the header without its metadata, canonical JSON) and the data bytes.
+
+    Independent of the metadata, so it can be stored there; the same for two files holding the
+    same tensors whatever else their metadata says.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    header.pop("__metadata__", None)
+    h = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    h.update(blob[8 + n :])
+    return h.hexdigest()
+
+
+def _packed_sha256(blob: bytes, meta: Mapping[str, str]) -> str:
+    """The packed file's ``content_sha256``: its metadata (all but the hash) and its tensors."""
+    body = {k: v for k, v in meta.items() if k != _HASH_KEY}
+    h = hashlib.sha256(json.dumps(body, sort_keys=True).encode())
+    h.update(tensors_sha256(blob).encode())
+    return h.hexdigest()
 
 
 def _resolve(model: nn.Module, assignment: BitAssignment | None) -> BitAssignment:
@@ -339,8 +400,11 @@ def export_packed(
     assignment = _resolve(model, assignment)
     tensors, meta = _tensors(model, assignment)
     path = Path(path)
+    meta[_HASH_KEY] = _packed_sha256(st_save(tensors, metadata=meta), meta)
     payload = st_save(tensors, metadata=meta)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a plain exclusive create, not mkstemp: the file follows the umask (mkstemp gives 0o600)
+    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
@@ -369,14 +433,50 @@ def load_packed(
     Returns:
         Without ``model``: ``(state_dict, assignment)``, the plain model's state dict (CPU tensors)
         with dequantized weights, and the stored :class:`BitAssignment`. With ``model``: ``model``.
+
+    Raises:
+        ValueError: naming ``path``: not a (complete) safetensors file, another format, a content
+            hash that does not match (an edited header or a flipped byte), a bit map that does
+            not match the code stream and scales exactly, non-finite scales or float weights.
+        FileNotFoundError: ``path`` does not exist.
+
+    A version-1 file (no content hash) is read with a ``UserWarning``.
     """
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(
-                f"{path}: not an fq_quant packed file (format {meta.get('format')!r}, expected {FORMAT!r})"
-            )
-        stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    path = Path(path)
+    blob = path.read_bytes()
+    try:
+        stored = st_load(blob)
+        meta = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")]).get("__metadata__")
+        meta = dict(meta or {})
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({len(blob)} bytes; truncated or empty?): "
+            f"{exc}"
+        ) from None
+    if meta.get("format") == FORMAT_V1:
+        warnings.warn(
+            f"{path}: packed format version 1 carries no content hash and is read unverified; "
+            "export it again to get version 2",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif meta.get("format") != FORMAT:
+        raise ValueError(
+            f"{path}: not an fq_quant packed file (format {meta.get('format')!r}, expected {FORMAT!r})"
+        )
+    elif meta.get(_HASH_KEY) != _packed_sha256(blob, meta):
+        raise ValueError(
+            f"{path}: content hash mismatch: the file was edited or corrupted after export"
+        )
+    try:
+        return _decode_file(meta, stored, model)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _decode_file(
+    meta: Mapping[str, str], stored: dict[str, torch.Tensor], model: nn.Module | None
+) -> tuple[dict[str, torch.Tensor], BitAssignment] | nn.Module:
     granularity = Granularity.parse(meta["granularity"])
     layers = json.loads(meta["layers"])
     parts: dict[str, dict[str, torch.Tensor]] = {n: {} for n in layers}
@@ -411,7 +511,16 @@ def _param_bits(name: str, shape: list[int], parts: Mapping[str, torch.Tensor]) 
     n = math.prod(shape)
     width = _index_width(palette.numel())
     stream = parts.get("bit_index", torch.zeros(0, dtype=torch.uint8)).numpy()
+    if stream.size != math.ceil(n * width / 8):
+        raise ValueError(
+            f"layer {name!r}: the bit index holds {stream.size} bytes; {n} weights need exactly "
+            f"{math.ceil(n * width / 8)}"
+        )
     (index,) = unpack_bits(stream, [(n, width)])
+    if index.size and int(index.max()) >= palette.numel():
+        raise ValueError(
+            f"layer {name!r}: the bit index points past its {palette.numel()}-entry palette"
+        )
     return palette[torch.from_numpy(index)].reshape(shape)
 
 
@@ -493,7 +602,8 @@ def packed_size(
     payload = sum(s for _, _, s in sizes.values())
     if not header:
         return payload
-    return payload + _header_size(sizes, _metadata(weights, assignment))
+    meta = {**_metadata(weights, assignment), _HASH_KEY: "0" * 64}  # a hash's length
+    return payload + _header_size(sizes, meta)
 
 
 #: safetensors' dtype names, in the order of its ``Dtype`` enum: it writes tensors sorted by
