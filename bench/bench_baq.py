@@ -31,15 +31,13 @@ import torch
 
 def _session(kind: str, device: str, seed: int = 0):  # type: ignore[no-untyped-def]
     import timm
-    from fq_baq import BAQConfig
-    from fq_baq._loop import Session
-    from fq_baq._wrap import LearnableWrapping, Wrapping
+    from fq_baq import BAQConfig, BAQTrainer, FP32Trainer
 
     torch.manual_seed(seed)
     model = timm.create_model("resnet18", pretrained=False, num_classes=10)
     config = BAQConfig(cpu=device == "cpu", lr=1e-4, lr_bits=1e-3, lambda_fair=0.5)
-    wrapping = LearnableWrapping(model, config, None) if kind == "baq" else Wrapping()
-    return Session(model, wrapping, config)
+    trainer = BAQTrainer(model, config) if kind == "baq" else FP32Trainer(model, config)
+    return trainer.session()
 
 
 def _batch(image_size: int, batch: int, device: str):  # type: ignore[no-untyped-def]

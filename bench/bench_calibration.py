@@ -53,7 +53,7 @@ def bench_calibration(
     amortized as it is over the 50 batches of a real calibration.
     """
     import timm
-    from fq_importance._calibrate import _calibrate
+    from fq_importance import calibrate
     from fq_quant import quantizable_layers
 
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def bench_calibration(
         grp = (torch.arange(batch) % g).to(device)
         _sync(device)
         t = time.perf_counter()
-        _calibrate(
+        calibrate(
             model,
             [(x, y, grp)] * per_call,
             metric=metric,

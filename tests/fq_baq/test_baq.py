@@ -517,12 +517,9 @@ def test_training_step_makes_no_python_level_host_sync(monkeypatch, granularity)
     """CPU proxy of ``torch.cuda.set_sync_debug_mode("error")``: inside a BAQ step no tensor is
     turned into a Python value (``item``, ``bool``, ``int``, ``float``, ``tolist``, ``cpu``,
     ``numpy``), which is what forces a host sync on a GPU."""
-    from fq_baq._loop import Session
-    from fq_baq._wrap import LearnableWrapping
-
     model = tiny_model()
     cfg = BAQConfig(target_avg_bits=4.0, granularity=granularity, **CPU)
-    session = Session(model, LearnableWrapping(model, cfg, None), cfg)
+    session = BAQTrainer(model, cfg).session()
     batch = tiny_data()[:16]
     session.step(batch)  # warm-up outside the guard (lazy optimizer state)
 

@@ -78,12 +78,12 @@ WRAPPER = textwrap.dedent(
         return real_replace(src, dst, *a, **k)
     os.replace = replace
 
-    real_step = loop.Session.step
-    def step(self, batch):
+    real_step = loop.TrainingSession.step
+    def step(self, batch, *args):
         x, y, g = batch
         rec["steps"].append([int(x.shape[0]), digest(x)])
-        return real_step(self, batch)
-    loop.Session.step = step
+        return real_step(self, batch, *args)
+    loop.TrainingSession.step = step
 
     real_train = trainers.train
     def train(model, wrapping, config, loader, **kw):

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fq_importance import GroupImportance, calibrate
-from fq_importance._calibrate import _calibrate
 from fq_quant import BitAssignment, ScopeLayout, quantizable_layers, quantize_model
 from torch import nn
 from torch.nn.utils import parametrize
@@ -121,7 +120,7 @@ CASES += [(s, "grape", g) for s in ("loop", "batched") for g in ("channel", "par
 @pytest.mark.parametrize(("strategy", "metric", "granularity"), CASES)
 def test_equals_naive_reference(strategy: str, metric: str, granularity: str) -> None:
     model, data = _model(), _data()
-    gi = _calibrate(
+    gi = calibrate(
         model,
         data,
         metric=metric,
@@ -351,9 +350,9 @@ def test_auto_falls_back_when_fused_identity_fails(kind: str) -> None:
         seed=0,
         progress=False,
     )
-    auto = _calibrate(model, data, strategy="auto", **kw)
-    loop = _calibrate(model, data, strategy="loop", **kw)
-    fused = _calibrate(model, data, strategy="fused", **kw)
+    auto = calibrate(model, data, strategy="auto", **kw)
+    loop = calibrate(model, data, strategy="loop", **kw)
+    fused = calibrate(model, data, strategy="fused", **kw)
     same = lambda a: all(  # noqa: E731
         torch.allclose(a.importance[g][n], loop.importance[g][n], rtol=1e-9, atol=0)
         for g in loop.groups
@@ -363,3 +362,44 @@ def test_auto_falls_back_when_fused_identity_fails(kind: str) -> None:
     assert not same(fused)  # the fused identity really fails here
     if kind == "bypass":  # no batch mixing: the shared graph equals separate forwards
         _assert_close(auto, naive(model, data, "grape", "channel"), 1e-6)
+
+
+class _SeqFirst(nn.Module):
+    """A Linear on a sequence-first ``[L, N, E]`` input (the layout of torch's Transformer default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.conv(x).flatten(2).permute(2, 0, 1)  # [L, N, E]
+        return self.head(torch.tanh(self.fc(tokens)).mean(0))
+
+
+def _one_group_first(hw: tuple[int, int]) -> list[tuple]:
+    """Two batches of 8: the first all group 0 (nothing to compare groups on), then groups 0/1."""
+    g = torch.Generator().manual_seed(2)
+    x = [torch.randn(8, 3, *hw, generator=g, dtype=torch.float64) for _ in range(2)]
+    y = [torch.randint(0, 5, (8,), generator=g) for _ in range(2)]
+    return [(x[0], y[0], torch.zeros(8, dtype=torch.int64)), (x[1], y[1], torch.arange(8) % 2)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "hw"),
+    [("seq_first", (8, 8)), ("seq_first", (10, 3)), ("bypass", (8, 8))],
+    ids=["seq-first-36-tokens", "seq-first-8-tokens-as-many-as-samples", "bypass"],
+)
+def test_auto_checks_the_fused_split_before_using_any_batch(kind: str, hw: tuple[int, int]) -> None:
+    # 36 tokens vs 8 samples: the row split would read tokens as samples; 8 tokens: the leading
+    # dims agree, only the numerical check can tell; bypass: a weight used outside its layer.
+    torch.manual_seed(0)
+    model = (_SeqFirst() if kind == "seq_first" else _Bypass()).double()
+    data = _one_group_first(hw)
+    kw = dict(metric="grape", granularity="channel", batches=None, progress=False)
+    gi = calibrate(model, data, strategy="auto", **kw)
+    _assert_close(gi, naive(model, data, "grape", "channel"), 1e-6)
+    if kind == "seq_first" and hw == (8, 8):
+        with pytest.raises(ValueError, match=r"batch-first.*'fc'.*\(36, 8, 4\)"):
+            calibrate(model, data, strategy="fused", **kw)

@@ -16,7 +16,7 @@ from ._bits import (
 from ._budget import project_to_budget
 from ._config import BAQConfig
 from ._fairness import fairness_penalty
-from ._loop import BAQResult, EpochRecord
+from ._loop import BAQResult, EpochRecord, TrainingSession
 from ._trainers import BAQTrainer, FP32Trainer, QATTrainer
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "FP32Trainer",
     "LearnableBitsQuantizer",
     "QATTrainer",
+    "TrainingSession",
     "attach_learnable_bits",
     "detach_learnable_bits",
     "fairness_penalty",

@@ -57,7 +57,6 @@ class BAQConfig:
         dual_lr: step size of the dual ascent on ``lambda_bits`` per optimizer step, in units of
             lambda per bit of excess average; used only with ``target_avg_bits``.
         granularity: scope granularity of the learnable bits (CHANNEL is the paper's default).
-        init_bits: ``"max"`` starts every scope at ``bit_max`` when no warm start is given.
         mixed_precision: accelerate's ``"no"``, ``"fp16"`` or ``"bf16"`` autocast of the forward.
         grad_accum_steps: micro-batches per optimizer step (accelerate gradient accumulation).
         lr_schedule: ``"constant"`` or ``"cosine"`` decay to 0 over all optimizer steps.
@@ -80,7 +79,6 @@ class BAQConfig:
     target_avg_bits: float | None = None
     dual_lr: float = 1e-2
     granularity: Granularity = Granularity.CHANNEL
-    init_bits: Literal["max"] = "max"
     mixed_precision: MixedPrecision = "no"
     grad_accum_steps: int = 1
     lr_schedule: LRSchedule = "constant"
@@ -120,7 +118,6 @@ class BAQConfig:
         _check_choice("bit_reg", self.bit_reg, ("l2", "anchor"))
         _check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
         _check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
-        _check_choice("init_bits", self.init_bits, ("max",))
         object.__setattr__(self, "granularity", Granularity.parse(self.granularity))
         for name in ("cpu", "progress"):
             if not isinstance(getattr(self, name), bool):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
-from fq_quant import BitAssignment
+from fq_quant import BitAssignment, unpack_batch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -136,35 +136,6 @@ def make_accelerator(config: BAQConfig) -> Accelerator:
     return acc
 
 
-def unpack_batch(
-    batch: Any, *, need_groups: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(x, y, g)`` from a ``(x, y, g)`` / ``(x, y)`` tuple or an ``image/label/group`` dict."""
-    if isinstance(batch, Mapping):
-        try:
-            x, y = batch["image"], batch["label"]
-        except KeyError as e:
-            raise ValueError(
-                f"a dict batch needs keys 'image' and 'label' (and 'group'); missing {e}"
-            ) from None
-        g = batch.get("group")
-    elif isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
-        x, y = batch[0], batch[1]
-        g = batch[2] if len(batch) == 3 else None
-    else:
-        raise ValueError(
-            "batches must be (image, label, group) or (image, label) tuples, or dicts with keys "
-            f"image/label/group; got {type(batch).__name__}"
-        )
-    if g is None and need_groups:
-        raise ValueError(
-            "lambda_fair > 0 needs sensitive groups: batches must be (image, label, group) "
-            "tuples or "
-            "dicts with a 'group' key (or set lambda_fair=0)"
-        )
-    return x, y, g
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """A 32-bit seed that depends on ``(seed, epoch)`` only."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -189,8 +160,15 @@ def _seed_epoch(seed: int, epoch: int, loaders: Iterable[Any]) -> None:
             loader.set_epoch(epoch)
 
 
-class Session:
-    """One training session: the accelerator, the prepared model and optimizer, and the step."""
+class TrainingSession:
+    """One training session: the accelerator, the prepared model and optimizer, and the step.
+
+    Get one from a trainer (:meth:`BAQTrainer.session`) to drive single steps (benchmarks, custom
+    loops): ``session.step(batch)`` runs forward, backward and, at the end of an accumulation
+    window, an optimizer step, with no host-device synchronization; ``session.check_finite(epoch)``
+    raises on a non-finite loss since the last ``reset_epoch()``. Attributes: ``model`` and
+    ``optimizer`` (as prepared by ``accelerator``), ``params`` (the trained parameters).
+    """
 
     def __init__(self, model: nn.Module, wrapping: Wrapping, config: BAQConfig):
         self.config, self.wrapping = config, wrapping
@@ -273,10 +251,18 @@ class Session:
         gap = group_gap(mixed, all_g)
         return w * gap - (w - 1) * gap.detach()
 
-    def step(self, batch: Any) -> None:
-        """Forward, backward and (at the end of an accumulation window) an optimizer step."""
+    def step(self, batch: Any, index: int | None = None) -> None:
+        """Forward, backward and (at the end of an accumulation window) an optimizer step.
+
+        ``index`` (the batch's position in the epoch) is named in errors about the batch.
+        """
         cfg, acc = self.config, self.accelerator
-        x, y, g = unpack_batch(batch, need_groups=cfg.lambda_fair > 0)
+        x, y, g = unpack_batch(batch, index=index, need_groups=False)
+        if g is None and cfg.lambda_fair > 0:
+            raise ValueError(
+                "lambda_fair > 0 needs sensitive groups: batches must be (image, label, group) "
+                "tuples or dicts with a 'group' key (or set lambda_fair=0)"
+            )
         with acc.accumulate(self.model):
             logits = self.model(x)
             ce = F.cross_entropy(logits.float(), y, reduction="none")
@@ -327,7 +313,9 @@ def _eval_dict(out: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in out.items()}
 
 
-def _resume(session: Session, ckpt: dict[str, Any], kind: str) -> tuple[int, list[EpochRecord]]:
+def _resume(
+    session: TrainingSession, ckpt: dict[str, Any], kind: str
+) -> tuple[int, list[EpochRecord]]:
     if ckpt.get("kind") != kind:
         raise ValueError(f"checkpoint was written by a {ckpt.get('kind')!r} trainer, not {kind!r}")
     old, new = ckpt["config"], session.config.to_dict()
@@ -346,7 +334,7 @@ def _resume(session: Session, ckpt: dict[str, Any], kind: str) -> tuple[int, lis
 
 
 def _save(
-    session: Session, directory: Path, epoch: int, history: list[EpochRecord], kind: str
+    session: TrainingSession, directory: Path, epoch: int, history: list[EpochRecord], kind: str
 ) -> None:
     acc = session.accelerator
     acc.wait_for_everyone()
@@ -381,7 +369,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
 ) -> BAQResult:
     """Run ``config.epochs`` epochs (resuming from ``checkpoint_dir``) and finalize the model."""
-    session = Session(model, wrapping, config)
+    session = TrainingSession(model, wrapping, config)
     acc = session.accelerator
     loader = acc.prepare(train_loader)
     try:
@@ -412,7 +400,7 @@ def train(
             leave=False,
         )
         for batch in loader:
-            session.step(batch)
+            session.step(batch, seen)
             seen += 1
             bar.update(1)
             if seen % config.log_every == 0:

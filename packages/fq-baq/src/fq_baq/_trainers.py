@@ -10,7 +10,7 @@ from fq_quant import BitAssignment
 from torch import nn
 
 from ._config import BAQConfig
-from ._loop import BAQResult, train
+from ._loop import BAQResult, TrainingSession, train
 from ._wrap import FixedWrapping, LearnableWrapping, Wrapping, fp32_wrapping
 
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
@@ -67,6 +67,13 @@ class _Trainer:
             eval_fn=eval_fn,
             checkpoint_dir=checkpoint_dir,
         )
+
+    def session(self) -> TrainingSession:
+        """A :class:`TrainingSession` on this trainer's model: single steps, no epochs or checkpoints.
+
+        For benchmarks and custom loops; the steps train ``self.model`` in place (bits included).
+        """
+        return TrainingSession(self.model, self._wrapping, self.config)
 
 
 class BAQTrainer(_Trainer):

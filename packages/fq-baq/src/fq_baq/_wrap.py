@@ -9,7 +9,7 @@ import torch
 from fq_quant import BitAssignment, ScopeLayout, current_assignment, is_quantized, quantize_model
 from torch import nn
 
-from ._bits import attach_learnable_bits, detach_learnable_bits
+from ._bits import assignment_of, attach_learnable_bits, detach_learnable_bits
 from ._budget import project_to_budget
 from ._config import BAQConfig
 
@@ -98,7 +98,7 @@ class LearnableWrapping(Wrapping):
             return sums.sum() / self._num_params
 
     def assignment(self) -> BitAssignment:
-        return learned_assignment_of(self.quantizers)
+        return assignment_of(self.quantizers)
 
     def final_assignment(self) -> BitAssignment:
         """``round(b_cont)``, projected onto ``target_avg_bits`` when that is set (see _budget)."""
@@ -128,12 +128,6 @@ class LearnableWrapping(Wrapping):
         detach_learnable_bits(model)
         quantize_model(model, assignment)
         return model, assignment
-
-
-def learned_assignment_of(quantizers) -> BitAssignment:  # type: ignore[no-untyped-def]
-    """:func:`learned_assignment` from the quantizer dict (no module walk)."""
-    q0 = next(iter(quantizers.values()))
-    return BitAssignment(q0.granularity, {n: q.rounded_bits().cpu() for n, q in quantizers.items()})
 
 
 def fp32_wrapping(model: nn.Module) -> Wrapping:

@@ -11,12 +11,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from fq_quant import Granularity, quantizable_layers
+from fq_quant import Granularity, float_weight, quantizable_layers, unpack_batch
 from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from ._batches import unpack
 from ._group_importance import METRICS, GroupImportance
 
 _log = logging.getLogger(__name__)
@@ -42,6 +41,7 @@ def calibrate(
     probes: int = 1,
     seed: int = 0,
     progress: bool = True,
+    strategy: Strategy = DEFAULT_STRATEGY,
 ) -> GroupImportance:
     """Per-group importance of every scope of every ``nn.Conv2d`` / ``nn.Linear`` weight.
 
@@ -52,10 +52,13 @@ def calibrate(
     seeded by ``seed``); averaged to scopes (channel: mean over all dims but 0; tensor: mean;
     param: identity) and summed over batches (METHOD.md section 3).
 
-    Per-group gradients come from one backward to the layer outputs, split by group rows (exact
-    when samples do not interact in eval mode; checked against ``autograd.grad`` per group on the
-    first batch with two groups, with a fall back to that exact path), or, for custom layers,
-    quantized models and ``hessian``, from ``autograd.grad`` per group on the shared graph.
+    Per-group gradients come from one backward to the layer outputs, split by sample rows, or, for
+    custom layers, quantized models and ``hessian``, from ``autograd.grad`` per group on the
+    shared graph. The row split is exact when every layer's input and output are batch-first and
+    samples do not interact in eval mode; ``"auto"`` checks both before any batch's gradients are
+    used (leading dims on every batch; on the first batch, the split gradients against
+    ``autograd.grad`` per group, or per half of the batch when it holds one group) and falls back
+    to the exact path where they fail (e.g. a sequence-first ``[L, N, E]`` ``nn.Linear`` input).
 
     The model is left untouched: it runs in eval mode (BatchNorm uses its running statistics,
     Dropout is off: calibration measures the deployed model), no optimizer, no ``.grad`` written,
@@ -77,36 +80,13 @@ def calibrate(
         probes: Hutchinson probes per group and batch (``metric="hessian"`` only).
         seed: seed of the Hutchinson probes.
         progress: show a tqdm bar over batches.
+        strategy: how per-group gradients come out of the shared graph (same result up to float
+            rounding): ``"auto"`` (default) is ``"fused"`` where it applies, verified against
+            ``"loop"`` before its gradients are used, else ``"loop"``; ``"fused"``: one backward to
+            the layer outputs, each group's weight gradient from its own rows (plain
+            Conv2d/Linear layers with batch-first inputs, first-order metrics); ``"loop"``:
+            ``autograd.grad`` per group; ``"batched"``: one vmapped ``autograd.grad``.
     """
-    return _calibrate(
-        model,
-        loader,
-        metric=metric,
-        granularity=granularity,
-        batches=batches,
-        device=device,
-        groups=groups,
-        probes=probes,
-        seed=seed,
-        progress=progress,
-        strategy=DEFAULT_STRATEGY,
-    )
-
-
-def _calibrate(
-    model: nn.Module,
-    loader: Iterable[object],
-    *,
-    metric: str,
-    granularity: Granularity | str,
-    batches: int | None,
-    device: torch.device | str | None,
-    groups: Iterable[int] | None,
-    probes: int,
-    seed: int,
-    progress: bool,
-    strategy: Strategy,
-) -> GroupImportance:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
     gran = Granularity.parse(granularity)
@@ -120,9 +100,9 @@ def _calibrate(
         raise ValueError(f"strategy must be 'auto', 'fused', 'loop' or 'batched'; got {strategy!r}")
     expected = _expected_groups(groups)
     layers = quantizable_layers(model)
-    weights = {name: _float_weight(layer) for name, layer in layers.items()}
+    weights = {name: float_weight(layer) for name, layer in layers.items()}
     fusable = metric != "hessian" and all(_fusable(m) for m in layers.values())
-    # "auto" checks the fused identity on the first batch (sum_g dL_g/dW against autograd).
+    # "auto" checks the fused identity before its gradients are used (see _check_fused).
     verify = strategy == "auto"
     if strategy == "auto":
         strategy = "fused" if fusable else "loop"
@@ -141,7 +121,7 @@ def _calibrate(
         for index, batch in enumerate(
             tqdm(it, total=total, desc="calibrate", unit="batch", disable=not progress)
         ):
-            x, y, g = unpack(batch, index)
+            x, y, g = unpack_batch(batch, index=index)
             present, inverse, n = torch.unique(
                 g, sorted=True, return_inverse=True, return_counts=True
             )
@@ -163,26 +143,36 @@ def _calibrate(
                     f"batch {index}: the loss is NaN or inf (per-group losses {losses.tolist()})"
                 )
             if strategy == "fused":
-                check = verify and len(ids) > 1
-                grads_of = _fused_group_grads(ce, inverse, n, captured, layers, weights, keep=check)
-                if check:
-                    # Once, on the first batch with two groups: the fused gradients must equal
-                    # autograd's per group. They do not when samples interact in eval mode or a
-                    # weight is used outside its layer's call; then the loop is used throughout.
-                    fused = [grads_of(k) for k in range(len(ids))]
-                    exact = [
-                        dict(zip(weights, _grad(losses[k], list(weights.values())), strict=True))
-                        for k in range(len(ids))
-                    ]
-                    if not _agree(fused, exact):
+                odd = _not_batch_first(captured, x.shape[0])
+                if odd is not None:
+                    if not verify:
+                        raise ValueError(
+                            f"strategy 'fused' needs batch-first layer inputs and outputs; {odd} "
+                            f"in batch {index} of {x.shape[0]} samples (e.g. a sequence-first "
+                            "[L, N, E] nn.Linear input); use strategy='auto' or 'loop'"
+                        )
+                    _log.info("calibrate: %s is not batch-first; using the loop", odd)
+                    strategy, verify = "loop", False
+            per_group = None
+            if strategy == "fused":
+                parts = [torch.nonzero(inverse == k).squeeze(1) for k in range(len(ids))]
+                grads_of = _fused_group_grads(
+                    ce, inverse, n, captured, layers, weights, keep=verify
+                )
+                if verify:
+                    exact, verified = _check_fused(ce, inverse, n, parts, grads_of, weights)
+                    if exact is not None:  # the identity fails: the exact path from here on
                         _log.info("calibrate: fused per-group gradients disagree; using the loop")
-                        strategy = "loop"
-                    chosen = fused if strategy == "fused" else exact
-                    verify = False
-                    per_group = lambda k, c=chosen: _grads_to_scores(metric, c[k], weights, gran)  # noqa: E731
-                else:
-                    per_group = lambda k, f=grads_of: _grads_to_scores(metric, f(k), weights, gran)  # noqa: E731
-            else:
+                        strategy, verify = "loop", False
+                        if len(exact) == len(ids):  # computed per group already
+                            per_group = _scores_of(exact.__getitem__, metric, weights, gran)
+                    elif verified:
+                        verify = False
+                if strategy == "fused":
+                    per_group = _scores_of(
+                        lambda k, f=grads_of, p=parts: f(p[k]), metric, weights, gran
+                    )
+            if per_group is None:
                 per_group = _scores(metric, strategy, losses, weights, gran, probes, gen)
             for k, gid in enumerate(ids):
                 dst = acc.setdefault(gid, {})
@@ -228,14 +218,13 @@ def _scores(metric, strategy, losses, weights, gran, probes, gen):  # type: igno
         return lambda k: {n: s[k] for n, s in scores.items()}
 
     def loop(k: int) -> dict[str, torch.Tensor]:
-        grads = _grad(losses[k], ws, retain_graph=True)
-        return _grads_to_scores(metric, dict(zip(names, grads, strict=True)), weights, gran)
+        return dict(zip(names, _grad(losses[k], ws, retain_graph=True), strict=True))
 
-    return loop
+    return _scores_of(loop, metric, weights, gran)
 
 
 def _fused_group_grads(ce, inverse, n, captured, layers, weights, *, keep):  # type: ignore[no-untyped-def]
-    """``k -> {layer: dL_gk/dW}`` from ONE backward to the layer outputs.
+    """``rows -> {layer: d(sum_{i in rows} ce_i / n_g(i))/dW}`` from ONE backward to the outputs.
 
     In eval mode a sample's loss depends only on its own activations, so row ``i`` of
     ``d(sum_g L_g)/d out_l`` is ``dL_g(i)/d out_l[i]``, and ``dL_g/dW_l`` is the weight gradient
@@ -246,19 +235,48 @@ def _fused_group_grads(ce, inverse, n, captured, layers, weights, *, keep):  # t
     outs = [out for name in layers for _, out in captured[name]]
     deltas = iter(torch.autograd.grad(total, outs, allow_unused=True, retain_graph=keep))
     pairs = {name: [(inp, next(deltas)) for inp, _ in captured[name]] for name in layers}
-    rows = [torch.nonzero(inverse == k).squeeze(1) for k in range(len(n))]
 
-    def group_grads(k: int) -> dict[str, torch.Tensor]:
+    def rows_grads(rows: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         for name, layer in layers.items():
             grad = torch.zeros_like(weights[name], memory_format=torch.contiguous_format)
             for inp, delta in pairs[name]:
                 if delta is not None:
-                    grad += _weight_grad(layer, inp.detach()[rows[k]], delta[rows[k]])
+                    grad += _weight_grad(layer, inp.detach()[rows], delta[rows])
             out[name] = grad
         return out
 
-    return group_grads
+    return rows_grads
+
+
+def _not_batch_first(captured, batch: int) -> str | None:  # type: ignore[no-untyped-def]
+    """The first layer call whose input or output does not lead with the batch dim, described."""
+    for name, calls in captured.items():
+        for inp, out in calls:
+            for what, t in (("input", inp), ("output", out)):
+                if t.dim() == 0 or t.shape[0] != batch:
+                    return f"layer {name!r} got an {what} of shape {tuple(t.shape)}"
+    return None
+
+
+def _check_fused(ce, inverse, n, parts, grads_of, weights):  # type: ignore[no-untyped-def]
+    """Compare the row-split gradients with autograd's before they are used.
+
+    The partition is the batch's groups, or its even and odd rows when it holds one group (the
+    split must hold for any rows, so this checks it too). Returns ``(exact, verified)``:
+    ``exact`` is ``None`` when every part agrees, else autograd's gradients per part (per group
+    when the partition was the groups); ``verified`` is whether the partition had two parts.
+    """
+    if len(parts) == 1 and ce.shape[0] > 1:
+        idx = torch.arange(ce.shape[0], device=ce.device)
+        parts = [idx[0::2], idx[1::2]]
+    weighted = ce / n[inverse].to(ce.dtype)
+    ws = list(weights.values())
+    fused = [grads_of(r) for r in parts]
+    exact = [dict(zip(weights, _grad(weighted[r].sum(), ws), strict=True)) for r in parts]
+    if _agree(fused, exact):
+        return None, len(parts) > 1
+    return exact, False
 
 
 def _agree(fused: list[dict[str, torch.Tensor]], exact: list[dict[str, torch.Tensor]]) -> bool:
@@ -269,6 +287,11 @@ def _agree(fused: list[dict[str, torch.Tensor]], exact: list[dict[str, torch.Ten
             err.append((f[name] - e[name]).abs().max())
             tol.append(1e-3 * e[name].abs().max() + 1e-30)
     return bool((torch.stack(err) <= torch.stack(tol)).all())
+
+
+def _scores_of(grads_of_group, metric, weights, gran):  # type: ignore[no-untyped-def]
+    """``k -> {layer: scope-shaped score}`` from ``k -> {layer: weight gradient of group k}``."""
+    return lambda k: _grads_to_scores(metric, grads_of_group(k), weights, gran)
 
 
 def _grads_to_scores(metric, grads, weights, gran):  # type: ignore[no-untyped-def]
@@ -374,12 +397,6 @@ def _frozen(model: nn.Module, weights: list[torch.Tensor]) -> Iterator[None]:
             w.requires_grad_(flag)
         for m, mode in modes:
             m.training = mode  # per module: Module.train() would recurse and overwrite children
-
-
-def _float_weight(layer: nn.Module) -> torch.Tensor:
-    if parametrize.is_parametrized(layer, "weight"):
-        return layer.parametrizations.weight.original
-    return layer.weight
 
 
 def _device(weights: dict[str, torch.Tensor], device: torch.device | str | None) -> torch.device:

@@ -7,37 +7,63 @@ The one way in::
 
 from ._assignment import ALLOWED_BITS, BitAssignment
 from ._attention import LinearMultiheadAttention, pack_attention, unpack_attention
+from ._batches import BATCH_KEYS, unpack_batch
+from ._codes import (
+    CODES_DTYPE,
+    SCALE_FLOOR,
+    dequantize,
+    param_groups,
+    q_levels,
+    quantize_codes,
+    round_codes,
+    scope_absmax,
+    scope_absmean,
+    scope_scales,
+    scope_view,
+)
 from ._granularity import Granularity
 from ._importance_map import ImportanceMap
-from ._layers import quantizable_layers
+from ._layers import float_weight, quantizable_layers
 from ._layout import LayerScopes, ScopeLayout
 from ._model import current_assignment, is_quantized, quantize_model, strip_quantization
 from ._packed import export_packed, load_packed, plain_state_dict, predicted_packed_size
-from ._quantizer import FixedBitsQuantizer, RoundSTE, fake_quantize, q_levels, round_ste, scope_view
+from ._quantizer import FixedBitsQuantizer, RoundSTE, fake_quantize, round_ste
 
 __all__ = [
     "ALLOWED_BITS",
+    "BATCH_KEYS",
+    "CODES_DTYPE",
+    "SCALE_FLOOR",
     "BitAssignment",
+    "current_assignment",
+    "dequantize",
+    "export_packed",
+    "fake_quantize",
+    "float_weight",
     "FixedBitsQuantizer",
     "Granularity",
     "ImportanceMap",
+    "is_quantized",
     "LayerScopes",
     "LinearMultiheadAttention",
-    "RoundSTE",
-    "ScopeLayout",
-    "current_assignment",
-    "export_packed",
-    "fake_quantize",
-    "is_quantized",
     "load_packed",
     "pack_attention",
+    "param_groups",
     "plain_state_dict",
     "predicted_packed_size",
     "q_levels",
     "quantizable_layers",
+    "quantize_codes",
     "quantize_model",
+    "round_codes",
     "round_ste",
+    "RoundSTE",
+    "scope_absmax",
+    "scope_absmean",
+    "scope_scales",
     "scope_view",
+    "ScopeLayout",
     "strip_quantization",
     "unpack_attention",
+    "unpack_batch",
 ]

@@ -18,7 +18,10 @@ BITS_DTYPE = torch.uint8
 
 
 def check_bits(bits: torch.Tensor, *, name: str) -> torch.Tensor:
-    """Validate an integer bit tensor and return it as ``uint8`` on the CPU.
+    """Validate an integer bit tensor and return a copy as ``uint8`` on the CPU.
+
+    A copy also when ``bits`` already is a CPU ``uint8`` tensor: a later in-place change of the
+    caller's tensor cannot reach the result (and bypass this validation).
 
     Raises ``TypeError`` for a non-integer dtype and ``ValueError`` naming the layer and the first
     offending value when any entry is outside :data:`ALLOWED_BITS`.
@@ -35,7 +38,7 @@ def check_bits(bits: torch.Tensor, *, name: str) -> torch.Tensor:
         raise ValueError(
             f"bits for layer {name!r} contain {bad}; allowed bit-widths are 0, 1, 2..16 and 32"
         )
-    flat = flat.to(BITS_DTYPE)  # exact: every value is in 0..32 now
+    flat = flat.to(BITS_DTYPE, copy=True)  # exact: every value is in 0..32 now
     # One counting pass instead of an int64 copy + isin (25M per-parameter scopes in ~0.05 s).
     counts = torch.bincount(flat, minlength=33)
     if bool(counts[17:32].any()):
@@ -55,7 +58,8 @@ class BitAssignment:
         bits: layer name -> ``uint8`` tensor of that layer's scope shape (``(1,)`` per tensor,
             ``(O,)`` per channel, the weight shape per parameter). Values in {0, 1, 2..16, 32}.
 
-    Values are validated on construction; names and shapes are checked against a model's
+    The tensors are validated and copied on construction (a later in-place change of the caller's
+    tensors does not reach the assignment); names and shapes are checked against a model's
     :class:`ScopeLayout` wherever the assignment is applied (:meth:`check`).
     """
 

@@ -19,7 +19,8 @@ class ImportanceMap:
         granularity: the scope granularity the score tensors are shaped for.
         scores: layer name -> float tensor of that layer's scope shape (see :class:`ScopeLayout`).
 
-    Build it by hand to allocate bits from your own scores. Scores must be finite.
+    Build it by hand to allocate bits from your own scores. Scores must be finite; they are copied
+    on construction (a later in-place change of the caller's tensors does not reach the map).
     """
 
     granularity: Granularity
@@ -35,9 +36,7 @@ class ImportanceMap:
                 raise TypeError(
                     f"scores for layer {name!r} must be a torch.Tensor; got {type(s).__name__}"
                 )
-            s = s.detach()
-            if not s.is_floating_point():
-                s = s.to(torch.float32)
+            s = s.detach().to(s.dtype if s.is_floating_point() else torch.float32, copy=True)
             if not bool(torch.isfinite(s).all()):
                 raise ValueError(f"scores for layer {name!r} contain NaN or inf")
             clean[str(name)] = s

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 #: Module types whose ``weight`` is quantized (METHOD.md: every Conv2d and Linear, first and last included).
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -26,3 +28,15 @@ def quantizable_layers(model: nn.Module) -> dict[str, nn.Module]:
             f"model {type(model).__name__} has no quantizable layer (nn.Conv2d or nn.Linear)"
         )
     return layers
+
+
+def float_weight(layer: nn.Module) -> torch.Tensor:
+    """The float weight of a Conv2d/Linear layer: the parameter itself, also when it is wrapped.
+
+    For a layer carrying a weight parametrization (:func:`quantize_model`, fq-baq's learnable bits)
+    this is ``layer.parametrizations.weight.original``, the trainable float tensor; otherwise
+    ``layer.weight``. Same shape and dtype as the weight; no copy.
+    """
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations.weight.original
+    return layer.weight

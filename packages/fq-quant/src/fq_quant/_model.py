@@ -10,7 +10,7 @@ from torch.nn.utils import parametrize
 
 from ._assignment import BitAssignment
 from ._attention import bare_attention_modules
-from ._layers import quantizable_layers
+from ._layers import float_weight, quantizable_layers
 from ._layout import ScopeLayout
 from ._quantizer import FixedBitsQuantizer
 
@@ -49,13 +49,13 @@ def quantize_model(model: nn.Module, assignment: BitAssignment) -> nn.Module:
     assignment.check(layout)
     layers = quantizable_layers(model)
     for name, layer in layers.items():
-        weight = _float_weight(layer).detach()
+        weight = float_weight(layer).detach()
         finite = torch.isfinite(weight)
         if not bool(finite.all()):
             bad = float(weight[~finite][0])
             raise ValueError(f"layer {name!r} has a non-finite weight ({bad}); cannot quantize it")
     for name, layer in layers.items():
-        bits = assignment.bits[name].to(_float_weight(layer).device)
+        bits = assignment.bits[name].to(float_weight(layer).device)
         q = FixedBitsQuantizer(bits, assignment.granularity, layout[name].weight_shape, name=name)
         if parametrize.is_parametrized(layer, "weight"):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
@@ -87,9 +87,3 @@ def current_assignment(model: nn.Module) -> BitAssignment:
             raise TypeError(f"layer {name!r} carries a {type(q).__name__}, not fixed bits")
         bits[name], granularity = q.bits.cpu(), q.granularity
     return BitAssignment(granularity, bits)
-
-
-def _float_weight(layer: nn.Module) -> torch.Tensor:
-    if parametrize.is_parametrized(layer, "weight"):
-        return layer.parametrizations.weight.original
-    return layer.weight

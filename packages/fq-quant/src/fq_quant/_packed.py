@@ -48,11 +48,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._assignment import BITS_DTYPE, BitAssignment
+from ._codes import dequantize, quantize_codes, scope_view
 from ._granularity import Granularity
-from ._layers import quantizable_layers
+from ._layers import float_weight, quantizable_layers
 from ._layout import ScopeLayout
-from ._model import _float_weight, current_assignment, is_quantized, quantize_model
-from ._quantizer import _EPS, _param_key, q_levels, scope_absmax, scope_absmean, scope_view
+from ._model import current_assignment, is_quantized, quantize_model
 
 FORMAT = "fq_quant.packed/1"
 _SUFFIXES = ("codes", "scales", "float", "zeros1", "bit_palette", "bit_index")
@@ -163,41 +163,30 @@ def _encode_layer(
 ) -> dict[str, torch.Tensor]:
     """The stored tensors of one layer (keys are the suffixes of ``_SUFFIXES``)."""
     shape = tuple(w.shape)
-    bits_b = scope_view(bits, shape, granularity)
-    key = _param_key(bits) if granularity is Granularity.PARAM else None
     groups = _Groups.of(bits, shape, granularity)
-    # Exactly the quantizer's arithmetic (see _FixedFakeQuant.forward), so decoding is bit-exact.
-    s = scope_absmax(w, granularity, key).clamp_min(_EPS) / q_levels(bits_b).to(w.dtype)
-    q = torch.div(w, s).round_().reshape(-1)[groups.perm]
-    s = s.expand(shape).reshape(-1)[groups.perm]
-    w_sorted = w.reshape(-1)[groups.perm]
+    codes, scales = quantize_codes(w, bits, granularity)
+    q = codes.reshape(-1)[groups.perm].to(torch.int64)
+    s = scope_view(scales, shape, granularity).expand(shape).reshape(-1)[groups.perm]
     out: dict[str, torch.Tensor] = {}
-    code_groups, scales = [], []
+    code_groups, run_scales = [], []
     for i in groups.coded():
         b, sl = groups.widths[i], groups.group(i)
         if b == 1:
-            per_el = scope_absmean(w, granularity, key).expand(shape).reshape(-1)[groups.perm[sl]]
-            code_groups.append(((w_sorted[sl] >= 0).numpy().astype(np.uint16), 1))
-            zeros = groups.perm[sl][w_sorted[sl] == 0]
+            # sign(w) >= 0 as one bit; exact zeros (sign 0) are listed apart.
+            code_groups.append(((q[sl] >= 0).numpy().astype(np.uint16), 1))
+            zeros = groups.perm[sl][q[sl] == 0]
             if zeros.numel():
                 out["zeros1"] = zeros
         else:
-            qb = 2 ** (b - 1) - 1
-            codes = q[sl].to(torch.int64) + qb
-            if not (int(codes.min()) >= 0 and int(codes.max()) <= 2 * qb):
-                raise RuntimeError(
-                    f"{b}-bit codes outside [0, {2 * qb}]: quantizer and export disagree"
-                )
-            code_groups.append((codes.numpy().astype(np.uint16), b))
-            per_el = s[sl]
+            code_groups.append(((q[sl] + (2 ** (b - 1) - 1)).numpy().astype(np.uint16), b))
         # Every element of a (row, b) group carries the same scale: keep each run's first.
         run = groups.row_runs(i)
-        scales.append(per_el[torch.cumsum(run, 0) - run])
+        run_scales.append(s[sl][torch.cumsum(run, 0) - run])
     out["codes"] = torch.from_numpy(pack_bits(code_groups))
-    if scales:
-        out["scales"] = torch.cat(scales)
+    if run_scales:
+        out["scales"] = torch.cat(run_scales)
     if _FULL in groups.widths:
-        out["float"] = w_sorted[groups.group(groups.widths.index(_FULL))].clone()
+        out["float"] = w.reshape(-1)[groups.perm[groups.group(groups.widths.index(_FULL))]]
     if granularity is Granularity.PARAM:
         palette, index = torch.unique(bits.reshape(-1).to(torch.int64), return_inverse=True)
         out["bit_palette"] = palette.to(BITS_DTYPE)
@@ -237,10 +226,8 @@ def _decode_layer(
         s_el = torch.repeat_interleave(scales[offset : offset + run.numel()], run)
         offset += run.numel()
         c = torch.from_numpy(c)
-        if b == 1:
-            values[sl] = s_el * torch.where(c == 1, 1.0, -1.0).to(dtype)
-        else:
-            values[sl] = (c - (2 ** (b - 1) - 1)).to(dtype) * s_el
+        q = torch.where(c == 1, 1, -1) if b == 1 else c - (2 ** (b - 1) - 1)
+        values[sl] = dequantize(q, s_el, Granularity.PARAM)
     if _FULL in groups.widths:
         i = groups.widths.index(_FULL)
         floats = parts.get("float")
@@ -290,7 +277,7 @@ def _weights(model: nn.Module, assignment: BitAssignment) -> dict[str, torch.Ten
     assignment.check(layout)
     weights = {}
     for name, layer in quantizable_layers(model).items():
-        w = _float_weight(layer).detach().to("cpu")
+        w = float_weight(layer).detach().to("cpu")
         finite = torch.isfinite(w)
         if not bool(finite.all()):
             bad = float(w[~finite][0])
