@@ -32,8 +32,12 @@ def _write_folder(root, n=36, *, file_col="file", with_bad=False):
     df = pl.DataFrame(rows)
     if with_bad:
         df = pl.concat(
-            [df, pl.DataFrame([{file_col: "images/nope.png", "dx": "benign", "skin": "dark",
-                                "site": "s0"}])]  # fmt: skip
+            [
+                df,
+                pl.DataFrame(
+                    [{file_col: "images/nope.png", "dx": "benign", "skin": "dark", "site": "s0"}]
+                ),
+            ]  # fmt: skip
         )
     df.write_csv(root / "labels.csv")
     return df

@@ -70,8 +70,10 @@ def resolve_source(source: str) -> Path | str:
 def _open(source: str) -> datasets.DatasetDict:
     resolved = resolve_source(source)
     path = resolved if isinstance(resolved, Path) else None
-    if path is not None and path.is_dir() and (
-        (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+    if (
+        path is not None
+        and path.is_dir()
+        and ((path / "dataset_dict.json").exists() or (path / "state.json").exists())
     ):
         loaded = datasets.load_from_disk(str(path))
     else:
