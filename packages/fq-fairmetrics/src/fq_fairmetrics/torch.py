@@ -84,7 +84,8 @@ def _batch_parts(batch: Any, i: int) -> tuple[Any, Any, Any]:
         return batch[0], batch[1], batch[2]
     raise ValueError(
         f"batch {i}: expected (image, label, group) or a dict with those keys; got "
-        f"{type(batch).__name__}" + (f" of length {len(batch)}" if hasattr(batch, "__len__") else "")
+        f"{type(batch).__name__}"
+        + (f" of length {len(batch)}" if hasattr(batch, "__len__") else "")
     )
 
 
