@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +107,15 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: A
         )
 
 
-def add_config_arguments(p: argparse.ArgumentParser) -> None:
+def add_config_arguments(
+    p: argparse.ArgumentParser, fields: Collection[str] | None = None
+) -> None:
     """Add ``--preset``, one flag per :class:`GridConfig` field, ``--data-source``,
-    ``--label-column``, ``--threads`` and ``-v`` to ``p`` (shared by every bench entry point
-    that builds a grid config; :func:`config_from_args` reads them back)."""
+    ``--dataset``, ``--image-column``, ``--label-column``, ``--group-column``, ``--threads`` and
+    ``-v`` to ``p`` (shared by every bench entry point that builds a grid config;
+    :func:`config_from_args` reads them back). ``fields``: only these fields get a flag (an entry
+    point that uses a few of them lists only those in its ``--help``); the others keep the
+    preset's value."""
     p.add_argument("--preset", choices=tuple(PRESETS), default="default",
                    help="default: CPU demo on semi-synthetic data (Table 1 and a 3-budget frontier); "
                    "paper: the paper's grid (+ a 3-6 bit frontier); frontier: a denser frontier "
@@ -132,7 +137,7 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     for f in dataclasses.fields(GridConfig):
-        if f.name not in _SPECIAL:
+        if f.name not in _SPECIAL and (fields is None or f.name in fields):
             _add_field(p, f, getattr(PRESETS["default"], f.name))
 
 
@@ -192,7 +197,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     for f in dataclasses.fields(GridConfig):
         if f.name in _SPECIAL:
             continue
-        v = getattr(args, f.name)
+        v = getattr(args, f.name, None)
         if f.name == "budgets" and v is not None:
             v = [b for chunk in v for b in chunk]
         if v is not None:
