@@ -261,4 +261,3 @@ def run_readme_example(tmp_path: Path) -> Callable[..., str]:
 def readme_python_blocks(readme: Path) -> list[str]:
     """Every python code block of ``readme``, in order."""
     return re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S)
-
