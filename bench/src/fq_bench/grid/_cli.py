@@ -37,7 +37,8 @@ FIELD_HELP: dict[str, str] = {
     "bit_min": "BAQ minimum bits",
     "bit_max": "BAQ maximum bits",
     "palette_bits": "fixed palette bit-widths (Lin, Guo, FQ-QAT)",
-    "palette_props": "share of scopes per palette bit-width",
+    "palette_props": "share of scopes (channels) per palette bit-width; 2/4/8 at 0.2/0.4/0.4 is 5.2 bits "
+    "per channel, about 3.8 per weight on resnet18 (each cell reports the per-weight average)",
     "baq_bits": "bit-widths of the FQ-BAQ warm-start allocation",
     "baq_warm_avg_bits": "parameter-weighted average bits of the FQ-BAQ warm start",
     "calib_batches": "calibration mini-batches (paper: 50)",
