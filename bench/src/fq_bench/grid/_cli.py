@@ -108,9 +108,7 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: A
         )
 
 
-def add_config_arguments(
-    p: argparse.ArgumentParser, fields: Collection[str] | None = None
-) -> None:
+def add_config_arguments(p: argparse.ArgumentParser, fields: Collection[str] | None = None) -> None:
     """Add ``--preset``, one flag per :class:`GridConfig` field, ``--data-source``,
     ``--dataset``, ``--image-column``, ``--label-column``, ``--group-column``, ``--threads`` and
     ``-v`` to ``p`` (shared by every bench entry point that builds a grid config;
