@@ -43,7 +43,15 @@ def clip_margin(bit_min: int, bit_max: int) -> float:
 
 
 def theta_from_bits(bits: torch.Tensor, bit_min: int, bit_max: int) -> torch.Tensor:
-    """``theta = atanh(r)``, ``r = (bits - bit_min) / (bit_max - bit_min)`` clipped (float32)."""
+    """``theta = atanh(r)``, ``r = (bits - bit_min) / (bit_max - bit_min)`` clipped (float32).
+
+    The clip is :func:`clip_margin`'s ``[r_lo, 1 - r_lo]``, so ``round(b_cont) == bits``:
+
+    >>> import torch
+    >>> from fq_baq import theta_from_bits
+    >>> theta_from_bits(torch.tensor([2, 5, 8]), 2, 8)  # r = 0.05, 0.5, 0.95
+    tensor([0.0500, 0.5493, 1.8318])
+    """
     span = bit_max - bit_min
     if span == 0:
         return torch.full(bits.shape, math.atanh(0.5), dtype=torch.float32)

@@ -48,6 +48,13 @@ def fairness_penalty(
     Returns:
         0-dim tensor (nats): ``L_g`` is the mean cross-entropy over the samples of group ``g`` in
         the batch; max minus min over the groups present, 0 when fewer than two are present.
+
+    >>> import torch
+    >>> from fq_baq import fairness_penalty
+    >>> logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    >>> pen = fairness_penalty(logits, torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 1, 1]))
+    >>> round(float(pen), 4)  # log 2 - log(1 + e^-2)
+    0.5662
     """
     _check_inputs(logits, targets, groups)
     ce = F.cross_entropy(logits.float(), targets.long(), reduction="none")

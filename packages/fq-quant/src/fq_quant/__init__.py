@@ -26,7 +26,7 @@ from ._importance_map import ImportanceMap
 from ._layers import float_weight, quantizable_layers
 from ._layout import LayerScopes, ScopeLayout
 from ._model import current_assignment, is_quantized, quantize_model, strip_quantization
-from ._packed import export_packed, load_packed, plain_state_dict, predicted_packed_size
+from ._packed import export_packed, load_packed, packed_size, plain_state_dict
 from ._quantizer import FixedBitsQuantizer, RoundSTE, fake_quantize, round_ste
 
 __all__ = [
@@ -48,9 +48,9 @@ __all__ = [
     "LinearMultiheadAttention",
     "load_packed",
     "pack_attention",
+    "packed_size",
     "param_groups",
     "plain_state_dict",
-    "predicted_packed_size",
     "q_levels",
     "quantizable_layers",
     "quantize_codes",

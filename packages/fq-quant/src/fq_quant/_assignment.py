@@ -61,6 +61,16 @@ class BitAssignment:
     The tensors are validated and copied on construction (a later in-place change of the caller's
     tensors does not reach the assignment); names and shapes are checked against a model's
     :class:`ScopeLayout` wherever the assignment is applied (:meth:`check`).
+
+    >>> from torch import nn
+    >>> from fq_quant import BitAssignment, ScopeLayout
+    >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    >>> layout = ScopeLayout.from_model(model, "channel")
+    >>> a = BitAssignment.uniform(layout, 4)
+    >>> a.bits["0"]
+    tensor([4, 4, 4], dtype=torch.uint8)
+    >>> a.avg_bits(layout)
+    4.0
     """
 
     granularity: Granularity

@@ -39,7 +39,12 @@ class Granularity(str, Enum):
             raise ValueError(f"granularity must be one of {allowed}; got {value!r}") from None
 
     def scope_shape(self, weight_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """The bit-tensor shape of a weight of ``weight_shape`` at this granularity."""
+        """The bit-tensor shape of a weight of ``weight_shape`` at this granularity.
+
+        >>> from fq_quant import Granularity
+        >>> [g.scope_shape((64, 3, 7, 7)) for g in Granularity]
+        [(1,), (64,), (64, 3, 7, 7)]
+        """
         if self is Granularity.TENSOR:
             return (1,)
         if self is Granularity.CHANNEL:

@@ -333,7 +333,7 @@ def export_packed(
         assignment: bits to store; default: the wrapped model's :func:`current_assignment`.
 
     Returns:
-        ``path`` as a :class:`~pathlib.Path`. The file size is :func:`predicted_packed_size`.
+        ``path`` as a :class:`~pathlib.Path`. The file size is :func:`packed_size`.
         Layout: see the module docstring of ``fq_quant._packed`` (or the package README).
     """
     assignment = _resolve(model, assignment)
@@ -477,10 +477,13 @@ def _check_architecture(model: nn.Module, state: Mapping[str, torch.Tensor]) -> 
     )
 
 
-def predicted_packed_size(
+def packed_size(
     model: nn.Module, assignment: BitAssignment | None = None, *, header: bool = True
 ) -> int:
-    """Bytes :func:`export_packed` writes for ``model`` at ``assignment``, from a formula.
+    """Exactly the bytes :func:`export_packed` writes for ``model`` at ``assignment``, unwritten.
+
+    Computed from a formula (nothing is encoded or serialized), so it is cheap; the tests check
+    it equals the written file's size byte for byte.
 
     Per quantized layer, with ``n_b`` weights at width ``b`` (``1 <= b < 32`` coded):
 
@@ -491,9 +494,10 @@ def predicted_packed_size(
     * rare extras: 8 bytes per exact zero in a 1-bit scope; at param granularity the bit map,
       ``K`` bytes of palette plus ``ceil(N * ceil(log2 K) / 8)`` for ``K`` distinct widths.
 
-    Plus every other state-dict tensor at its size (4 bytes per float32 parameter or buffer) and,
-    with ``header=True``, the safetensors header (8 bytes + JSON, padded to 8). Without the header
-    and the rare extras this is ``fq_fairmetrics.cost_report(...).size_bytes``.
+    Plus every other state-dict tensor at its size (biases, norms, BatchNorm running statistics
+    and ``num_batches_tracked``: 4 bytes per float32 value, 8 per int64) and, with
+    ``header=True``, the safetensors header (8 bytes + JSON, padded to 8). Without the header and
+    the rare extras this is ``fq_fairmetrics.cost_report(...).size_bytes``.
     """
     assignment = _resolve(model, assignment)
     weights = _weights(model, assignment)
@@ -537,28 +541,40 @@ def predicted_packed_size(
     return payload + _header_size(sizes, _metadata(weights, assignment))
 
 
+#: safetensors' dtype names, in the order of its ``Dtype`` enum: it writes tensors sorted by
+#: dtype (descending in this order), then by name, which fixes the offsets in its header.
+_ST_DTYPES: dict[torch.dtype, str] = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int32: "I32",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.int64: "I64",
+}
+_ST_RANK = {name: i for i, name in enumerate(_ST_DTYPES.values())}
+
+
 def _st_dtype(dtype: torch.dtype) -> str:
-    return {
-        torch.float32: "F32",
-        torch.float16: "F16",
-        torch.bfloat16: "BF16",
-        torch.float64: "F64",
-        torch.int64: "I64",
-        torch.int32: "I32",
-        torch.int16: "I16",
-        torch.int8: "I8",
-        torch.uint8: "U8",
-        torch.bool: "BOOL",
-    }.get(dtype, "F32")
+    try:
+        return _ST_DTYPES[dtype]
+    except KeyError:
+        raise ValueError(
+            f"packed_size cannot size a {dtype} tensor; supported: "
+            f"{', '.join(str(d).removeprefix('torch.') for d in _ST_DTYPES)}"
+        ) from None
 
 
 def _header_size(sizes: Mapping[str, tuple[str, list[int], int]], meta: Mapping[str, str]) -> int:
     """The safetensors header: 8-byte length, then compact JSON padded with spaces to 8 bytes."""
     header: dict[str, object] = {"__metadata__": dict(meta)}
     offset = 0
-    for key in sorted(sizes):
+    for key in sorted(sizes, key=lambda k: (-_ST_RANK[sizes[k][0]], k)):
         dtype, shape, nbytes = sizes[key]
         header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
-    n = len(json.dumps(header, separators=(",", ":")).encode())
+    n = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode())
     return 8 + n + (-n) % 8

@@ -121,6 +121,14 @@ def fake_quantize(
         ``w_hat`` with ``weight``'s shape and dtype. For ``b >= 2``: ``s * clamp(round(w / s), -Q, Q)``
         with ``Q = 2^(b-1) - 1`` and ``s = max|w| / Q`` over the scope (per (channel, bit) group at
         PARAM granularity); ``b = 1``: ``mean|w| * sign(w)``; ``b = 0``: 0; ``b = 32``: ``w``.
+
+    >>> import torch
+    >>> from fq_quant import fake_quantize
+    >>> w = torch.tensor([[2.0, -2.0, 1.5, 0.5]])  # 2 bits: Q = 1, s = max|w| = 2
+    >>> fake_quantize(w, 2, "channel")
+    tensor([[ 2., -2.,  2.,  0.]])
+    >>> fake_quantize(w, 1, "channel")  # mean|w| * sign(w)
+    tensor([[ 1.5000, -1.5000,  1.5000,  1.5000]])
     """
     g = Granularity.parse(granularity)
     bits = checked_bits(weight, bits, g, check=check)
