@@ -172,3 +172,19 @@ def test_fitzpatrick_error_points_to_custom_loader(fitz_layout):
 
     with pytest.raises(DataError, match=r"\['dark'\].*fq_data.load_dataset"):
         load_fitzpatrick17k(root)
+
+
+def test_imagefolder_metadata_without_file_name_says_so(tmp_path):
+    # datasets' imagefolder needs 'file_name'; a 'file' column used to fail deep inside datasets
+    root = tmp_path / "imf"
+    _write_folder(root).write_ndjson(root / "metadata.jsonl")
+    (root / "labels.csv").unlink()
+    with pytest.raises(DataError, match=r"metadata.jsonl: .*needs a 'file_name' column.*'file'"):
+        load_dataset(root, image_col="image", label_col="dx", group_col="skin")
+    from fq_data import load_fitzpatrick17k
+
+    with pytest.raises(DataError, match="needs a 'file_name' column"):
+        load_fitzpatrick17k(root)
+    # ... and the suggested fix works
+    dd = load_dataset(root / "metadata.jsonl", image_col="file", label_col="dx", group_col="skin")
+    assert len(dd["train"]) + len(dd["test"]) == 36

@@ -67,9 +67,29 @@ def resolve_source(source: str) -> Path | str:
     return source
 
 
+def _check_imagefolder_metadata(folder: Path) -> None:
+    """``datasets``' imagefolder joins metadata on a ``file_name`` column: say so up front."""
+    for meta in sorted(folder.rglob("metadata.*")):
+        if meta.suffix == ".csv":
+            columns = pl.read_csv(meta, n_rows=0).columns
+        elif meta.suffix == ".jsonl":
+            columns = pl.read_ndjson(meta, n_rows=1).columns
+        else:
+            continue
+        if "file_name" not in columns:
+            raise DataError(
+                f"{meta}: an image folder's metadata file needs a 'file_name' column (the image "
+                f"path relative to it; datasets' imagefolder convention); columns found: "
+                f"{sorted(columns)}. Rename the column, or read the folder with "
+                "fq_data.load_dataset(folder, image_col=<your column>, ...)"
+            )
+
+
 def _open(source: str) -> datasets.DatasetDict:
     resolved = resolve_source(source)
     path = resolved if isinstance(resolved, Path) else None
+    if path is not None and path.is_dir():
+        _check_imagefolder_metadata(path)
     if (
         path is not None
         and path.is_dir()
