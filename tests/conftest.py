@@ -220,32 +220,44 @@ def clean_venv(tmp_path: Path) -> Callable[[str], CleanVenv]:
 
 
 @pytest.fixture
-def run_readme_example(tmp_path: Path) -> Callable[[Path], str]:
-    """``run(readme)``: run the first python block of ``readme`` as a script; return its stdout.
+def run_readme_example(tmp_path: Path) -> Callable[..., str]:
+    """``run(readme, *, edit=None, threads=1)``: run the first python block of ``readme`` as a
+    script (``edit(code) -> code`` first, if given); return its stdout.
 
-    It runs in a bare environment (no inherited variables, a temp HOME and cache), so an
-    example that only works on the author's machine fails here.
+    It runs in a bare environment (no inherited variables, a temp HOME and cache, the working
+    directory ``tmp_path``), so an example that only works on the author's machine fails here.
+    ``threads`` sets ``OMP_NUM_THREADS`` (one thread: the shared CI machine's fastest setting,
+    and the one the READMEs' printed numbers were measured with).
     """
 
-    def run(readme: Path) -> str:
-        blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S)
+    def run(
+        readme: Path, *, edit: Callable[[str], str] | None = None, threads: int | None = 1
+    ) -> str:
+        blocks = readme_python_blocks(readme)
         assert blocks, f"{readme} has no python example"
         script = tmp_path / "example.py"
-        script.write_text(blocks[0])
+        script.write_text(edit(blocks[0]) if edit else blocks[0])
         env = {
             "FQ_CACHE_DIR": str(tmp_path / "cache"),
             "PATH": "/usr/bin:/bin",
             "HOME": str(tmp_path),
         }
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
         out = subprocess.run(
             [sys.executable, str(script)],
             capture_output=True,
             text=True,
             env=env,
-            timeout=600,
+            timeout=900,
             cwd=tmp_path,
         )
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout
 
     return run
+
+
+def readme_python_blocks(readme: Path) -> list[str]:
+    """Every python code block of ``readme``, in order."""
+    return re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S)

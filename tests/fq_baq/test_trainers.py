@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 
@@ -16,6 +17,7 @@ from fq_baq import (
 )
 from fq_quant import (
     current_assignment,
+    is_quantized,
     quantize_model,
 )
 from torch import nn
@@ -241,3 +243,50 @@ def test_training_step_makes_no_python_level_host_sync(tiny, monkeypatch, granul
         session.step(batch)
     monkeypatch.undo()
     session.check_finite(0)
+
+
+# --- FP32 without the fairness term; copies unless inplace ---------------------------------
+
+
+def test_fp32_trainer_trains_without_the_fairness_term(tiny):
+    # BAQConfig's default lambda_fair=0.5 must not leak into the FP32 reference: the loss is the
+    # task's alone, so the result equals an explicit lambda_fair=0 run and needs no groups
+    cfg = BAQConfig(epochs=1, lr=1e-2, seed=4, cpu=True)
+    assert cfg.lambda_fair == 0.5
+    trainer = FP32Trainer(tiny.model(), cfg)
+    assert trainer.config.lambda_fair == 0.0
+    a = trainer.fit(tiny.loader()).model
+    b = FP32Trainer(tiny.model(), dataclasses.replace(cfg, lambda_fair=0.0)).fit(tiny.loader())
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.model.parameters(), strict=True))
+    x, y, _ = tiny.data().tensors
+    res = FP32Trainer(tiny.model(), cfg).fit(DataLoader(TensorDataset(x, y), batch_size=16))
+    assert len(res.history) == 1  # (image, label) batches: no groups needed
+
+
+@pytest.mark.parametrize("kind", ["fp32", "qat", "baq"])
+def test_trainers_leave_the_given_model_untouched_unless_inplace(kind, tiny):
+    def trainer(model, **kw):
+        cfg = BAQConfig(epochs=1, lr=1e-2, lambda_fair=0.0, cpu=True)
+        if kind == "fp32":
+            return FP32Trainer(model, cfg, **kw)
+        if kind == "qat":
+            return QATTrainer(model, tiny.assignment(model, 2, 8), cfg, **kw)
+        return BAQTrainer(model, cfg, **kw)
+
+    model = tiny.model()
+    before = copy.deepcopy(model.state_dict())
+    res = trainer(model).fit(tiny.loader())
+    assert res.model is not model
+    assert not is_quantized(model)  # the FP32 model is still there
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert set(model.state_dict()) == set(before)
+    # inplace=True: the given model itself is trained (and, but for FP32, quantized)
+    same = tiny.model()
+    res2 = trainer(same, inplace=True).fit(tiny.loader())
+    assert res2.model is same and is_quantized(same) == (kind != "fp32")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(res.model.state_dict().values(), same.state_dict().values(), strict=True)
+    )  # a copy trains exactly like the original
+    with pytest.raises(TypeError, match="inplace must be a bool"):
+        trainer(tiny.model(), inplace="yes")

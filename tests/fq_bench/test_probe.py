@@ -173,3 +173,17 @@ def test_cli_writes_its_files_and_rejects_bad_input(
     with pytest.raises(ValueError, match="granularity must be one of channel, tensor"):
         ptq_probe(TINY, tmp_path, granularity="param")
     assert not np.any([p.name.startswith("ptq_probe") for p in tmp_path.iterdir()])
+
+
+def test_probe_help_lists_only_the_flags_it_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        probe_main(["--help"])
+    out = capsys.readouterr().out
+    for used in ("--bits", "--models", "--seeds", "--fp32-epochs", "--lr-fp32", "--dataset"):
+        assert used in out, used
+    for unused in ("--epochs ", "--lambda-fair", "--lr-bits", "--palette-bits", "--budgets",
+                   "--methods", "--calib-batches", "--baq-bits", "--bootstrap-resamples"):  # fmt: skip
+        assert unused not in out, unused
+    with pytest.raises(SystemExit):
+        probe_main(["--lambda-fair", "0.1"])  # a fine-tune flag is refused, not ignored
+    assert "unrecognized arguments: --lambda-fair" in capsys.readouterr().err

@@ -350,7 +350,10 @@ def test_auto_falls_back_when_fused_identity_fails(kind: str) -> None:
         seed=0,
         progress=False,
     )
-    auto = calibrate(model, data, strategy="auto", **kw)
+    reason = "samples interact" if kind == "mixing" else "disagree with autograd"
+    with pytest.warns(UserWarning, match=f"calibrate: the fused.*{reason}.*exact loop") as rec:
+        auto = calibrate(model, data, strategy="auto", **kw)
+    assert len(rec) == 1  # once per call, not per batch
     loop = calibrate(model, data, strategy="loop", **kw)
     fused = calibrate(model, data, strategy="fused", **kw)
     same = lambda a: all(  # noqa: E731
@@ -398,8 +401,40 @@ def test_auto_checks_the_fused_split_before_using_any_batch(kind: str, hw: tuple
     model = (_SeqFirst() if kind == "seq_first" else _Bypass()).double()
     data = _one_group_first(hw)
     kw = dict(metric="grape", granularity="channel", batches=None, progress=False)
-    gi = calibrate(model, data, strategy="auto", **kw)
+    why = "not batch-first" if (kind, hw) == ("seq_first", (8, 8)) else "disagree"
+    with pytest.warns(UserWarning, match=f"calibrate: the fused.*{why}"):
+        gi = calibrate(model, data, strategy="auto", **kw)
     _assert_close(gi, naive(model, data, "grape", "channel"), 1e-6)
     if kind == "seq_first" and hw == (8, 8):
         with pytest.raises(ValueError, match=r"batch-first.*'fc'.*\(36, 8, 4\)"):
             calibrate(model, data, strategy="fused", **kw)
+
+
+@pytest.mark.parametrize("arch", ["sequential", "mobilenet_v3_small"])
+def test_fused_path_works_with_in_place_activations(arch: str) -> None:
+    # An in-place activation right after a layer (mobilenet_v3's Hardswish(inplace=True)) used to
+    # overwrite the recorded layer output, so the fused identity failed and auto fell back.
+    torch.manual_seed(0)
+    if arch == "sequential":
+        model = nn.Sequential(
+            nn.Flatten(), nn.Linear(192, 6), nn.Hardswish(inplace=True), nn.Linear(6, 5)
+        ).double()
+        data = _data()
+    else:
+        import torchvision
+
+        model = torchvision.models.mobilenet_v3_small(num_classes=5).double().eval()
+        g = torch.Generator().manual_seed(3)
+        data = [
+            (torch.randn(6, 3, 32, 32, generator=g, dtype=torch.float64),
+             torch.randint(0, 5, (6,), generator=g), torch.arange(6) % 2)
+        ]  # fmt: skip
+    kw = dict(metric="grape", granularity="channel", batches=None, progress=False)
+    fused = calibrate(model, data, strategy="fused", **kw)  # forced: no fallback possible
+    auto = calibrate(model, data, strategy="auto", **kw)  # no warning (warnings are errors)
+    loop = calibrate(model, data, strategy="loop", **kw)
+    for gi in (fused, auto):
+        for grp in loop.groups:
+            for n in loop.layers:
+                a, b = gi.importance[grp][n], loop.importance[grp][n]
+                assert torch.allclose(a, b, rtol=1e-6, atol=1e-12 * float(b.abs().max())), n

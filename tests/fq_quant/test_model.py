@@ -220,3 +220,27 @@ def test_granularity_mismatch_and_wrong_types():
         FixedBitsQuantizer(torch.tensor([4, 4]), "channel", (3, 2), name="conv")
     with pytest.raises(ValueError, match="not quantized"):
         current_assignment(model)
+
+
+def test_assignment_for_another_model_names_the_first_differing_layer():
+    import torchvision
+    from fq_baq import BAQConfig, QATTrainer
+
+    small = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 2))  # fmt: skip
+    other = torchvision.models.resnet18(num_classes=2)
+    a = BitAssignment.uniform(ScopeLayout.from_model(small, "channel"), 4)
+    with pytest.raises(
+        ValueError,
+        match=r"^assignment does not match model: first differing layer: quantizable layer #0 is "
+        r"'0' \(scope shape \(4,\)\) in the assignment, 'conv1' \(scope shape \(64,\)\) in the "
+        r"model; the assignment has 2 layers, the model 21",
+    ):
+        QATTrainer(other, a, BAQConfig(cpu=True))
+    # same names, other widths: the shape is named
+    wide = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 2))  # fmt: skip
+    with pytest.raises(ValueError, match=r"'0' has shape \(4,\) in the assignment, scope shape "
+                       r"\(8,\) in the model"):  # fmt: skip
+        quantize_model(wide, a)
+    assert not is_quantized(wide) and not is_quantized(other)

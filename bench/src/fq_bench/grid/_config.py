@@ -146,6 +146,9 @@ FP32_FIELDS: tuple[str, ...] = (
     "label_columns",
     "mixed_precision",
     "min_test_per_group",
+    "custom_datasets",
+    "image_columns",
+    "group_columns",
 )
 #: Fields a calibration depends on.
 CALIBRATION_FIELDS: tuple[str, ...] = (*FP32_FIELDS, "calib_batches")
@@ -213,7 +216,14 @@ class GridConfig:
     ``label_columns``: ``((dataset, column), ...)``: the metadata column holding the class, e.g.
     Fitzpatrick17k's ``label`` (114 conditions), ``nine_partition_label`` or
     ``three_partition_label``; a dataset not listed uses its loader's default (real Fitzpatrick17k:
-    ``label``; semi-synthetic Fitzpatrick17k: ``three_partition_label``; ISIC 2019: the diagnosis).
+    ``label``; semi-synthetic Fitzpatrick17k: ``three_partition_label``; ISIC 2019: the diagnosis;
+    a custom dataset: ``label``).
+    ``custom_datasets``: ``((name, source), ...)``: your own data, read by ``fq_data.load_dataset``
+    (a folder or table whose image column holds image paths, or anything ``datasets`` reads); each
+    name joins the valid values of ``datasets``. ``image_columns`` / ``group_columns``:
+    ``((name, column), ...)`` for those datasets (defaults ``image`` and ``group``); any group
+    values work (Guo et al.'s two groups: the largest training group against the rest unless the
+    groups are Fitzpatrick types, sexes, or two).
     """
 
     preset: str = "default"
@@ -244,6 +254,9 @@ class GridConfig:
     weights_dir: str | None = None
     data_sources: tuple[tuple[str, str], ...] = ()
     label_columns: tuple[tuple[str, str], ...] = ()
+    custom_datasets: tuple[tuple[str, str], ...] = ()
+    image_columns: tuple[tuple[str, str], ...] = ()
+    group_columns: tuple[tuple[str, str], ...] = ()
     fair_loss: FairLoss = "gap"
     fair_tau: float = 0.1
     dro_eta: float = 0.1
@@ -259,8 +272,42 @@ class GridConfig:
     progress: bool = True
     notes: tuple[str, ...] = field(default=())
 
+    @property
+    def dataset_names(self) -> tuple[str, ...]:
+        """The built-in datasets, then the custom ones: the valid values of ``datasets``."""
+        return (*DATASETS, *(name for name, _ in self.custom_datasets))
+
+    def _check_custom(self) -> None:
+        names = [n for n, _ in self.custom_datasets]
+        for name, source in self.custom_datasets:
+            if name in DATASETS or not name.replace("-", "_").isidentifier():
+                raise _fail(
+                    "custom_datasets",
+                    name,
+                    "a name like my_data (letters, digits, _ or -) other than "
+                    + ", ".join(DATASETS),
+                )
+            if not isinstance(source, str) or not source:
+                raise _fail(f"custom_datasets[{name}]", source, "a non-empty source")
+        for field_name in ("custom_datasets", "image_columns", "group_columns"):
+            pairs = getattr(self, field_name)
+            keys = [k for k, _ in pairs]
+            if len(set(keys)) != len(keys):
+                raise _fail(field_name, pairs, "at most one entry per dataset")
+            if field_name == "custom_datasets":
+                continue
+            for ds, col in pairs:
+                if ds not in names:
+                    raise ValueError(
+                        f"{field_name}: {ds!r} is not a custom dataset (give it with "
+                        f"--dataset {ds}=SOURCE); custom datasets: {names}"
+                    )
+                if not isinstance(col, str) or not col:
+                    raise _fail(f"{field_name}[{ds}]", col, "a non-empty column name")
+
     def __post_init__(self) -> None:
-        _check_names("datasets", self.datasets, DATASETS)
+        self._check_custom()
+        _check_names("datasets", self.datasets, self.dataset_names)
         if self.methods or not self.budgets:  # a frontier-only run may leave Table 1 out
             _check_names("methods", self.methods, METHOD_IDS)
         if not self.models or len(set(self.models)) != len(self.models):
@@ -317,9 +364,10 @@ class GridConfig:
             if len(set(names)) != len(names):
                 raise _fail(field_name, pairs, "at most one entry per dataset")
         for ds, col in self.label_columns:
-            if ds not in DATASETS:
+            if ds not in self.dataset_names:
                 raise ValueError(
-                    f"label_columns: unknown dataset {ds!r}; valid names: {', '.join(DATASETS)}"
+                    f"label_columns: unknown dataset {ds!r}; valid names: "
+                    f"{', '.join(self.dataset_names)}"
                 )
             if not isinstance(col, str) or not col:
                 raise _fail(f"label_columns[{ds}]", col, "a non-empty column name")
@@ -388,8 +436,23 @@ class GridConfig:
         return dataclasses.replace(self, **changes)
 
     def data_source(self, dataset: str) -> str:
-        """``"semisynthetic"`` or the source given for ``dataset``."""
+        """``"semisynthetic"`` or the source given for ``dataset`` (a custom one's source)."""
+        custom = dict(self.custom_datasets)
+        if dataset in custom:
+            return custom[dataset]
         return dict(self.data_sources).get(dataset, "semisynthetic")
+
+    def is_custom(self, dataset: str) -> bool:
+        """True for a dataset given with ``custom_datasets`` (``--dataset NAME=SOURCE``)."""
+        return dataset in dict(self.custom_datasets)
+
+    def custom_columns(self, dataset: str) -> dict[str, str]:
+        """``fq_data.load_dataset``'s column arguments for a custom dataset."""
+        return {
+            "image_col": dict(self.image_columns).get(dataset, "image"),
+            "label_col": dict(self.label_columns).get(dataset, "label"),
+            "group_col": dict(self.group_columns).get(dataset, "group"),
+        }
 
     def label_column(self, dataset: str) -> str | None:
         """The class column given for ``dataset``, or ``None`` for the loader's default."""
@@ -416,6 +479,9 @@ class GridConfig:
         for name in ("fair_loss", "fair_tau", "dro_eta", "fair_ema"):
             if d.get(name, defaults[name]) == defaults[name]:
                 d.pop(name, None)
+        for k in ("custom_datasets", "image_columns", "group_columns"):
+            if not d.get(k):
+                d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

@@ -65,11 +65,20 @@ class MethodOutput:
 
 
 def _train_config(ctx: CellContext, *, lambda_fair: float):
-    return train_config(ctx.config, seed=ctx.seed, progress=ctx.progress, lambda_fair=lambda_fair)
+    return train_config(
+        ctx.config,
+        seed=ctx.seed,
+        progress=ctx.progress,
+        lambda_fair=lambda_fair,
+        n_groups=ctx.n_groups,
+    )
 
 
-def train_config(c: GridConfig, *, seed: int, progress: bool, lambda_fair: float):
-    """The ``fq_baq.BAQConfig`` of a fine-tune under the cell config ``c``."""
+def train_config(
+    c: GridConfig, *, seed: int, progress: bool, lambda_fair: float, n_groups: int | None = None
+):
+    """The ``fq_baq.BAQConfig`` of a fine-tune under the cell config ``c`` (``n_groups``: the
+    dataset's number of groups, for the objectives that keep a weight per group)."""
     from fq_baq import BAQConfig
 
     return BAQConfig(
@@ -81,7 +90,7 @@ def train_config(c: GridConfig, *, seed: int, progress: bool, lambda_fair: float
         fair_tau=c.fair_tau,
         dro_eta=c.dro_eta,
         fair_ema=c.fair_ema,
-        n_groups=ctx.n_groups,
+        n_groups=n_groups,
         lr=c.lr,
         lr_bits=c.lr_bits,
         weight_decay=c.weight_decay,

@@ -33,7 +33,7 @@ import polars as pl
 import torch
 from fq_data import atomic_write_bytes
 
-from ._config import GridConfig
+from ._config import FP32_FIELDS, GridConfig
 from ._runner import (
     DataBundle,
     RunPaths,
@@ -47,6 +47,9 @@ from ._runner import (
 from ._series import mean_of
 
 PROBE_GRANULARITIES = ("channel", "tensor")
+#: The grid's fields the probe uses: which references (datasets, models, seeds), what trains them
+#: (the FP32 checkpoint's fields) and how it runs; the fine-tune fields get no flag.
+PROBE_FIELDS: tuple[str, ...] = (*FP32_FIELDS, "datasets", "models", "seeds", "cpu", "progress")
 
 
 @torch.no_grad()
@@ -225,15 +228,15 @@ def build_probe_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python bench/ptq_probe.py",
         description="Uniform post-training quantization of the grid's FP32 references, per group: "
-        "accuracy, worst group, logit error, prediction flips. Takes the grid's flags (--methods "
-        "is ignored) and reuses the grid's FP32 checkpoints under --out.",
+        "accuracy, worst group, logit error, prediction flips. Takes the grid's flags that "
+        "choose and train the FP32 references, and reuses the grid's FP32 checkpoints under --out.",
     )
     p.add_argument("--out", default=None, help="grid results folder (default results/<preset>)")
     p.add_argument("--bits", nargs="+", type=int, default=[8, 5, 4, 3],
                    help="bit-widths to probe, each in 2..16 (default: 8 5 4 3)")  # fmt: skip
     p.add_argument("--granularity", choices=PROBE_GRANULARITIES, default="channel",
                    help="scope of one scale: channel (Table 1) or tensor")  # fmt: skip
-    add_config_arguments(p)
+    add_config_arguments(p, fields=PROBE_FIELDS)
     return p
 
 

@@ -224,6 +224,12 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
             label_col=label_col,
             min_test_per_group=config.min_test_per_group,
         )
+    elif config.is_custom(dataset):
+        from fq_data import load_dataset
+
+        dd = load_dataset(
+            source, seed=0, test_fraction=config.test_fraction, **config.custom_columns(dataset)
+        )
     elif dataset == "fitzpatrick17k":
         from fq_data import load_fitzpatrick17k
 
@@ -235,8 +241,14 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
     loaders = make_loaders(
         dd, image_size=config.image_size, batch_size=config.batch_size, train=True, seed=0
     )
-    mapping, names = binary_grouping(loaders.group_names)
     train_groups = torch.as_tensor(np.asarray(dd["train"]["group"], dtype=np.int64))
+    try:
+        mapping, names = binary_grouping(loaders.group_names)
+    except ValueError:  # any other groups (a user's own): the largest against the rest
+        sizes = torch.bincount(train_groups, minlength=len(loaders.group_names))
+        top = int(sizes.argmax())
+        mapping = [1 if k == top else 0 for k in range(len(loaders.group_names))]
+        names = ("rest", str(loaders.group_names[top]))
     binary = torch.tensor(mapping)[train_groups]
     counts = [int((binary == k).sum()) for k in (0, 1)]
     return DataBundle(

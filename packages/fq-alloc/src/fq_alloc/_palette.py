@@ -54,7 +54,13 @@ class Palette:
 
     @property
     def avg_bits(self) -> float:
-        """``sum_k p_k b_k``: the average bits per scope (per parameter with ``weighting="params"``)."""
+        """``sum_k p_k b_k``: the nominal average bits per *scope* (channel at channel granularity).
+
+        The average per *weight*, what the model stores, depends on which scopes get which width:
+        ``allocate(...).avg_bits(layout)``. 2/4/8 at 0.2/0.4/0.4 is 5.2 per scope but 3.8 per
+        weight on resnet18 and 6.1 on mobilenet_v3. With ``weighting="params"`` the proportions
+        count weights, and this is the per-weight average (within one scope).
+        """
         return math.fsum(p * b for p, b in zip(self.proportions, self.bits, strict=True))
 
     @property

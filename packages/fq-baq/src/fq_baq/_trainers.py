@@ -1,7 +1,14 @@
-"""BAQTrainer (learnable bits), QATTrainer (frozen bits), FP32Trainer: one loop, three wrappings."""
+"""BAQTrainer (learnable bits), QATTrainer (frozen bits), FP32Trainer: one loop, three wrappings.
+
+Every trainer works on a deep copy of the model it is given (``trainer.model``, returned as
+``fit(...).model``), so the caller's model, typically the FP32 reference, is still there to compare
+with afterwards; ``inplace=True`` trains the given model itself (no copy, no extra memory).
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,15 @@ def _check_config(config: Any) -> BAQConfig:
     if not isinstance(config, BAQConfig):
         raise TypeError(f"config must be a BAQConfig; got {type(config).__name__}")
     return config
+
+
+def _own_model(model: Any, inplace: Any) -> nn.Module:
+    """``model`` itself under ``inplace=True``, else a deep copy (the caller's model untouched)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool; got {inplace!r}")
+    return model if inplace else copy.deepcopy(model)
 
 
 class _Trainer:
@@ -79,37 +95,57 @@ class _Trainer:
 class BAQTrainer(_Trainer):
     """Bit-Aware Quantization: learn bits per scope together with the weights (METHOD.md sec. 6).
 
-    The model is modified in place: every Conv2d/Linear weight gets a
-    :class:`~fq_baq.LearnableBitsQuantizer` (a fixed-bits quantizer already there is replaced, its
-    float weight kept). ``warm_start`` sets each scope's initial bits exactly; without it every
-    scope starts at ``bit_max``.
+    Trains a deep copy of ``model`` (``self.model``; ``inplace=True``: ``model`` itself), whose
+    every Conv2d/Linear weight gets a :class:`~fq_baq.LearnableBitsQuantizer` (a fixed-bits
+    quantizer already there is replaced, its float weight kept). ``warm_start`` sets each scope's
+    initial bits exactly; without it every scope starts at ``bit_max``.
     """
 
     def __init__(
-        self, model: nn.Module, config: BAQConfig, warm_start: BitAssignment | None = None
+        self,
+        model: nn.Module,
+        config: BAQConfig,
+        warm_start: BitAssignment | None = None,
+        *,
+        inplace: bool = False,
     ):
         self.config = _check_config(config)
-        self.model = model
-        self._wrapping = LearnableWrapping(model, self.config, warm_start)
+        self.model = _own_model(model, inplace)
+        self._wrapping = LearnableWrapping(self.model, self.config, warm_start)
 
 
 class QATTrainer(_Trainer):
     """FQ-QAT: the same loop with the bits frozen at ``assignment`` (``fq_quant.quantize_model``).
 
     Also the Lin et al. / Guo et al. baselines with ``lambda_fair=0``. ``bit_*``, ``lambda_bits``
-    and ``target_avg_bits`` of the config are not used.
+    and ``target_avg_bits`` of the config are not used. Trains a deep copy of ``model``
+    (``self.model``; ``inplace=True``: ``model`` itself), quantized with
+    ``fq_quant.quantize_model``.
     """
 
-    def __init__(self, model: nn.Module, assignment: BitAssignment, config: BAQConfig):
+    def __init__(
+        self,
+        model: nn.Module,
+        assignment: BitAssignment,
+        config: BAQConfig,
+        *,
+        inplace: bool = False,
+    ):
         self.config = _check_config(config)
-        self.model = model
-        self._wrapping = FixedWrapping(model, assignment)
+        self.model = _own_model(model, inplace)
+        self._wrapping = FixedWrapping(self.model, assignment)
 
 
 class FP32Trainer(_Trainer):
-    """The same loop with no quantizer: the FP32 reference fine-tune."""
+    """The same loop with no quantizer and no fairness term: the FP32 reference (fine-)tune.
 
-    def __init__(self, model: nn.Module, config: BAQConfig):
-        self.config = _check_config(config)
-        self.model = model
-        self._wrapping = fp32_wrapping(model)
+    The loss is the task's cross-entropy alone: the config's ``lambda_fair`` is set to 0 (as
+    ``self.config`` shows), so batches need no groups; ``bit_*``, ``lambda_bits`` and
+    ``target_avg_bits`` are not used. Trains a deep copy of ``model`` (``self.model``;
+    ``inplace=True``: ``model`` itself).
+    """
+
+    def __init__(self, model: nn.Module, config: BAQConfig, *, inplace: bool = False):
+        self.config = dataclasses.replace(_check_config(config), lambda_fair=0.0)
+        self.model = _own_model(model, inplace)
+        self._wrapping = fp32_wrapping(self.model)

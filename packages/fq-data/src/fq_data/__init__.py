@@ -3,7 +3,8 @@
 Every source becomes a ``datasets.DatasetDict`` with splits ``train`` and ``test`` and columns
 ``image`` (``Image``), ``label`` and ``group`` (``ClassLabel``), ``id``, plus raw attributes:
 :func:`load_fitzpatrick17k`, :func:`load_isic2019`, and the offline default
-:func:`load_semisynthetic` (real metadata rows, generated pixels). :func:`make_loaders` turns it
+:func:`load_semisynthetic` (real metadata rows, generated pixels), and :func:`load_dataset` for
+your own images with any label and group columns. :func:`make_loaders` turns it
 into seeded ``(image, label, group)`` batches. ``python -m fq_data prepare|inspect`` is the
 command line.
 """
@@ -20,6 +21,7 @@ from ._common import (
     default_cache_dir,
     is_semisynthetic,
 )
+from ._custom import load_dataset
 from ._download import PrepareResult, prepare_fitzpatrick17k
 from ._fitzpatrick import load_fitzpatrick17k
 from ._io import atomic_write_bytes
@@ -65,6 +67,7 @@ __all__ = [
     "default_cache_dir",
     "generate_lesion_images",
     "is_semisynthetic",
+    "load_dataset",
     "load_fitzpatrick17k",
     "load_isic2019",
     "load_semisynthetic",

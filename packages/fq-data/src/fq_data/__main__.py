@@ -2,7 +2,8 @@
 
 Commands: ``prepare fitzpatrick17k`` (download images, write parquet shards),
 ``prepare semisynthetic`` (generate and cache the offline default), and ``inspect`` (load any
-source, with ``--image-col/--label-col/--group-col``, and summarize splits and groups).
+source, with ``--image-col/--label-col/--group-col``, and summarize splits and groups;
+``inspect custom SOURCE`` takes your own data with any label and group values).
 """
 
 from __future__ import annotations
@@ -100,7 +101,28 @@ def _inspect(args: argparse.Namespace) -> int:
     )
 
     cols = {"image_col": args.image_col, "group_col": args.group_col, "strict": args.strict}
-    if args.dataset == "semisynthetic":
+    if args.dataset == "custom":
+        from fq_data import load_dataset
+
+        missing = [
+            f"--{k.replace('_', '-')}"
+            for k in ("image_col", "label_col", "group_col")
+            if getattr(args, k) is None
+        ]
+        if args.source is None or missing:
+            raise SystemExit(
+                "inspect custom: needs SOURCE and --image-col, --label-col, --group-col"
+                + (f" (missing: {', '.join(missing)})" if missing else "")
+            )
+        dd = load_dataset(
+            args.source,
+            image_col=args.image_col,
+            label_col=args.label_col,
+            group_col=args.group_col,
+            seed=args.seed,
+            strict=bool(args.strict),
+        )
+    elif args.dataset == "semisynthetic":
         dd = load_semisynthetic(args.source or "fitzpatrick17k", seed=args.seed)
     elif args.source is None:
         raise SystemExit("inspect: SOURCE is required for real data")
@@ -134,13 +156,14 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     ins = sub.add_parser("inspect", help="load a source into the canonical form and summarize it")
-    ins.add_argument("dataset", choices=("fitzpatrick17k", "isic2019", "semisynthetic"))
+    ins.add_argument("dataset", choices=("fitzpatrick17k", "isic2019", "semisynthetic", "custom"))
     ins.add_argument(
         "source",
         nargs="?",
         default=None,
         help="hub id, local dataset path, or folder in the original layout "
-        "(for semisynthetic: fitzpatrick17k or isic2019)",
+        "(for semisynthetic: fitzpatrick17k or isic2019; for custom: a folder or table whose "
+        "--image-col holds image paths, or anything datasets reads)",
     )
     ins.add_argument("--image-col", default=None)
     ins.add_argument("--label-col", default=None)

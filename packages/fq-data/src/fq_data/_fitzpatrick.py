@@ -44,7 +44,9 @@ def fitzpatrick_groups(values: pl.Series, *, grouping: Grouping) -> np.ndarray:
         found = sorted({str(raw[i]) for i in np.flatnonzero(bad)})
         raise DataError(
             f"unknown Fitzpatrick type value(s) {found[:10]} in column "
-            f"{values.name!r}; allowed: 1..6, or -1/empty for unknown"
+            f"{values.name!r}; allowed: 1..6, or -1/empty for unknown. For other group values "
+            "use fq_data.load_dataset(source, image_col=, label_col=, group_col=) "
+            "(command line: python -m fq_data inspect custom SOURCE --group-col ...)"
         )
     types = np.where(valid, num, 0).astype(np.int64)
     if grouping == "type":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -28,15 +29,88 @@ class RawTable:
     images: datasets.Dataset
     meta: pl.DataFrame
     given_split: np.ndarray | None
+    class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Columns that were ``ClassLabel`` in the source -> their names, in the source's order."""
+
+
+_HUB_ID = re.compile(r"^(hf://)?[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".arrow")
+
+
+def resolve_source(source: str) -> Path | str:
+    """A local path (that exists) or a Hugging Face Hub id; a missing local path fails at once.
+
+    ``source`` is local when it exists, or when it cannot be a Hub id: it starts with ``/``, ``.``
+    or ``~``, ends with a table suffix (``.csv``, ``.parquet``, ...), has no ``/`` or more than one,
+    or its first component is an existing folder (``data/fitz17k`` with ``data/`` present). A Hub
+    id is ``owner/name`` (``hf://owner/name`` forces the Hub). A missing local path raises
+    :class:`DataError` naming it, instead of ``datasets`` retrying the Hub for tens of seconds.
+    """
+    if source.startswith("hf://"):
+        return source.removeprefix("hf://")
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    first = Path(source).parts[0] if Path(source).parts else ""
+    looks_local = (
+        not _HUB_ID.match(source)
+        or source.startswith((".", "~"))
+        or source.lower().endswith(_TABLE_SUFFIXES)
+        or (first and Path(first).is_dir())
+    )
+    if looks_local:
+        raise DataError(
+            f"source {source!r}: no such file or folder (resolved to {path.resolve()}); "
+            "give an existing local path, or a Hugging Face Hub id as owner/name or "
+            "hf://owner/name"
+        )
+    return source
+
+
+def _check_imagefolder_metadata(folder: Path) -> None:
+    """``datasets``' imagefolder joins metadata on a ``file_name`` column: say so up front."""
+    for meta in sorted(folder.rglob("metadata.*")):
+        if meta.suffix == ".csv":
+            columns = pl.read_csv(meta, n_rows=0).columns
+        elif meta.suffix == ".jsonl":
+            columns = pl.read_ndjson(meta, n_rows=1).columns
+        else:
+            continue
+        if "file_name" not in columns:
+            raise DataError(
+                f"{meta}: an image folder's metadata file needs a 'file_name' column (the image "
+                f"path relative to it; datasets' imagefolder convention); columns found: "
+                f"{sorted(columns)}. Rename the column, or read the folder with "
+                "fq_data.load_dataset(folder, image_col=<your column>, ...)"
+            )
 
 
 def _open(source: str) -> datasets.DatasetDict:
-    path = Path(source)
-    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+    resolved = resolve_source(source)
+    path = resolved if isinstance(resolved, Path) else None
+    if path is not None and path.is_dir():
+        _check_imagefolder_metadata(path)
+    if (
+        path is not None
+        and path.is_dir()
+        and ((path / "dataset_dict.json").exists() or (path / "state.json").exists())
+    ):
         loaded = datasets.load_from_disk(str(path))
     else:
         cache = default_cache_dir() / "hf"
-        loaded = datasets.load_dataset(str(source), cache_dir=str(cache))
+        target = str(resolved)
+        if path is not None and path.is_file():
+            # a single table file: datasets reads it through its format's builder
+            kind = {".tsv": "csv", ".jsonl": "json"}.get(path.suffix.lower(), path.suffix[1:])
+            loaded = datasets.load_dataset(kind, data_files=target, cache_dir=str(cache))
+        else:
+            try:
+                loaded = datasets.load_dataset(target, cache_dir=str(cache))
+            except ConnectionError as exc:
+                raise DataError(
+                    f"source {source!r}: not a local file or folder, and the Hugging Face Hub "
+                    f"could not be reached for it ({exc})"
+                ) from exc
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     return loaded
@@ -77,6 +151,11 @@ def read_hub(source: str | os.PathLike[str], *, image_col: str = "image") -> Raw
                         f"splits: {names[0]} {feat.names} vs {other} {feat2.names}"
                     )
     images, metas = [], []
+    class_names = {
+        col: tuple(feat.names)
+        for col, feat in dd[names[0]].features.items()
+        if isinstance(feat, datasets.ClassLabel) and col != image_col
+    }
     for name in names:
         ds = dd[name]
         img = ds.select_columns([image_col])
@@ -99,6 +178,7 @@ def read_hub(source: str | os.PathLike[str], *, image_col: str = "image") -> Raw
         images=datasets.concatenate_datasets(images),
         meta=pl.concat(metas, how="diagonal_relaxed"),
         given_split=given,
+        class_names=class_names,
     )
 
 

@@ -128,7 +128,9 @@ class CostReport:
         size_bytes: predicted size of the packed export in bytes.
         macs: total MACs per sample; n_params: weights of the quantizable layers.
         act_bits: activation bit-width used in ``gbops``; extra_float_params: float parameters
-            outside the quantizable weights (biases, norms, embeddings) counted in ``size_bytes``.
+            outside the quantizable weights (biases, norms, embeddings) counted in ``size_bytes``;
+            extra_bytes: other stored bytes counted in ``size_bytes`` (every non-quantized tensor
+            at its own dtype size, as :func:`fq_fairmetrics.torch.model_cost` measures them).
         layers: per-layer rows, in input order.
     """
 
@@ -141,6 +143,7 @@ class CostReport:
     act_bits: int
     extra_float_params: int
     layers: tuple[LayerCostRow, ...]
+    extra_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict: totals, and ``layers`` as a list of row dicts (with ``size_bytes``)."""
@@ -179,7 +182,11 @@ def _layer_row(layer: LayerCost, act_bits: int) -> LayerCostRow:
 
 
 def cost_report(
-    layers: Iterable[LayerCost], *, extra_float_params: int = 0, act_bits: int = FLOAT_BITS
+    layers: Iterable[LayerCost],
+    *,
+    extra_float_params: int = 0,
+    extra_bytes: int = 0,
+    act_bits: int = FLOAT_BITS,
 ) -> CostReport:
     """Cost of a model from its quantizable layers (METHOD.md section 8).
 
@@ -196,15 +203,20 @@ def cost_report(
       of MACs).
     - ``paper_gops = sum_l 2 * MACs_l * (avg b_l / 32) / 1e9``.
     - ``size_bytes = sum_l [ceil(code_bits_l / 8) + 4 * scales_l + 4 * float_l]
-      + 4 * extra_float_params``, where ``code_bits_l = sum_{s: 1 <= b_s < 32} n_s b_s`` (codes
+      + 4 * extra_float_params + extra_bytes``, where ``code_bits_l = sum_{s: 1 <= b_s < 32} n_s b_s`` (codes
       bit-packed per layer, padded to a whole byte), ``scales_l`` = ``LayerCost.n_scales`` or by
       default the number of scopes with ``1 <= b_s < 32`` (one float32 scale each; a 1-bit scope's
       scale is its mean magnitude), ``float_l = sum_{s: b_s = 32} n_s`` weights kept as float32.
-      Pruned scopes store nothing. Bit-width metadata is not counted.
+      Pruned scopes store nothing. Bit-width metadata is not counted, nor is a file header
+      (fq-quant's safetensors file adds one: names, shapes and the assignment as JSON, e.g. 55 kB
+      on mobilenet_v3_small). From a model, :func:`fq_fairmetrics.torch.model_cost` fills in
+      ``extra_bytes`` with every other stored tensor.
 
     Args:
         layers: one :class:`LayerCost` per quantizable layer (names unique).
         extra_float_params: float32 parameters outside the quantizable weights, counted in size.
+        extra_bytes: further bytes counted in size (tensors stored as they are: biases, norms,
+            buffers at their own dtype size).
         act_bits: activation bit-width ``b_a`` for ``gbops`` (32 while activations stay float).
     """
     layers = list(layers)
@@ -218,6 +230,8 @@ def cost_report(
         raise ValueError(f"layer names must be unique; got duplicates in {names!r}")
     if not is_int(extra_float_params) or extra_float_params < 0:
         raise ValueError(f"extra_float_params must be an int >= 0; got {extra_float_params!r}")
+    if not is_int(extra_bytes) or extra_bytes < 0:
+        raise ValueError(f"extra_bytes must be an int >= 0; got {extra_bytes!r}")
     if not is_int(act_bits) or not 1 <= act_bits <= 32:
         raise ValueError(f"act_bits must be an int in 1..32; got {act_bits!r}")
     rows = tuple(_layer_row(layer, int(act_bits)) for layer in layers)
@@ -227,10 +241,13 @@ def cost_report(
         avg_bits=bit_params / n_params,
         gbops=sum(r.gbops for r in rows),
         paper_gops=sum(r.paper_gops for r in rows),
-        size_bytes=sum(r.size_bytes for r in rows) + _FLOAT32_BYTES * int(extra_float_params),
+        size_bytes=sum(r.size_bytes for r in rows)
+        + _FLOAT32_BYTES * int(extra_float_params)
+        + int(extra_bytes),
         macs=sum(r.macs for r in rows),
         n_params=n_params,
         act_bits=int(act_bits),
         extra_float_params=int(extra_float_params),
         layers=rows,
+        extra_bytes=int(extra_bytes),
     )

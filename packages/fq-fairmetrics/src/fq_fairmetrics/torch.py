@@ -1,12 +1,14 @@
-"""Torch helpers (optional extra ``fq-fairmetrics[torch]``): measuring a model's layer costs.
+"""Torch helpers (optional extra ``fq-fairmetrics[torch]``): evaluating a model, measuring its cost.
 
+``evaluate`` runs a model over ``(image, label, group)`` batches into a :class:`FairnessReport`.
 ``layer_costs`` runs one forward pass with hooks on every ``nn.Conv2d`` and ``nn.Linear`` and turns
-the real input/output shapes into MACs, so a Linear applied to 197 tokens counts 197 times.
+the real input/output shapes into MACs, so a Linear applied to 197 tokens counts 197 times;
+``model_cost`` adds every other stored tensor, so its ``size_bytes`` is the packed file's payload.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,9 +21,10 @@ except ImportError as exc:  # pragma: no cover - exercised in the clean-venv tes
         'fq_fairmetrics.torch needs PyTorch: pip install "fq-fairmetrics[torch]"'
     ) from exc
 
-from ._cost import FLOAT_BITS, LayerCost
+from ._cost import FLOAT_BITS, CostReport, LayerCost, cost_report
+from ._report import FairnessAccumulator, FairnessReport
 
-__all__ = ["layer_costs"]
+__all__ = ["evaluate", "layer_costs", "model_cost"]
 
 _LAYER_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -65,6 +68,123 @@ def _scopes(
     )
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _batch_parts(batch: Any, i: int) -> tuple[Any, Any, Any]:
+    if isinstance(batch, Mapping):
+        missing = [k for k in ("image", "label", "group") if k not in batch]
+        if missing:
+            raise ValueError(f"batch {i}: dict batch lacks key(s) {missing}; found {sorted(batch)}")
+        return batch["image"], batch["label"], batch["group"]
+    if isinstance(batch, tuple | list) and len(batch) == 3:
+        return batch[0], batch[1], batch[2]
+    raise ValueError(
+        f"batch {i}: expected (image, label, group) or a dict with those keys; got "
+        f"{type(batch).__name__}"
+        + (f" of length {len(batch)}" if hasattr(batch, "__len__") else "")
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    *,
+    group_names: Sequence[Hashable] | None = None,
+    class_names: Sequence[Hashable] | None = None,
+) -> FairnessReport:
+    """Group fairness of ``model`` on ``loader``: the README's ``--evaluate-->`` arrow as a call.
+
+    Runs ``model(image)`` in eval mode under ``torch.no_grad()`` on the model's device over every
+    batch, streams the argmax predictions into a :class:`FairnessAccumulator`, and restores each
+    module's training flag.
+
+    Args:
+        model: a classifier returning logits ``[B, C]``.
+        loader: yields ``(image [B, ...], label [B] int, group [B] int)`` tuples, or dicts with keys
+            ``image``, ``label``, ``group`` (``fq_data.make_loaders(...).test`` does).
+        group_names: names of group codes ``0..G-1`` (e.g. ``loaders.group_names``); the report
+            lists every named group, also one without samples (NaN, ignored by the metrics).
+            Default: the codes present.
+        class_names: names of classes ``0..C-1`` (e.g. ``loaders.class_names``); default: codes.
+
+    Returns:
+        The :class:`FairnessReport` (``.worst_acc``, ``.gap``, ``.eodd``, ...; ``.group_names``).
+
+    Raises:
+        ValueError: an empty loader, a malformed batch, logits that are not ``[B, C]``, a group
+            code outside ``group_names``.
+    """
+    modes = {m: m.training for m in model.modules()}
+    device = _model_device(model)
+    names = None if group_names is None else tuple(group_names)
+    acc: FairnessAccumulator | None = None
+    try:
+        model.eval()
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                x, y, g = _batch_parts(batch, i)
+                logits = model(x.to(device))
+                if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+                    raise ValueError(
+                        f"batch {i}: model output must be logits [B, C]; got "
+                        f"{getattr(logits, 'shape', type(logits).__name__)}"
+                    )
+                g_codes = torch.as_tensor(g).reshape(-1).cpu().numpy()
+                if names is not None:
+                    bad = sorted({int(v) for v in g_codes if not 0 <= int(v) < len(names)})
+                    if bad:
+                        raise ValueError(
+                            f"batch {i}: group code(s) {bad[:5]} outside group_names "
+                            f"({len(names)} names: codes 0..{len(names) - 1})"
+                        )
+                    groups = [names[int(v)] for v in g_codes]
+                else:
+                    groups = g_codes
+                if acc is None:
+                    acc = FairnessAccumulator(
+                        n_classes=None if class_names is not None else int(logits.shape[1]),
+                        class_names=class_names,
+                        group_names=names,
+                    )
+                acc.update(
+                    torch.as_tensor(y).reshape(-1).cpu().numpy(),
+                    logits.float().cpu().numpy(),
+                    sensitive_features=groups,
+                )
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    if acc is None:
+        raise ValueError("loader is empty; evaluate needs at least one batch")
+    return acc.compute()
+
+
+def _quantizer_bits(name: str, module: nn.Module) -> Any:
+    """The bits a weight parametrization computes with, or ``None`` for a plain layer.
+
+    Duck-typed (this package never imports fq-quant): ``rounded_bits()`` (learnable bits) or a
+    ``bits`` tensor (fixed bits). A parametrization without either raises: its bits are unknown.
+    """
+    params = getattr(module, "parametrizations", None)
+    if params is None or "weight" not in params:
+        return None
+    for q in params["weight"]:
+        if callable(getattr(q, "rounded_bits", None)):
+            return q.rounded_bits()
+        bits = getattr(q, "bits", None)
+        if isinstance(bits, torch.Tensor):
+            return bits
+    kinds = [type(q).__name__ for q in params["weight"]]
+    raise ValueError(
+        f"layer {name!r} has a weight parametrization {kinds} whose bits cannot be read "
+        "(no rounded_bits() or bits tensor); pass assignment= with the bits it computes with"
+    )
+
+
 def layer_costs(
     model: nn.Module, example_input: torch.Tensor | tuple[Any, ...], assignment: Any = None
 ) -> list[LayerCost]:
@@ -85,20 +205,26 @@ def layer_costs(
     Args:
         model: the network.
         example_input: a tensor ``[B, ...]`` or a tuple of positional inputs.
-        assignment: ``None`` (every layer float: one 32-bit scope), a mapping layer name ->
-            bit tensor, or any object with such a ``.bits`` mapping (e.g. fq-quant's
+        assignment: ``None``: the bits the model itself computes with, read from each layer's
+            weight quantizer (``fq_quant.quantize_model``'s fixed bits, ``fq_baq``'s learnable
+            bits rounded); a layer without one is float (one 32-bit scope). Or a mapping layer
+            name -> bit tensor, or any object with such a ``.bits`` mapping (e.g. fq-quant's
             ``BitAssignment``). Bit tensor shapes: ``(1,)`` per tensor, ``(O,)`` per channel,
             the weight shape per parameter. Layers missing from it stay float (32 bits).
 
     Raises:
         ValueError: the model has no Conv2d/Linear, the assignment names an unknown layer or has
-            a bit tensor of the wrong shape.
+            a bit tensor of the wrong shape; without ``assignment``, a layer carries a weight
+            parametrization whose bits cannot be read.
     """
     layers = {n: m for n, m in model.named_modules() if n and isinstance(m, _LAYER_TYPES)}
     if not layers:
         raise ValueError(f"model {type(model).__name__} has no nn.Conv2d or nn.Linear layer")
     bits_map: Mapping[str, Any] = {}
-    if assignment is not None:
+    if assignment is None:
+        read = {n: _quantizer_bits(n, m) for n, m in layers.items()}
+        bits_map = {n: b for n, b in read.items() if b is not None}
+    else:
         bits_map = assignment.bits if hasattr(assignment, "bits") else assignment
         if not isinstance(bits_map, Mapping):
             raise TypeError(
@@ -171,3 +297,30 @@ def layer_costs(
             )
         )
     return costs
+
+
+def model_cost(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[Any, ...],
+    assignment: Any = None,
+    *,
+    act_bits: int = FLOAT_BITS,
+) -> CostReport:
+    """:func:`cost_report` of a whole model: its layers, plus every other tensor it stores.
+
+    ``layer_costs(model, example_input, assignment)`` (bits read from the model when
+    ``assignment`` is None) and ``extra_bytes`` = the bytes of every ``state_dict`` tensor that is
+    not a Conv2d/Linear weight (biases, norms, their running statistics, ``num_batches_tracked``,
+    embeddings), each at its own dtype size; a weight quantizer's own state (bits, the float
+    original under ``parametrizations``) is not stored in a packed file and is not counted. So
+    ``size_bytes`` is the payload of ``fq_quant.export_packed``'s file, which adds a safetensors
+    header (names, shapes and the assignment as JSON) that is not counted here.
+    """
+    layers = layer_costs(model, example_input, assignment)
+    weights = {f"{c.name}.weight" for c in layers}
+    extra = 0
+    for key, value in model.state_dict().items():
+        if key in weights or ".parametrizations." in f".{key}":
+            continue
+        extra += value.numel() * value.element_size()
+    return cost_report(layers, extra_bytes=extra, act_bits=act_bits)

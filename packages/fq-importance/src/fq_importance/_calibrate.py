@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Literal
@@ -17,8 +16,6 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from ._group_importance import METRICS, GroupImportance
-
-_log = logging.getLogger(__name__)
 
 Metric = Literal["grape", "taylor", "gradient", "hessian"]
 #: How per-group gradients come out of the shared graph (bench/results/calibration.md):
@@ -158,7 +155,13 @@ def calibrate(
                             f"in batch {index} of {x.shape[0]} samples (e.g. a sequence-first "
                             "[L, N, E] nn.Linear input); use strategy='auto' or 'loop'"
                         )
-                    _log.info("calibrate: %s is not batch-first; using the loop", odd)
+                    warnings.warn(
+                        f"calibrate: the fused per-group gradients cannot be used: {odd} in "
+                        f"batch {index} is not batch-first; using the exact loop (same scores, "
+                        "one backward per group); pass strategy='loop' to silence this",
+                        UserWarning,
+                        stacklevel=2,
+                    )
                     strategy, verify = "loop", False
             per_group = None
             if strategy == "fused":
@@ -169,7 +172,15 @@ def calibrate(
                 if verify:
                     exact, verified = _check_fused(ce, inverse, n, parts, grads_of, weights)
                     if exact is not None:  # the identity fails: the exact path from here on
-                        _log.info("calibrate: fused per-group gradients disagree; using the loop")
+                        warnings.warn(
+                            "calibrate: the fused per-group gradients disagree with autograd's "
+                            f"on batch {index} (samples interact, e.g. a batch statistic in "
+                            "eval mode, or a weight is used outside its layer's forward); "
+                            "using the exact loop (same scores, one backward per group); pass "
+                            "strategy='loop' to silence this",
+                            UserWarning,
+                            stacklevel=2,
+                        )
                         strategy, verify = "loop", False
                         if len(exact) == len(ids):  # computed per group already
                             per_group = _scores_of(exact.__getitem__, metric, weights, gran)
@@ -336,12 +347,21 @@ def _fusable(layer: nn.Module) -> bool:
 def _capture(
     layers: dict[str, nn.Module],
 ) -> Iterator[dict[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
-    """Record ``(input, output)`` of every call of each layer during the block."""
+    """Record ``(input, output)`` of every call of each layer during the block.
+
+    The model continues with a copy of each output, so that an in-place op right after a layer
+    (``nn.Hardswish(inplace=True)`` in mobilenet_v3, ``nn.ReLU(inplace=True)``) modifies the copy
+    and the recorded output stays the layer's own: the gradient taken at it is then the gradient
+    at the layer's output, which the fused weight gradients need.
+    """
     captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in layers}
+
+    def hook(name: str, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        captured[name].append((args[0], out))
+        return out.clone()
+
     handles = [
-        layer.register_forward_hook(
-            lambda _m, args, out, name=name: captured[name].append((args[0], out))
-        )
+        layer.register_forward_hook(lambda _m, args, out, name=name: hook(name, args, out))
         for name, layer in layers.items()
     ]
     try:

@@ -40,13 +40,20 @@ def quantize_model(model: nn.Module, assignment: BitAssignment) -> nn.Module:
         )
     layout = ScopeLayout.from_model(model, assignment.granularity)
     modules = dict(model.named_modules())
-    for name in assignment.bits:
-        if name not in layout.layers and name in modules:
-            raise TypeError(
-                f"layer {name!r} is a {type(modules[name]).__name__}; only nn.Conv2d and nn.Linear "
-                "weights are quantizable"
-            )
-    assignment.check(layout)
+    try:
+        for name in assignment.bits:
+            if name not in layout.layers and name in modules:
+                raise TypeError(
+                    f"layer {name!r} is a {type(modules[name]).__name__}; only nn.Conv2d and "
+                    "nn.Linear weights are quantizable"
+                )
+        assignment.check(layout)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(
+            f"assignment does not match model: {first_difference(assignment, layout)}. Was it "
+            "made for another model (or before unpack_attention)? Build it from this model's "
+            f"ScopeLayout.from_model(model, granularity). Details: {exc}"
+        ) from None
     layers = quantizable_layers(model)
     for name, layer in layers.items():
         weight = float_weight(layer).detach()
@@ -61,6 +68,36 @@ def quantize_model(model: nn.Module, assignment: BitAssignment) -> nn.Module:
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
         parametrize.register_parametrization(layer, "weight", q)
     return model
+
+
+def first_difference(assignment: BitAssignment, layout: ScopeLayout) -> str:
+    """The first layer, in module order, where ``assignment`` and ``layout`` differ, described.
+
+    Compares granularity, then each position's layer name, then its scope shape.
+    """
+    if assignment.granularity is not layout.granularity:
+        return (
+            f"granularity {assignment.granularity.value!r} in the assignment, "
+            f"{layout.granularity.value!r} in the model's layout"
+        )
+    ours, theirs = list(assignment.bits), list(layout.layers)
+    for i in range(max(len(ours), len(theirs))):
+        a = ours[i] if i < len(ours) else None
+        m = theirs[i] if i < len(theirs) else None
+        a_shape = tuple(assignment.bits[a].shape) if a is not None else None
+        m_shape = layout.layers[m].scope_shape if m is not None else None
+        if a != m:
+            return (
+                f"first differing layer: quantizable layer #{i} is {a!r} (scope shape {a_shape}) "
+                f"in the assignment, {m!r} (scope shape {m_shape}) in the model; the assignment "
+                f"has {len(ours)} layers, the model {len(theirs)}"
+            )
+        if a_shape != m_shape:
+            return (
+                f"first differing layer: {a!r} has shape {a_shape} in the assignment, scope "
+                f"shape {m_shape} in the model"
+            )
+    return "the layers agree"
 
 
 def strip_quantization(model: nn.Module) -> nn.Module:

@@ -529,6 +529,7 @@ def _load_into(
 ) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    _check_architecture(model, state)
     if not is_quantized(model):
         model.load_state_dict(state, strict=True)
         return model
@@ -539,6 +540,50 @@ def _load_into(
         wrapped[f"{name}.parametrizations.weight.0.bits"] = assignment.bits[name]
     model.load_state_dict(wrapped, strict=True)
     return model
+
+
+def _check_architecture(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` naming the missing / unexpected / reshaped tensors and a likely fix."""
+    want = {k: tuple(v.shape) for k, v in plain_state_dict(model).items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    reshaped = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    if not (missing or unexpected or reshaped):
+        return
+    if any(k.endswith(".in_proj_weight") for k in missing) and any(
+        k.endswith(".q_proj.weight") for k in unexpected
+    ):
+        fix = "the file was exported after fq_quant.unpack_attention: call it on this model first"
+    elif any(k.endswith(".q_proj.weight") for k in missing) and any(
+        k.endswith(".in_proj_weight") for k in unexpected
+    ):
+        fix = (
+            "the file was exported without fq_quant.unpack_attention: load it into a model that "
+            "was not unpacked (or pack_attention this one)"
+        )
+    elif reshaped and not (missing or unexpected):
+        fix = (
+            "same layers, other sizes: build the model with the exported one's settings "
+            "(e.g. num_classes)"
+        )
+    else:
+        fix = "the file holds another architecture: build the model exactly as the exported one"
+    parts = []
+    for what, keys in (("missing from the file", missing), ("not in the model", unexpected)):
+        if keys:
+            parts.append(
+                f"{len(keys)} tensor(s) {what}: {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+            )
+    if reshaped:
+        shown = ", ".join(
+            f"{k} {got[k]} in the file vs {want[k]} in the model" for k in reshaped[:3]
+        )
+        parts.append(f"{len(reshaped)} tensor(s) of another shape: {shown}")
+    raise ValueError(
+        f"load_packed: the file does not fit model {type(model).__name__}: {'; '.join(parts)}. "
+        f"Likely fix: {fix}"
+    )
 
 
 def packed_size(
