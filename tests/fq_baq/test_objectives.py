@@ -15,10 +15,11 @@ import torch
 from fq_baq import (
     FAIR_LOSSES,
     BAQConfig,
-    FP32Trainer,
     GroupObjective,
+    QATTrainer,
     fairness_penalty,
 )
+from fq_quant import BitAssignment, Granularity, ScopeLayout
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -180,7 +181,9 @@ def _fit(tmp: Path | None, epochs: int, **kw) -> tuple[nn.Module, dict]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
     cfg = BAQConfig(epochs=epochs, lr=3e-2, lambda_fair=1.0, cpu=True, seed=2, **kw)
-    res = FP32Trainer(model, cfg).fit(DataLoader(_data(), batch_size=16), checkpoint_dir=tmp)
+    # QAT at 8 bits, not FP32Trainer: the FP32 reference trains without the fairness term
+    bits = BitAssignment.uniform(ScopeLayout.from_model(model, Granularity.CHANNEL), 8)
+    res = QATTrainer(model, bits, cfg).fit(DataLoader(_data(), batch_size=16), checkpoint_dir=tmp)
     return res.model, (_checkpoint.load(tmp) if tmp is not None else {})
 
 

