@@ -35,14 +35,14 @@ def _resnet18(seed: int) -> torch.nn.Module:
 
 
 def _assignment(model: torch.nn.Module, label: str, seed: int) -> Any:
-    from fq_quant import BitAssignment, ScopeLayout
+    from fq_quant import BitAssignment, Granularity, ScopeLayout
 
-    layout = ScopeLayout.from_model(model, "channel")
+    layout = ScopeLayout.from_model(model, Granularity.CHANNEL)
     if label in ("U4", "U8"):
         return BitAssignment.uniform(layout, int(label[1:]))
     gen = torch.Generator().manual_seed(seed)
     bits = {n: torch.randint(2, 9, s.scope_shape, generator=gen) for n, s in layout.layers.items()}
-    return BitAssignment("channel", bits)
+    return BitAssignment(Granularity.CHANNEL, bits)
 
 
 def bench_onnx(
@@ -103,7 +103,7 @@ def bench_onnx(
 
 def _latency(
     batch: int, image_size: int, steps: int, fp32: torch.nn.Module, q_sess, q_default, f_sess
-) -> dict[str, float]:  # type: ignore[no-untyped-def]
+) -> dict[str, float]:
     x = torch.randn(batch, 3, image_size, image_size)
     xn = x.numpy()
     runs = {

@@ -140,8 +140,8 @@ def test_union_of_shards_is_the_grid(full_run: Path, tmp_path: Path) -> None:
     cells = grid_cells(config)
     per_seed = len(DEFAULT.methods) + len(DEFAULT.budgets) * len(DEFAULT.frontier_methods)
     assert len(cells) == 2 * 2 * per_seed * 3 == len({c.id for c in cells})
-    assert len(DEFAULT.methods) == 10  # Table 1 + U3, U2 (extra) + FP32 + FT (control)
-    assert len(DEFAULT.budgets) * len(DEFAULT.frontier_methods) == 18  # 3 budgets x 6 methods
+    assert len(DEFAULT.methods) == 9  # Table 1 + U3, U2 (extra)
+    assert len(DEFAULT.budgets) * len(DEFAULT.frontier_methods) == 12  # 3 budgets x the 2x2
     for n in (1, 2, 5):
         shards = [shard_cells(cells, i, n) for i in range(n)]
         ids = [c.id for s in shards for c in s]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fq_baq import FairLoss
+    from fq_baq import FairLoss, MixedPrecision
 
 #: Method ids in Table 1 order, with the label the table prints.
 #: This is the one place that defines the order of methods in every table, plot and cell list.
@@ -267,7 +267,7 @@ class GridConfig:
     budget_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     min_test_per_group: int = 0
     bootstrap_resamples: int = 1000
-    mixed_precision: str = "no"
+    mixed_precision: MixedPrecision = "no"
     cpu: bool = False
     progress: bool = True
     notes: tuple[str, ...] = field(default=())

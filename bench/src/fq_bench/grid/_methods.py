@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fq_quant import BitAssignment, Granularity, ScopeLayout, quantize_model
 from torch import nn
 
 from ._config import UNIFORM_BITS, GridConfig
+
+if TYPE_CHECKING:
+    from fq_importance import Reducer
 
 #: ``calibration(grouping)`` -> ``GroupImportance``; grouping ``"type"``: the dataset's groups,
 #: ``"binary"``: two groups (Guo et al.), ``"pooled"``: every sample in one group (group-blind).
@@ -173,7 +176,7 @@ def _qat(ctx: CellContext, assignment: BitAssignment, *, lambda_fair: float) -> 
     return MethodOutput(model=res.model, assignment=res.assignment, history=_history(res))
 
 
-def _reduced(ctx: CellContext, grouping: str, reducer: str, **kw: Any) -> Any:
+def _reduced(ctx: CellContext, grouping: str, reducer: Reducer, **kw: Any) -> Any:
     from fq_importance import reduce
 
     return reduce(ctx.calibration(grouping), reducer, **kw)

@@ -138,8 +138,8 @@ def check_weights_file(path: str | Path, name: str) -> None:
             f"weights file {path} is unreadable ({exc}); truncated or not safetensors"
         ) from None
     cfg = get_pretrained_cfg(name)
-    heads = cfg.classifier if cfg is not None and cfg.classifier else ()
-    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    classifier = cfg.classifier if cfg is not None and cfg.classifier else ()
+    heads: tuple[str, ...] = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}

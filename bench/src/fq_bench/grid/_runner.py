@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ from ._config import (
 )
 from ._methods import METHODS, CellContext, MethodOutput
 from ._models import build_model
+
+if TYPE_CHECKING:
+    from fq_data import SynthName
 
 logger = logging.getLogger("fq_bench.grid")
 
@@ -211,12 +214,11 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
 
     source = config.data_source(dataset)
     label_col = config.label_column(dataset)
-    label_kw = {} if label_col is None else {"label_col": label_col}
     if source == "semisynthetic":
         from fq_data import load_semisynthetic
 
         dd = load_semisynthetic(
-            dataset,
+            cast("SynthName", dataset),  # GridConfig.__post_init__ checked the name
             n=config.n_images,
             image_size=config.image_size,
             seed=0,
@@ -227,17 +229,25 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
     elif config.is_custom(dataset):
         from fq_data import load_dataset
 
+        cols = config.custom_columns(dataset)
         dd = load_dataset(
-            source, seed=0, test_fraction=config.test_fraction, **config.custom_columns(dataset)
+            source,
+            seed=0,
+            test_fraction=config.test_fraction,
+            image_col=cols["image_col"],
+            label_col=cols["label_col"],
+            group_col=cols["group_col"],
         )
     elif dataset == "fitzpatrick17k":
         from fq_data import load_fitzpatrick17k
 
-        dd = load_fitzpatrick17k(source, seed=0, test_fraction=config.test_fraction, **label_kw)
+        dd = load_fitzpatrick17k(
+            source, seed=0, test_fraction=config.test_fraction, label_col=label_col or "label"
+        )
     else:
         from fq_data import load_isic2019
 
-        dd = load_isic2019(source, seed=0, test_fraction=config.test_fraction, **label_kw)
+        dd = load_isic2019(source, seed=0, test_fraction=config.test_fraction, label_col=label_col)
     loaders = make_loaders(
         dd, image_size=config.image_size, batch_size=config.batch_size, train=True, seed=0
     )
@@ -699,7 +709,8 @@ class _Lazy:
     FP32 training that failed fails each of its cells, without training again)."""
 
     def __init__(self, make: Any):
-        self.make, self.value, self.error = make, None, None
+        self.make, self.value = make, None
+        self.error: Exception | None = None
         self.done = False
 
     def __call__(self) -> Any:

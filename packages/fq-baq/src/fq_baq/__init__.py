@@ -14,7 +14,7 @@ from ._bits import (
     theta_from_bits,
 )
 from ._budget import project_to_budget
-from ._config import BAQConfig
+from ._config import BAQConfig, MixedPrecision
 from ._fairness import FAIR_LOSSES, FairLoss, GroupObjective, fairness_penalty
 from ._loop import BAQResult, EpochRecord, TrainingSession
 from ._trainers import BAQTrainer, FP32Trainer, QATTrainer
@@ -27,6 +27,7 @@ __all__ = [
     "EpochRecord",
     "FP32Trainer",
     "FairLoss",
+    "MixedPrecision",
     "GroupObjective",
     "LearnableBitsQuantizer",
     "QATTrainer",

@@ -40,12 +40,14 @@ from ._loaders import (
 from ._split import stratified_split
 from ._synth import (
     GENERATOR_VERSION,
+    SynthName,
     build_semisynthetic,
     generate_lesion_images,
     load_semisynthetic,
 )
 
 __all__ = [
+    "SynthName",
     "CANONICAL_COLUMNS",
     "GENERATOR_VERSION",
     "IMAGENET_MEAN",

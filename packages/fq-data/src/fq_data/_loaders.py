@@ -255,7 +255,9 @@ class Loaders:
         sampler.set_epoch(epoch)
 
 
-def _split_tensors(ds: datasets.Dataset, image_size: int, cache: bool):
+def _split_tensors(
+    ds: datasets.Dataset, image_size: int, cache: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     images = decode_images(ds, image_size, cache=cache)
     labels = torch.as_tensor(np.asarray(ds["label"], dtype=np.int64))
     groups = torch.as_tensor(np.asarray(ds["group"], dtype=np.int64))
@@ -294,12 +296,18 @@ def make_loaders(
         drop_last = train and len(tr[1]) >= batch_size
     augment = PaperAugment(rotation_degrees) if train else None
 
-    def loader(t, aug, shuffle, last, offset):
+    def loader(
+        t: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        aug: PaperAugment | None,
+        shuffle: bool,
+        last: bool,
+        offset: int,
+    ) -> DataLoader:
         sampler = SeededBatchSampler(
             len(t[1]), batch_size, shuffle=shuffle, drop_last=last, seed=seed + offset
         )
         return DataLoader(
-            _TensorSplit(*t, aug),
+            _TensorSplit(t[0], t[1], t[2], aug),
             batch_sampler=sampler,
             collate_fn=_as_batch,
             num_workers=num_workers,

@@ -69,7 +69,7 @@ def _unique_inverse(arr: np.ndarray, name: str) -> tuple[list[Hashable], np.ndar
     if arr.dtype.kind == "f" and np.isnan(arr).any():
         raise ValueError(f"{name} contains NaN")
     if arr.dtype.kind == "O":
-        missing = np.flatnonzero(np.equal(arr, None))
+        missing = np.flatnonzero(np.equal(arr, np.array(None, dtype=object)))
         if missing.size:
             raise ValueError(
                 f"{name} contains None ({missing.size} sample(s), first at index "

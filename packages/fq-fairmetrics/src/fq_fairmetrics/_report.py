@@ -59,7 +59,7 @@ class FairnessReport:
     """
 
     counts: np.ndarray = field(repr=False)
-    group_names: tuple[Hashable, ...] | None = None
+    group_names: tuple[Hashable, ...] | None = None  # None -> 0..G-1; a tuple after __post_init__
     class_names: tuple[Hashable, ...] | None = None
 
     overall_acc: float = field(init=False)
@@ -104,8 +104,8 @@ class FairnessReport:
         d = derive(self.counts)
         for key in METRICS:
             set_(self, key, float(d[key]))
-        for key in ("group_n", "group_acc", "tpr", "tnr", "fpr", "pred_rate", "counted_classes"):
-            set_(self, key, _frozen(d[key]))
+        for array in ("group_n", "group_acc", "tpr", "tnr", "fpr", "pred_rate", "counted_classes"):
+            set_(self, array, _frozen(d[array]))
         set_(self, "n_samples", int(self.counts.sum()))
 
     @property
@@ -138,13 +138,13 @@ class FairnessReport:
                 "fpr": self.fpr[i].tolist(),
                 "pred_rate": self.pred_rate[i].tolist(),
             }
-            for i, name in enumerate(self.group_names)
+            for i, name in enumerate(self.group_names or ())
         ]
         return {
             **self.metrics(),
             "n_samples": self.n_samples,
-            "group_names": list(self.group_names),
-            "class_names": list(self.class_names),
+            "group_names": list(self.group_names or ()),
+            "class_names": list(self.class_names or ()),
             "groups": groups,
         }
 
@@ -163,7 +163,7 @@ class FairnessReport:
             ) from exc
         if table == "summary":
             return pl.DataFrame([{**self.metrics(), "n_samples": self.n_samples}])
-        groups = [str(g) for g in self.group_names]
+        groups = [str(g) for g in self.group_names or ()]
         if table == "groups":
             return pl.DataFrame(
                 {"group": groups, "n": self.group_n.tolist(), "accuracy": self.group_acc.tolist()}
@@ -173,7 +173,7 @@ class FairnessReport:
             return pl.DataFrame(
                 {
                     "group": np.repeat(groups, c).tolist(),
-                    "class": [str(x) for x in self.class_names] * g,
+                    "class": [str(x) for x in self.class_names or ()] * g,
                     "tpr": self.tpr.ravel().tolist(),
                     "tnr": self.tnr.ravel().tolist(),
                     "fpr": self.fpr.ravel().tolist(),
@@ -302,7 +302,7 @@ class FairnessAccumulator:
         counts, names = self._counts, list(self._group_names)
         if not self._fixed_groups:
             try:
-                order = sorted(range(len(names)), key=lambda i: names[i])
+                order = sorted(range(len(names)), key=lambda i: names[i])  # type: ignore[arg-type,return-value]  # mixed types raise TypeError, caught below
             except TypeError as exc:
                 raise ValueError(f"group values cannot be sorted together: {names!r}") from exc
             counts, names = counts[order], [names[i] for i in order]

@@ -141,7 +141,7 @@ def evaluate(
                             f"batch {i}: group code(s) {bad[:5]} outside group_names "
                             f"({len(names)} names: codes 0..{len(names) - 1})"
                         )
-                    groups = [names[int(v)] for v in g_codes]
+                    groups: Any = [names[int(v)] for v in g_codes]
                 else:
                     groups = g_codes
                 if acc is None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from fq_quant import Granularity, float_weight, quantizable_layers, unpack_batch
 from torch import nn
+from torch.nn.grad import conv2d_weight
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
@@ -206,7 +207,7 @@ def calibrate(
     return _result(acc, counts, expected, weights, gran, metric, seen)
 
 
-def _scores(metric, strategy, losses, weights, gran, probes, gen):  # type: ignore[no-untyped-def]
+def _scores(metric, strategy, losses, weights, gran, probes, gen):
     """A function ``k -> {layer: scope-shaped score of the k-th present group}`` for this batch."""
     ws = list(weights.values())
     names = list(weights)
@@ -241,7 +242,7 @@ def _scores(metric, strategy, losses, weights, gran, probes, gen):  # type: igno
     return _scores_of(loop, metric, weights, gran)
 
 
-def _fused_group_grads(ce, inverse, n, captured, layers, weights, *, keep):  # type: ignore[no-untyped-def]
+def _fused_group_grads(ce, inverse, n, captured, layers, weights, *, keep):
     """``rows -> {layer: d(sum_{i in rows} ce_i / n_g(i))/dW}`` from ONE backward to the outputs.
 
     In eval mode a sample's loss depends only on its own activations, so row ``i`` of
@@ -267,7 +268,7 @@ def _fused_group_grads(ce, inverse, n, captured, layers, weights, *, keep):  # t
     return rows_grads
 
 
-def _not_batch_first(captured, batch: int) -> str | None:  # type: ignore[no-untyped-def]
+def _not_batch_first(captured, batch: int) -> str | None:
     """The first layer call whose input or output does not lead with the batch dim, described."""
     for name, calls in captured.items():
         for inp, out in calls:
@@ -277,7 +278,7 @@ def _not_batch_first(captured, batch: int) -> str | None:  # type: ignore[no-unt
     return None
 
 
-def _check_fused(ce, inverse, n, parts, grads_of, weights):  # type: ignore[no-untyped-def]
+def _check_fused(ce, inverse, n, parts, grads_of, weights):
     """Compare the row-split gradients with autograd's before they are used.
 
     The partition is the batch's groups, or its even and odd rows when it holds one group (the
@@ -307,23 +308,25 @@ def _agree(fused: list[dict[str, torch.Tensor]], exact: list[dict[str, torch.Ten
     return bool((torch.stack(err) <= torch.stack(tol)).all())
 
 
-def _scores_of(grads_of_group, metric, weights, gran):  # type: ignore[no-untyped-def]
+def _scores_of(grads_of_group, metric, weights, gran):
     """``k -> {layer: scope-shaped score}`` from ``k -> {layer: weight gradient of group k}``."""
     return lambda k: _grads_to_scores(metric, grads_of_group(k), weights, gran)
 
 
-def _grads_to_scores(metric, grads, weights, gran):  # type: ignore[no-untyped-def]
+def _grads_to_scores(metric, grads, weights, gran):
     return {
         name: _to_scopes(_element(metric, g.detach(), weights[name].detach()), gran, 0)
         for name, g in grads.items()
     }
 
 
-def _weight_grad(layer: nn.Module, inp: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def _weight_grad(
+    layer: nn.Conv2d | nn.Linear, inp: torch.Tensor, delta: torch.Tensor
+) -> torch.Tensor:
     """``dLoss/dW`` of a plain Conv2d / Linear from its input and its output gradient."""
     w = layer.weight
     if isinstance(layer, nn.Conv2d):
-        return torch.nn.grad.conv2d_weight(
+        return conv2d_weight(
             inp, w.shape, delta, layer.stride, layer.padding, layer.dilation, layer.groups
         )
     return delta.reshape(-1, w.shape[0]).T @ inp.reshape(-1, w.shape[1])
@@ -345,7 +348,7 @@ def _fusable(layer: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def _capture(
-    layers: dict[str, nn.Module],
+    layers: Mapping[str, nn.Module],
 ) -> Iterator[dict[str, list[tuple[torch.Tensor, torch.Tensor]]]]:
     """Record ``(input, output)`` of every call of each layer during the block.
 
@@ -371,7 +374,7 @@ def _capture(
             h.remove()
 
 
-def _grad(outputs, inputs, **kw):  # type: ignore[no-untyped-def]
+def _grad(outputs, inputs, **kw):
     """``torch.autograd.grad`` that returns zeros for weights the loss does not use."""
     kw.setdefault("retain_graph", True)
     grads = torch.autograd.grad(outputs, inputs, allow_unused=True, **kw)
@@ -464,7 +467,7 @@ def _len_or_none(loader: object) -> int | None:
         return None
 
 
-def _result(acc, counts, expected, weights, gran, metric, seen) -> GroupImportance:  # type: ignore[no-untyped-def]
+def _result(acc, counts, expected, weights, gran, metric, seen) -> GroupImportance:
     wanted = expected if expected is not None else tuple(range(max(acc) + 1))
     missing = [g for g in wanted if g not in acc]
     if missing:

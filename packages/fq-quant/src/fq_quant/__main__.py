@@ -90,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     model = builder(args.model, num_classes=args.num_classes, image_size=args.image_size)
-    state, assignment = load_packed(args.packed)
+    loaded = load_packed(args.packed)
+    if not isinstance(loaded, tuple):  # load_packed without a model returns (state, bits)
+        raise TypeError(f"load_packed returned {type(loaded).__name__}, not (state, assignment)")
+    state, assignment = loaded
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -253,8 +253,8 @@ def _decode_layer(
             raise ValueError(
                 f"layer {name!r}: a {b}-bit code of {int(c.max())} is outside [0, {2**b - 2}]"
             )
-        c = torch.from_numpy(c)
-        q = torch.where(c == 1, 1, -1) if b == 1 else c - (2 ** (b - 1) - 1)
+        code_t = torch.from_numpy(c)
+        q = torch.where(code_t == 1, 1, -1) if b == 1 else code_t - (2 ** (b - 1) - 1)
         values[sl] = dequantize(q, s_el, Granularity.PARAM)
     if _FULL in groups.widths:
         i = groups.widths.index(_FULL)
