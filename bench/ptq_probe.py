@@ -2,7 +2,7 @@
 
 import sys
 
-from fq_bench.grid._probe import probe_main
+from fq_bench.grid import probe_main
 
 if __name__ == "__main__":
     sys.exit(probe_main())

@@ -102,7 +102,7 @@ def test_blind_calibration_equals_calibrate_with_one_group(frontier_run) -> None
     from fq_bench.grid._artifacts import load_group_importance
     from fq_bench.grid._runner import (
         Batches,
-        _fresh_model,
+        fresh_model,
         load_data,
         seed_everything,
         stable_seed,
@@ -117,7 +117,7 @@ def test_blind_calibration_equals_calibrate_with_one_group(frontier_run) -> None
         fingerprint=FRONTIER.fingerprint(CALIBRATION_FIELDS),
     )
     assert stored is not None and list(stored.importance) == [0]
-    model = _fresh_model(FRONTIER, "tiny_cnn", data, pretrained=False)
+    model = fresh_model(FRONTIER, "tiny_cnn", data, pretrained=False)
     model.load_state_dict(
         load_file(root / "checkpoints" / "fitzpatrick17k__tiny_cnn__s0.safetensors")
     )
@@ -398,12 +398,12 @@ def test_cell_size_is_the_size_of_the_packed_export(tmp_path: Path, bits: int | 
     """The table's size_bytes is what ``export_packed`` writes (BatchNorm buffers and the header
     included), for a quantized cell and for FP32 (every weight at 32 bits)."""
     from fq_bench.grid._methods import MethodOutput
-    from fq_bench.grid._runner import _fresh_model, evaluate, load_data
+    from fq_bench.grid._runner import evaluate, fresh_model, load_data
     from fq_quant import BitAssignment, Granularity, ScopeLayout, export_packed, quantize_model
 
     config = FRONTIER.replace(bootstrap_resamples=0)
     data = load_data(config, "fitzpatrick17k")
-    model = _fresh_model(config, "tiny_cnn", data, pretrained=False)
+    model = fresh_model(config, "tiny_cnn", data, pretrained=False)
     layout = ScopeLayout.from_model(model, Granularity.CHANNEL)
     assignment = None if bits is None else BitAssignment.uniform(layout, bits)
     if assignment is not None:

@@ -362,7 +362,7 @@ def test_fp32_ft_control_is_the_fine_tune_schedule_without_quantization(tmp_path
     import numpy as np
     import torch
     from fq_baq import BAQConfig, FP32Trainer
-    from fq_bench.grid._runner import _fresh_model, cell_seed, load_data, seed_everything
+    from fq_bench.grid._runner import cell_seed, fresh_model, load_data, seed_everything
     from safetensors.torch import load_file
 
     cfg = TINY.replace(methods=("fp32", "fp32-ft"))
@@ -376,7 +376,7 @@ def test_fp32_ft_control_is_the_fine_tune_schedule_without_quantization(tmp_path
     key = next(k for k, _ in CellStore(tmp_path).all() if k.method == "fp32-ft")
     s = cell_seed(key)  # every fine-tune of a seed trains on the same batches
     seed_everything(s)
-    model = _fresh_model(cfg, "tiny_cnn", data, pretrained=False)
+    model = fresh_model(cfg, "tiny_cnn", data, pretrained=False)
     ckpt = tmp_path / "checkpoints" / "fitzpatrick17k__tiny_cnn__s0.safetensors"
     model.load_state_dict(load_file(str(ckpt)))
     res = FP32Trainer(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from fq_bench.grid import DEFAULT, CellStore, run_grid
 from fq_bench.grid._probe import probe_main, probe_markdown, probe_summary, ptq_probe
-from fq_bench.grid._runner import _fresh_model, load_data
+from fq_bench.grid._runner import fresh_model, load_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)
 
@@ -96,7 +96,7 @@ def test_logit_error_and_flips_match_a_float64_requantization(grid_and_probe, gr
     from safetensors.torch import load_file
 
     state = load_file(str(out / "checkpoints" / "fitzpatrick17k__tiny_cnn__s0.safetensors"))
-    model = _fresh_model(TINY, "tiny_cnn", data, pretrained=False).double().eval()
+    model = fresh_model(TINY, "tiny_cnn", data, pretrained=False).double().eval()
     model.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in state.items()})
     xs, zs = [], []
     with torch.no_grad():

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from ._cells import CellKey, CellStore, grid_cells, parse_shard, shard_cells, stable_seed
 from ._cli import build_parser, main
-from ._config import ABLATIONS, DEFAULT, METHOD_IDS, PAPER, PRESETS, GridConfig
+from ._config import ABLATIONS, DEFAULT, FRONTIER, METHOD_IDS, PAPER, PRESETS, GridConfig
 from ._methods import METHODS, CellContext, MethodOutput
 from ._models import CUSTOM_MODELS, TinyCNN, build_model, register_model
+from ._probe import probe_main
 from ._report import Report, build_report, summary_frame, to_csv, to_latex, to_markdown
 from ._runner import RunSummary, binary_grouping, run_grid
 
 __all__ = [
+    "FRONTIER",
+    "probe_main",
     "ABLATIONS",
     "CUSTOM_MODELS",
     "DEFAULT",

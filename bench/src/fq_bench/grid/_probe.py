@@ -37,12 +37,12 @@ from ._config import FP32_FIELDS, GridConfig
 from ._runner import (
     DataBundle,
     RunPaths,
-    _device,
-    _fresh_model,
     fp32_state,
+    fresh_model,
     init_processes,
     is_main_process,
     load_data,
+    run_device,
 )
 from ._series import mean_of
 
@@ -136,7 +136,7 @@ def ptq_probe(
             f"granularity must be one of {', '.join(PROBE_GRANULARITIES)}; got {granularity!r}"
         )
     init_processes(config)
-    paths, device = RunPaths(root=Path(out)), _device(config)
+    paths, device = RunPaths(root=Path(out)), run_device(config)
     rows: list[dict[str, Any]] = []
     for dataset in config.datasets:
         data = load_data(config, dataset)
@@ -144,7 +144,7 @@ def ptq_probe(
         for model_name in config.models:
             for seed in config.seeds:
                 state = fp32_state(config, paths, data, model_name, seed)
-                model = _fresh_model(config, model_name, data, pretrained=False)
+                model = fresh_model(config, model_name, data, pretrained=False)
                 model.load_state_dict(state)
                 model.to(device)
                 key = {"dataset": dataset, "model": model_name, "seed": seed, "group_names": names}

@@ -375,7 +375,7 @@ class RunPaths:
         )
 
 
-def _fresh_model(
+def fresh_model(
     config: GridConfig, name: str, data: DataBundle, *, pretrained: bool
 ) -> torch.nn.Module:
     return build_model(
@@ -451,7 +451,7 @@ def fp32_state(
         return got[0]
     s = stable_seed("fp32", data.name, model_name, seed)
     seed_everything(s)
-    model = _fresh_model(config, model_name, data, pretrained=config.pretrained)
+    model = fresh_model(config, model_name, data, pretrained=config.pretrained)
     cfg = BAQConfig(
         lr=config.lr_fp32,
         weight_decay=config.weight_decay,
@@ -540,7 +540,7 @@ class CalibrationCache:
 
         with torch.random.fork_rng(devices=[]):
             seed_everything(s)
-            model = _fresh_model(self.config, self.model_name, self.data, pretrained=False)
+            model = fresh_model(self.config, self.model_name, self.data, pretrained=False)
             model.load_state_dict(self.state)
             model.to(self.device)
             loader: Any = self.data.reseed(s)
@@ -583,7 +583,7 @@ def run_cell(
     s = cell_seed(key)
     seed_everything(s)
     t0 = time.perf_counter()
-    model = _fresh_model(cfg, key.model, data, pretrained=False)
+    model = fresh_model(cfg, key.model, data, pretrained=False)
     model.load_state_dict(state)
     model.to(device)
     ctx = CellContext(
@@ -668,7 +668,7 @@ class RunSummary:
 CLAIM_POLL_SECONDS = 5.0
 
 
-def _device(config: GridConfig) -> torch.device:
+def run_device(config: GridConfig) -> torch.device:
     # accelerate names the CPU ``cpu:0`` under a multi-process CPU launch, while tensors moved
     # there report plain ``cpu`` (and fq_importance.calibrate compares the two strictly)
     device = _state().device
@@ -795,7 +795,7 @@ def run_grid(
     summary = RunSummary(out=out, cells=cells, skipped=[c for c in cells if c.id in done_ids])
     if is_main_process():
         write_run_config(out, config)
-    device = _device(config)
+    device = run_device(config)
     mode = progress_mode(config)
     bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=mode != "bars")
     if mode == "lines":
