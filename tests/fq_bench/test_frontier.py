@@ -414,3 +414,34 @@ def test_cell_size_is_the_size_of_the_packed_export(tmp_path: Path, bits: int | 
     export_packed(model, path, assignment=assignment or BitAssignment.uniform(layout, 32))
     assert res["cost"]["size_bytes"] == path.stat().st_size
     assert any("running_mean" in k for k in model.state_dict())  # the buffers a params count missed
+
+
+def test_export_onnx_writes_each_quantized_cell_once(tmp_path: Path, monkeypatch) -> None:
+    """``--export onnx``: one integer-weight ONNX file per quantized cell computed (none for FP32),
+    with every layer stored as integers; a re-run keeps the files (ONNX Runtime equality is
+    tested in tests/fq_quant/test_onnx.py)."""
+    from fq_bench.grid import main
+
+    monkeypatch.setenv("FQ_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["--models", "tiny_cnn", "--methods", "fp32", "u4", "--seeds", "0", "--image-size",
+            "16", "--n-images", "120", "--batch-size", "32", "--fp32-epochs", "1", "--epochs", "1",
+            "--calib-batches", "2", "--no-progress", "--budgets", "3", "--frontier-methods",
+            "blind", "--min-test-per-group", "0", "--bootstrap-resamples", "0", "--threads", "1",
+            "--export", "onnx", "--no-plots", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    files = sorted(p.name for p in (out / "onnx").glob("*.onnx"))
+    assert files == [
+        "fitzpatrick17k__tiny_cnn__blind__s0__b3.onnx",
+        "fitzpatrick17k__tiny_cnn__u4__s0.onnx",
+    ]
+    import onnx
+
+    model = onnx.load(out / "onnx" / files[1])
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 3  # two convs and the head, all stored as integers
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "onnx").glob("*.onnx")}
+    for cell in (out / "cells").glob("*__u4__*.json"):
+        cell.unlink()  # recompute one cell: its existing file is kept, not rewritten
+    assert main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "onnx").glob("*.onnx")} == mtimes

@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", default=None,
                    help="only rebuild tables and plots of DIR from its cell files")  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--export", choices=("onnx",), default=None,
+                   help="also write each quantized cell computed in this run as ONNX with integer "
+                   "weights to <out>/onnx/<cell>.onnx (fq_quant.export_onnx; a file already there "
+                   "is kept, so a re-run resumes)")  # fmt: skip
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first failing cell (default: record it under failed/, run the "
                    "others, exit 1 listing the failures)")  # fmt: skip
@@ -335,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._runner import is_main_process, run_grid
 
     t0 = time.perf_counter()
-    summary = run_grid(config, out, shard=shard, fail_fast=args.fail_fast)
+    summary = run_grid(config, out, shard=shard, fail_fast=args.fail_fast, export=args.export)
     if not is_main_process():
         return 0
     try:

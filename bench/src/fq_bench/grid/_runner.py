@@ -564,6 +564,26 @@ def apply_override(config: GridConfig, key: CellKey) -> GridConfig:
     return config if ov is None else config.replace(**{ov[0]: ov[1]})
 
 
+def export_cell_onnx(
+    model: torch.nn.Module, key: CellKey, config: GridConfig, folder: Path
+) -> Path | None:
+    """``folder/<cell id>.onnx``: the quantized ``model`` with integer weights
+    (``fq_quant.export_onnx``, batch dimension dynamic, input ``[N, 3, S, S]`` at the config's
+    image size). An existing file is complete (atomic write) and kept, so a re-run resumes; a model
+    the exporter refuses is logged and skipped, never fails the cell."""
+    from fq_quant import export_onnx
+
+    path = folder / f"{key.id}.onnx"
+    if path.exists():
+        return path
+    x = torch.zeros(1, 3, config.image_size, config.image_size)
+    try:
+        return export_onnx(model, x, path)
+    except (ValueError, TypeError, NotImplementedError, RuntimeError) as exc:
+        logger.warning("cell %s: ONNX export skipped: %s", key.id, exc)
+        return None
+
+
 def run_cell(
     key: CellKey,
     config: GridConfig,
@@ -573,8 +593,12 @@ def run_cell(
     device: torch.device,
     *,
     progress: bool = False,
+    export_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run one cell from the FP32 state; returns the JSON-able result.
+
+    With ``export_dir``, a quantized cell's model is also written there as ONNX with integer
+    weights (:func:`export_cell_onnx`).
 
     Under several processes every process trains (the trainers split each batch over them), but
     only the main process evaluates, on the whole test split, and the others return ``{}``.
@@ -601,6 +625,8 @@ def run_cell(
     if not is_main_process():
         return {}
     result = evaluate(out, data, cfg, device)
+    if export_dir is not None and out.assignment is not None:
+        export_cell_onnx(out.model, key, cfg, export_dir)
     result.update(
         {
             "labels": {
@@ -751,6 +777,7 @@ def run_grid(
     *,
     shard: tuple[int, int] = (0, 1),
     fail_fast: bool = False,
+    export: str | None = None,
 ) -> RunSummary:
     """Compute every missing cell of ``config`` (this shard's share) into ``out``.
 
@@ -767,6 +794,9 @@ def run_grid(
     from ._models import check_pretrained_sources
 
     out = Path(out)
+    if export not in (None, "onnx"):
+        raise ValueError(f"export={export!r} is invalid; allowed: None, 'onnx'")
+    export_dir = out / "onnx" if export == "onnx" else None
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out={str(out)!r} is a file; give a folder for the results")
     # before anything is loaded or trained: missing weights files, unreachable hub, bad cells
@@ -823,7 +853,14 @@ def run_grid(
             if _broadcast(fresh is not None and fresh is not False):
                 return "finished by another run"
             result = run_cell(
-                key, config, data(), state(), calib(), device, progress=mode == "bars"
+                key,
+                config,
+                data(),
+                state(),
+                calib(),
+                device,
+                progress=mode == "bars",
+                export_dir=export_dir,
             )
             memo[canon[key.id]] = result
             if is_main_process():
