@@ -17,34 +17,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from fq_bench.grid import DEFAULT, CellKey, CellStore, build_report, main, run_grid
+from fq_bench.grid import SMOKE, CellKey, CellStore, build_report, main, run_grid
 from fq_bench.grid._cells import select_config
 from fq_data import atomic_write_bytes
 from fq_quant import tensors_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = DEFAULT.replace(
-    models=("tiny_cnn",),
-    methods=("fp32", "u4", "lin"),
-    seeds=(0,),
-    image_size=16,
-    n_images=120,
-    batch_size=32,
-    fp32_epochs=1,
-    epochs=1,
-    calib_batches=2,
-    progress=False,
-    budgets=(),
-    frontier_methods=(),
-    min_test_per_group=0,
-    bootstrap_resamples=0,
-)
+TINY = SMOKE.replace(methods=("fp32", "u4", "lin"), bootstrap_resamples=0, progress=False)
 TINY_ARGS = [
-    "--models", "tiny_cnn", "--methods", "fp32", "u4", "lin", "--seeds", "0",
-    "--image-size", "16", "--n-images", "120", "--batch-size", "32", "--fp32-epochs", "1",
-    "--epochs", "1", "--calib-batches", "2", "--no-progress", "--threads", "1",
-    "--budgets", "--frontier-methods", "--min-test-per-group", "0",
-    "--bootstrap-resamples", "0", "--no-plots",
+    "--preset", "smoke", "--methods", "fp32", "u4", "lin", "--bootstrap-resamples", "0",
+    "--no-progress", "--threads", "1", "--no-plots",
 ]  # fmt: skip
 CKPT = Path("checkpoints") / "fitzpatrick17k__tiny_cnn__s0.safetensors"
 CALIB = Path("calibration") / "fitzpatrick17k__tiny_cnn__s0__grape-type.safetensors"
@@ -311,7 +293,7 @@ def test_bad_weights_file_is_named_before_training(tmp_path: Path, capsys, fault
         save_file({"blocks.0.weight": torch.zeros(3, 3)}, path)
     args = ["--models", "test_resnet", "--weights", str(folder), "--out", str(tmp_path / "o")]
     with pytest.raises(SystemExit):
-        main([*TINY_ARGS[2:], *args])
+        main([*TINY_ARGS, *args])
     err = capsys.readouterr().err
     assert f"weights file {path}" in err
     assert ("unreadable" if fault == "truncated" else "does not hold 'test_resnet' weights") in err

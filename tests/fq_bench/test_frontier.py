@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from fq_bench.grid import DEFAULT, CellKey, CellStore, build_report, grid_cells, run_grid
+from fq_bench.grid import DEFAULT, SMOKE, CellKey, CellStore, build_report, grid_cells, run_grid
 from fq_bench.grid._config import CALIBRATION_FIELDS
 from fq_bench.grid._frontier import (
     FRONTIER_COLUMNS,
@@ -29,20 +29,12 @@ from scipy import stats
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)
 
-FRONTIER = DEFAULT.replace(
-    models=("tiny_cnn",),
+FRONTIER = SMOKE.replace(
     methods=("fp32", "u4", "u2"),
     seeds=(0, 1),
-    image_size=16,
-    n_images=120,
-    batch_size=32,
-    fp32_epochs=1,
-    epochs=1,
-    calib_batches=2,
     progress=False,
     budgets=(2.5, 4.0),
     frontier_methods=("blind", "blind-fair", "fq-alloc", "fq-qat", "fq-baq"),
-    min_test_per_group=0,
     bootstrap_resamples=200,
 )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from fq_bench.grid import (
     DEFAULT,
+    SMOKE,
     CellKey,
     CellStore,
     GridConfig,
@@ -36,29 +37,8 @@ from fq_data import DataError
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_ARGS = [
-    "--models", "tiny_cnn", "--methods", "fp32", "u4", "fq-qat", "--seeds", "0",
-    "--image-size", "16", "--n-images", "120", "--batch-size", "32", "--fp32-epochs", "1",
-    "--epochs", "1", "--calib-batches", "2", "--no-progress", "--threads", "1",
-    "--budgets", "--frontier-methods", "--min-test-per-group", "0",
-    "--bootstrap-resamples", "100",
-]  # fmt: skip
-TINY = DEFAULT.replace(
-    models=("tiny_cnn",),
-    methods=("fp32", "u4", "fq-qat"),
-    seeds=(0,),
-    image_size=16,
-    n_images=120,
-    batch_size=32,
-    fp32_epochs=1,
-    epochs=1,
-    calib_batches=2,
-    progress=False,
-    budgets=(),
-    frontier_methods=(),
-    min_test_per_group=0,
-    bootstrap_resamples=100,
-)
+TINY_ARGS = ["--preset", "smoke", "--no-progress", "--threads", "1"]
+TINY = SMOKE.replace(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -301,7 +281,7 @@ def test_label_column_chooses_the_class_granularity(
     real = pl.read_csv(METADATA_DIR / "fitzpatrick17k.csv", infer_schema_length=0)
     n_nine = real["nine_partition_label"].drop_nulls().n_unique()
     assert n_nine == 9
-    base = [a for a in TINY_ARGS if a not in ("u4", "fq-qat")]  # FP32 only
+    base = [*TINY_ARGS, "--methods", "fp32"]  # FP32 only
     out = tmp_path / "nine"
     args = [*base, "--label-column", "fitzpatrick17k=nine_partition_label", "--out", str(out)]
     assert main(args) == 0

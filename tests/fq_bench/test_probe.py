@@ -10,27 +10,13 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from fq_bench.grid import DEFAULT, CellStore, run_grid
+from fq_bench.grid import SMOKE, CellStore, run_grid
 from fq_bench.grid._probe import probe_main, probe_markdown, probe_summary, ptq_probe
 from fq_bench.grid._runner import fresh_model, load_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)
 
-TINY = DEFAULT.replace(
-    models=("tiny_cnn",),
-    methods=("fp32", "u4", "u3"),
-    seeds=(0, 1),
-    image_size=16,
-    n_images=120,
-    batch_size=32,
-    fp32_epochs=1,
-    epochs=1,
-    calib_batches=2,
-    progress=False,
-    budgets=(),
-    frontier_methods=(),
-    min_test_per_group=0,
-)
+TINY = SMOKE.replace(methods=("fp32", "u4", "u3"), seeds=(0, 1), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ._cells import CellKey, CellStore, grid_cells, parse_shard, shard_cells, stable_seed
 from ._cli import build_parser, main
-from ._config import ABLATIONS, DEFAULT, FRONTIER, METHOD_IDS, PAPER, PRESETS, GridConfig
+from ._config import ABLATIONS, DEFAULT, FRONTIER, METHOD_IDS, PAPER, PRESETS, SMOKE, GridConfig
 from ._methods import METHODS, CellContext, MethodOutput
 from ._models import CUSTOM_MODELS, TinyCNN, build_model, register_model
 from ._probe import probe_main
@@ -28,6 +28,7 @@ __all__ = [
     "METHOD_IDS",
     "PAPER",
     "PRESETS",
+    "SMOKE",
     "CellContext",
     "CellKey",
     "CellStore",

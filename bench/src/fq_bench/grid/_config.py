@@ -567,8 +567,30 @@ ABLATIONS = GridConfig(
     ),
 )
 
+SMOKE = DEFAULT.replace(
+    preset="smoke",
+    models=("tiny_cnn",),
+    methods=("fp32", "u4", "fq-qat"),
+    seeds=(0,),
+    image_size=16,
+    n_images=120,
+    batch_size=32,
+    fp32_epochs=1,
+    epochs=1,
+    calib_batches=2,
+    budgets=(),
+    frontier_methods=(),
+    min_test_per_group=0,
+    bootstrap_resamples=100,
+    notes=(
+        "Smoke preset: a two-conv CNN on 120 semi-synthetic images at 16 px, one epoch each; it "
+        "checks that an install runs end to end in seconds. Its numbers mean nothing.",
+    ),
+)
+
 PRESETS: dict[str, GridConfig] = {
     "default": DEFAULT,
+    "smoke": SMOKE,
     "paper": PAPER,
     "frontier": FRONTIER,
     "ablations": ABLATIONS,
