@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_perf_suite_writes_every_figure(tmp_path: Path) -> None:
+    # One OpenMP thread: at these sizes a second thread buys nothing, and on a loaded 2-core
+    # machine two spinning threads slowed this run from 85 s past its 600 s timeout.
     env = dict(os.environ, FQ_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="error")
+    env["OMP_NUM_THREADS"] = "1"
     out = tmp_path / "results"
     cmd = [sys.executable, str(ROOT / "bench" / "perf.py"), "--image-size", "16", "--batch", "4"]
     cmd += ["--steps", "1", "--deploy-size", "32", "--out", str(out)]

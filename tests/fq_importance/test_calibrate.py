@@ -410,6 +410,7 @@ def test_auto_checks_the_fused_split_before_using_any_batch(kind: str, hw: tuple
             calibrate(model, data, strategy="fused", **kw)
 
 
+@pytest.mark.usefixtures("one_thread")  # 325 s with two threads on a loaded 2-core machine
 @pytest.mark.parametrize("arch", ["sequential", "mobilenet_v3_small"])
 def test_fused_path_works_with_in_place_activations(arch: str) -> None:
     # An in-place activation right after a layer (mobilenet_v3's Hardswish(inplace=True)) used to
