@@ -22,6 +22,8 @@ from fq_bench.grid._frontier import (
     FRONTIER_COLUMNS,
     effects_frame,
     frontier_frame,
+    paired_worst,
+    resampled_worst,
     verdict,
 )
 from fq_bench.grid._report import cells_frame
@@ -165,7 +167,14 @@ def test_every_frontier_interval_recomputed_from_the_cell_files(frontier_run) ->
         else:
             assert float(row["d_worst_vs_blind_low"]) == pytest.approx(low, abs=2e-6)
             assert float(row["d_worst_vs_blind_high"]) == pytest.approx(high, abs=2e-6)
-        resolved = not math.isnan(low) and (low > 0 or high < 0)
+        img_low, img_high = (
+            float(row["d_worst_vs_blind_img_low"]),
+            float(row["d_worst_vs_blind_img_high"]),
+        )
+        assert img_low <= img_high  # every cell stored its predictions: the interval exists
+        seed_side = 0 if math.isnan(low) else (1 if low > 0 else -1 if high < 0 else 0)
+        image_side = 1 if img_low > 0 else -1 if img_high < 0 else 0
+        resolved = seed_side != 0 and seed_side == image_side
         assert row["d_worst_vs_blind_verdict"] == ("resolved" if resolved else "not resolved")
         assert int(row["collapses_vs_blind"]) == int((d < -0.05).sum())
 
@@ -263,14 +272,27 @@ def test_shards_and_resume_across_budgets_give_the_uninterrupted_frontier(
 
 # -- the verdict rule and the paired statistics on constructed data ----------------------------
 def test_verdict_rule() -> None:
-    assert verdict(0.01, 0.2) == "resolved"
-    assert verdict(-0.3, -0.001) == "resolved"
-    assert verdict(-0.01, 0.2) == "not resolved"
-    assert verdict(0.0, 0.2) == "not resolved"  # touching 0 is not excluding it
-    assert verdict(math.nan, math.nan) == "not resolved"  # one seed: no interval, no call
+    """Both intervals (seeds, test images) must exclude 0, on the same side."""
+    assert verdict(0.01, 0.2, 0.005, 0.1) == "resolved"
+    assert verdict(-0.3, -0.001, -0.2, -0.01) == "resolved"
+    assert verdict(-0.01, 0.2, 0.01, 0.2) == "not resolved"  # seeds include 0
+    assert verdict(0.01, 0.2, -0.01, 0.2) == "not resolved"  # test images include 0
+    assert verdict(0.01, 0.2, -0.2, -0.01) == "not resolved"  # opposite sides
+    assert verdict(0.0, 0.2, 0.01, 0.2) == "not resolved"  # touching 0 is not excluding it
+    assert verdict(math.nan, math.nan, 0.01, 0.2) == "not resolved"  # one seed: no interval
+    assert verdict(0.01, 0.2, math.nan, math.nan) == "not resolved"  # no stored predictions
+
+
+def _test_set(correct: dict[int, int], n: int = 100) -> dict:
+    """A test set of ``n`` images per group (all label 0); group ``g``'s first ``correct[g]``
+    images are predicted right, the rest wrong."""
+    groups = [g for g in correct for _ in range(n)]
+    preds = [0 if i < correct[g] else 1 for g in correct for i in range(n)]
+    return {"labels": [0] * len(groups), "groups": groups, "predictions": preds}
 
 
 def _hand(method: str, seed: int, worst: float, budget: str = "3") -> tuple[CellKey, dict]:
+    """A cell whose worst group (0 of 2, 100 test images each) has accuracy ``worst``."""
     key = CellKey(dataset="fitzpatrick17k", model="resnet18", method=method, seed=seed,
                   budget=budget)  # fmt: skip
     res = {
@@ -278,8 +300,68 @@ def _hand(method: str, seed: int, worst: float, budget: str = "3") -> tuple[Cell
                     "eodd": 0.0},
         "cost": {"avg_bits": float(budget), "gbops": 1.0, "paper_gops": 0.1, "size_bytes": 10.0},
         "labels": {"dataset": "FitzP.", "model": "ResNet18", "method": method},
+        "test": _test_set({0: round(100 * worst), 1: round(100 * worst) + 20}),
     }  # fmt: skip
     return key, res
+
+
+def test_the_same_one_image_on_every_seed_is_not_resolved() -> None:
+    """Five seeds, each wrong on the same one test image that blind gets right: the seed
+    interval has zero width and excludes 0, but a new test set of the same group sizes lacks
+    that image with probability (1 - 1/100)^100 = 0.37, so the image interval reaches 0."""
+    raw = []
+    for s, base in enumerate((0.70, 0.75, 0.72, 0.78, 0.74)):
+        blind = _hand("blind", s, base)
+        key, res = _hand("fq-qat", s, base - 0.01)
+        res["test"] = {**blind[1]["test"], "predictions": [1, *blind[1]["test"]["predictions"][1:]]}
+        raw += [blind, (key, res)]
+    row = frontier_frame(cells_frame(raw)).filter(pl.col("method") == "fq-qat").row(0, named=True)
+    assert row["d_worst_vs_blind"] == pytest.approx(-0.01)
+    low, high = row["d_worst_vs_blind_low"], row["d_worst_vs_blind_high"]
+    assert math.isnan(low) or high < 0  # seeds alone: zero width (NaN when numpy says so)
+    assert row["d_worst_vs_blind_img_low"] == pytest.approx(-0.01 * 2, abs=0.011)
+    assert row["d_worst_vs_blind_img_high"] == 0.0
+    assert row["d_worst_vs_blind_verdict"] == "not resolved"
+
+
+def test_image_interval_matches_the_paired_normal_approximation() -> None:
+    """One group of n = 400 test images; A alone is right on 30, B alone on 10: the paired
+    difference is d = 20/400 = 0.05 with bootstrap variance (p_a + p_b - d^2) / n, p_a = 30/400,
+    p_b = 10/400 (hand-worked); the percentile interval is d +- 1.96 sd to Monte Carlo error."""
+    n, both = 400, 300
+
+    def cell(method: str, right: range) -> tuple[CellKey, dict]:
+        preds = [0 if i in right else 1 for i in range(n)]
+        key = CellKey(dataset="d", model="m", method=method, seed=0, budget="3")
+        res = {"metrics": {"avg_acc": 0.0, "worst_acc": sum(p == 0 for p in preds) / n, "gap": 0.0,
+                           "eopp0": 0.0, "eodd": 0.0},
+               "cost": {"avg_bits": 3.0, "gbops": 1.0, "paper_gops": 0.1, "size_bytes": 1.0},
+               "labels": {"dataset": "d", "model": "m", "method": method},
+               "test": {"labels": [0] * n, "groups": [0] * n, "predictions": preds}}  # fmt: skip
+        return key, res
+
+    a = cell("fq-qat", range(both + 30))  # right on the shared 300 and 30 more
+    b = cell("blind", [*range(both), *range(both + 30, both + 40)])  # the 300 and 10 others
+    frame = cells_frame([a, b])
+    pw = paired_worst(frame.filter(pl.col("method") == "fq-qat"),
+                      frame.filter(pl.col("method") == "blind"), resamples=20000)  # fmt: skip
+    d, pa, pb = 20 / n, 30 / n, 10 / n
+    sd = math.sqrt((pa + pb - d * d) / n)
+    assert pw.mean == pytest.approx(d)
+    assert pw.image_low == pytest.approx(d - 1.959964 * sd, abs=0.004)
+    assert pw.image_high == pytest.approx(d + 1.959964 * sd, abs=0.004)
+    assert math.isnan(pw.low) and pw.verdict == "not resolved"  # one seed: no seed interval
+
+
+def test_unit_weights_give_each_cells_own_worst_acc(frontier_run) -> None:
+    """The resampling engine on the original sample (every image once) is the stored metric."""
+    root, _ = frontier_run
+    for _, res in _cells(root)[:6]:
+        groups = np.asarray(res["test"]["groups"])
+        correct = np.asarray(res["test"]["predictions"]) == np.asarray(res["test"]["labels"])
+        ones = {int(g): np.ones((1, int((groups == g).sum()))) for g in np.unique(groups)}
+        got = resampled_worst(correct, groups, ones)
+        assert got[0] == pytest.approx(res["metrics"]["worst_acc"], abs=1e-12)
 
 
 def test_paired_difference_on_constructed_cells() -> None:

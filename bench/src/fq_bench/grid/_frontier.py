@@ -9,7 +9,13 @@ From the cell frame (:func:`fq_bench.grid._report.cells_frame`) alone:
 - :func:`effects_frame`: the 2x2 design's two ingredients apart, per budget (allocation:
   ``fq-alloc - blind`` and ``fq-qat - blind-fair``; fairness term: ``blind-fair - blind`` and
   ``fq-qat - fq-alloc``).
-- :func:`verdict`: the one rule that calls a difference resolved: its interval excludes 0.
+- :func:`paired_worst`: a paired WorstAcc difference with its two intervals, over seeds (training
+  noise: the t-interval of the per-seed differences) and over test images (sampling noise: a
+  paired bootstrap of the seed-mean difference that redraws the shared test set within each
+  group). The seed interval alone cannot see the test set's finiteness: five seeds that each
+  differ by the same single image give a zero-width interval.
+- :func:`verdict`: the one rule that calls a difference resolved: both intervals exclude 0, on
+  the same side.
 
 Accuracies are fractions in the frames and CSVs, points (percent) in Markdown and printed text.
 """
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -29,6 +35,9 @@ from ._series import mean_of
 
 #: A seed "collapses" when its worst group falls more than this far (fraction) below the control.
 COLLAPSE_DROP = 0.05
+
+#: Test-set resamples behind each paired difference's image interval.
+IMAGE_RESAMPLES = 2000
 
 #: The ingredient contrasts of the 2x2 design: (name, ingredient, minuend, subtrahend).
 EFFECTS: tuple[tuple[str, str, str, str], ...] = (
@@ -45,20 +54,22 @@ FRONTIER_COLUMNS: tuple[str, ...] = (
     "avg_acc_mean", "avg_acc_std", "avg_acc_low", "avg_acc_high", "gap_mean", "gap_std",
     "gap_low", "gap_high", "eodd_mean", "seeds",
     "worst_acc_by_seed", "d_worst_vs_blind", "d_worst_vs_blind_low", "d_worst_vs_blind_high",
-    "d_worst_vs_blind_verdict", "d_avg_vs_blind", "d_avg_vs_blind_low", "d_avg_vs_blind_high",
+    "d_worst_vs_blind_img_low", "d_worst_vs_blind_img_high", "d_worst_vs_blind_verdict", "d_avg_vs_blind", "d_avg_vs_blind_low", "d_avg_vs_blind_high",
     "collapses_vs_blind",
 )  # fmt: skip
 
 
-def verdict(low: float, high: float) -> str:
-    """``"resolved"`` when the interval ``[low, high]`` excludes 0, else ``"not resolved"``.
+def verdict(low: float, high: float, image_low: float, image_high: float) -> str:
+    """``"resolved"`` when the seed interval ``[low, high]`` and the test-image interval
+    ``[image_low, image_high]`` both exclude 0 on the same side, else ``"not resolved"``.
 
-    An undefined interval (NaN bounds: fewer than two seeds) is ``"not resolved"``: a difference
-    is never called without an interval.
+    An undefined interval (NaN bounds: fewer than two seeds, or no stored test predictions) is
+    ``"not resolved"``: a difference is never called without both intervals.
     """
-    if math.isnan(low) or math.isnan(high):
+    if any(math.isnan(x) for x in (low, high, image_low, image_high)):
         return "not resolved"
-    return "resolved" if low > 0 or high < 0 else "not resolved"
+    above, below = low > 0 and image_low > 0, high < 0 and image_high < 0
+    return "resolved" if above or below else "not resolved"
 
 
 def t_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
@@ -90,6 +101,82 @@ def paired_differences(part: pl.DataFrame, control: pl.DataFrame, col: str) -> n
     joined = part.select("seed", col).join(control.select("seed", col), on="seed", suffix="_c")
     joined = joined.sort("seed")
     return (joined[col] - joined[f"{col}_c"]).to_numpy()
+
+
+class PairedWorst(NamedTuple):
+    """A paired WorstAcc difference ``a - b`` (fractions) over the seeds both ran.
+
+    ``values``: per-seed differences (sorted by seed); ``mean``, ``low``, ``high``: their mean
+    and 95% t-interval; ``image_low``, ``image_high``: the 95% percentile interval of the
+    seed-mean difference over :data:`IMAGE_RESAMPLES` paired test-set resamples (NaN when a
+    cell stored no test predictions); ``verdict``: :func:`verdict` of the two.
+    """
+
+    values: np.ndarray
+    mean: float
+    low: float
+    high: float
+    image_low: float
+    image_high: float
+    verdict: str
+
+
+def resampled_worst(
+    correct: np.ndarray, groups: np.ndarray, weights: dict[int, np.ndarray]
+) -> np.ndarray:
+    """``[R]`` WorstAcc (fraction) of one cell on each of ``R`` test-set resamples.
+
+    ``correct``, ``groups``: ``[N]`` per test image; ``weights``: group code -> ``[R, n_g]``
+    multiplicities of that group's images (in test-set order) in each resample, each row summing
+    to ``n_g`` (:func:`image_weights`). A group's accuracy is its weighted mean; WorstAcc the
+    minimum over groups, as ``fq_fairmetrics`` computes it.
+    """
+    accs = [w @ correct[groups == g].astype(np.float64) / w.shape[1] for g, w in weights.items()]
+    return np.min(np.stack(accs, axis=1), axis=1)
+
+
+def image_weights(groups: np.ndarray, resamples: int, seed: int = 0) -> dict[int, np.ndarray]:
+    """Group code -> ``[resamples, n_g]`` multiplicities: each resample redraws every group's
+    ``n_g`` test images with replacement (group sizes fixed, as the per-cell bootstrap does)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for g in np.unique(groups):
+        n = int((groups == g).sum())
+        out[int(g)] = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    return out
+
+
+def paired_worst(
+    a: pl.DataFrame, b: pl.DataFrame, *, resamples: int = IMAGE_RESAMPLES
+) -> PairedWorst:
+    """The WorstAcc difference ``a - b`` paired by seed, with its seed and image intervals.
+
+    ``a``, ``b``: cell-frame rows of two methods at one (dataset, model, budget). Each resample
+    redraws the test set once and applies the same draw to every seed and both methods (the grid
+    tests every cell of a dataset on one test set), so the interval is that of the seed-mean
+    difference on a new test set of the same group sizes.
+    """
+    cols = ["seed", "worst_acc", "test_correct", "test_group"]
+    joined = a.select(cols).join(b.select(cols), on="seed", suffix="_b").sort("seed")
+    values = (joined["worst_acc"] - joined["worst_acc_b"]).to_numpy()
+    mean, low, high = t_interval(values)
+    img_low = img_high = math.nan
+    rows = joined.select("test_correct", "test_correct_b", "test_group", "test_group_b").rows()
+    usable = bool(rows) and all(
+        ca is not None and cb is not None and ga == gb and ga == rows[0][2]
+        for ca, cb, ga, gb in rows
+    )
+    if usable:
+        groups = np.asarray(rows[0][2])
+        weights = image_weights(groups, resamples)
+        diffs = [
+            resampled_worst(np.asarray(ca), groups, weights)
+            - resampled_worst(np.asarray(cb), groups, weights)
+            for ca, cb, _, _ in rows
+        ]
+        img_low, img_high = (float(x) for x in np.quantile(np.mean(diffs, axis=0), [0.025, 0.975]))
+    return PairedWorst(values, mean, low, high, img_low, img_high,
+                       verdict(low, high, img_low, img_high))  # fmt: skip
 
 
 def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
@@ -126,7 +213,8 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
             row |= {f"{m}_mean": mean, f"{m}_std": std, f"{m}_low": low, f"{m}_high": high}
         empty = {
             "d_worst_vs_blind": None, "d_worst_vs_blind_low": None,
-            "d_worst_vs_blind_high": None, "d_worst_vs_blind_verdict": None,
+            "d_worst_vs_blind_high": None, "d_worst_vs_blind_img_low": None,
+            "d_worst_vs_blind_img_high": None, "d_worst_vs_blind_verdict": None,
             "d_avg_vs_blind": None, "d_avg_vs_blind_low": None, "d_avg_vs_blind_high": None,
             "collapses_vs_blind": None,
         }  # fmt: skip
@@ -136,13 +224,14 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
             & (pl.col("method") == CONTROL_METHOD)
         )  # fmt: skip
         if bu and me != CONTROL_METHOD and not control.is_empty():
-            d_worst = paired_differences(part, control, "worst_acc")
-            if d_worst.size:
-                mean, low, high = t_interval(d_worst)
+            pw = paired_worst(part, control)
+            if pw.values.size:
                 row |= {
-                    "d_worst_vs_blind": mean, "d_worst_vs_blind_low": low,
-                    "d_worst_vs_blind_high": high, "d_worst_vs_blind_verdict": verdict(low, high),
-                    "collapses_vs_blind": int((d_worst < -COLLAPSE_DROP).sum()),
+                    "d_worst_vs_blind": pw.mean, "d_worst_vs_blind_low": pw.low,
+                    "d_worst_vs_blind_high": pw.high, "d_worst_vs_blind_img_low": pw.image_low,
+                    "d_worst_vs_blind_img_high": pw.image_high,
+                    "d_worst_vs_blind_verdict": pw.verdict,
+                    "collapses_vs_blind": int((pw.values < -COLLAPSE_DROP).sum()),
                 }  # fmt: skip
                 mean, low, high = t_interval(paired_differences(part, control, "avg_acc"))
                 row |= {"d_avg_vs_blind": mean, "d_avg_vs_blind_low": low,
@@ -160,8 +249,9 @@ def effects_frame(cells: pl.DataFrame) -> pl.DataFrame:
     """Each ingredient's effect per (dataset, model, budget), from the 2x2 design's cells.
 
     Columns: ``dataset, model, target_bits, effect, ingredient, minuend, subtrahend, seeds,
-    d_worst, d_worst_low, d_worst_high, verdict, d_avg, d_avg_low, d_avg_high`` (fractions;
-    paired by seed, 95% t-interval). A contrast whose two methods were not both run is absent.
+    d_worst, d_worst_low, d_worst_high, d_worst_img_low, d_worst_img_high, verdict, d_avg,
+    d_avg_low, d_avg_high`` (fractions; paired by seed, 95% t-interval; ``_img_``: the
+    test-image interval of :func:`paired_worst`). A contrast whose two methods were not both run is absent.
     """
     budget_cells = cells.filter((pl.col("budget") != "") & (pl.col("variant") == ""))
     rows: list[dict[str, Any]] = []
@@ -171,21 +261,21 @@ def effects_frame(cells: pl.DataFrame) -> pl.DataFrame:
             pa, pb = part.filter(pl.col("method") == a), part.filter(pl.col("method") == b)
             if pa.is_empty() or pb.is_empty():
                 continue
-            d_worst = paired_differences(pa, pb, "worst_acc")
-            if d_worst.size == 0:
+            pw = paired_worst(pa, pb)
+            if pw.values.size == 0:
                 continue
-            mean, low, high = t_interval(d_worst)
             am, alow, ahigh = t_interval(paired_differences(pa, pb, "avg_acc"))
             rows.append({
                 "dataset": ds, "model": mo, "budget": bu, "target_bits": float(bu),
                 "effect": name, "ingredient": ingredient, "minuend": a, "subtrahend": b,
-                "seeds": int(d_worst.size), "d_worst": mean, "d_worst_low": low,
-                "d_worst_high": high, "verdict": verdict(low, high), "d_avg": am,
+                "seeds": int(pw.values.size), "d_worst": pw.mean, "d_worst_low": pw.low,
+                "d_worst_high": pw.high, "d_worst_img_low": pw.image_low,
+                "d_worst_img_high": pw.image_high, "verdict": pw.verdict, "d_avg": am,
                 "d_avg_low": alow, "d_avg_high": ahigh,
             })  # fmt: skip
     cols = ["dataset", "model", "target_bits", "effect", "ingredient", "minuend", "subtrahend",
-            "seeds", "d_worst", "d_worst_low", "d_worst_high", "verdict", "d_avg", "d_avg_low",
-            "d_avg_high"]  # fmt: skip
+            "seeds", "d_worst", "d_worst_low", "d_worst_high", "d_worst_img_low",
+            "d_worst_img_high", "verdict", "d_avg", "d_avg_low", "d_avg_high"]  # fmt: skip
     if not rows:
         return pl.DataFrame(schema={c: pl.String for c in cols})
     frame = pl.DataFrame(rows)
@@ -233,11 +323,12 @@ def _ci(low: float | None, high: float | None, signed: bool = False) -> str:
 def frontier_markdown(frontier: pl.DataFrame) -> str:
     """Markdown: one row per (model, method, budget), WorstAcc / AvgAcc / Gap in % as mean
     [95% t-interval over seeds], and the paired WorstAcc difference against ``blind`` with its
-    interval and verdict."""
+    seed interval, its test-image interval and the verdict."""
     header = ["Dataset", "Model", "Budget", "Method", "AvgBits", "Size (KiB)", "WorstAcc",
-              "AvgAcc", "Gap", "EOdd", "ΔWorst vs blind", "Verdict", "Collapses", "Seeds"]  # fmt: skip
+              "AvgAcc", "Gap", "EOdd", "ΔWorst vs blind", "test images", "Verdict", "Collapses",
+              "Seeds"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |",
-             "| " + " | ".join(["---"] * 4 + ["---:"] * 10) + " |"]  # fmt: skip
+             "| " + " | ".join(["---"] * 4 + ["---:"] * 11) + " |"]  # fmt: skip
     from ._config import DATASET_LABELS, MODEL_LABELS
 
     for r in frontier.iter_rows(named=True):
@@ -253,11 +344,12 @@ def frontier_markdown(frontier: pl.DataFrame) -> str:
             f"{r['eodd_mean']:.3f}",
         ]  # fmt: skip
         if r["d_worst_vs_blind"] is None:
-            cells += ["", "", "", str(r["seeds"])]
+            cells += ["", "", "", "", str(r["seeds"])]
         else:
             cells += [
                 f"{_pts(r['d_worst_vs_blind'], True)} "
                 f"{_ci(r['d_worst_vs_blind_low'], r['d_worst_vs_blind_high'], True)}",
+                _ci(r["d_worst_vs_blind_img_low"], r["d_worst_vs_blind_img_high"], True),
                 r["d_worst_vs_blind_verdict"],
                 str(r["collapses_vs_blind"]),
                 str(r["seeds"]),
@@ -268,9 +360,10 @@ def frontier_markdown(frontier: pl.DataFrame) -> str:
 
 def effects_markdown(effects: pl.DataFrame) -> str:
     """Markdown of :func:`effects_frame`: each ingredient's paired WorstAcc / AvgAcc effect."""
-    header = ["Model", "Budget", "Effect", "Contrast", "ΔWorst", "Verdict", "ΔAvg", "Seeds"]
+    header = ["Model", "Budget", "Effect", "Contrast", "ΔWorst", "test images", "Verdict", "ΔAvg",
+              "Seeds"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |",
-             "| " + " | ".join(["---"] * 4 + ["---:", "---", "---:", "---:"]) + " |"]  # fmt: skip
+             "| " + " | ".join(["---"] * 4 + ["---:", "---:", "---", "---:", "---:"]) + " |"]  # fmt: skip
     from ._config import MODEL_LABELS
 
     for r in effects.iter_rows(named=True):
@@ -278,6 +371,7 @@ def effects_markdown(effects: pl.DataFrame) -> str:
             MODEL_LABELS.get(r["model"], r["model"]), f"{r['target_bits']:g}", r["effect"],
             f"{r['minuend']} − {r['subtrahend']}",
             f"{_pts(r['d_worst'], True)} {_ci(r['d_worst_low'], r['d_worst_high'], True)}",
+            _ci(r["d_worst_img_low"], r["d_worst_img_high"], True),
             r["verdict"],
             f"{_pts(r['d_avg'], True)} {_ci(r['d_avg_low'], r['d_avg_high'], True)}",
             str(r["seeds"]),
@@ -287,7 +381,8 @@ def effects_markdown(effects: pl.DataFrame) -> str:
 
 def best_lines(cells: pl.DataFrame, frontier: pl.DataFrame) -> list[str]:
     """Per (dataset, model, budget): the mixed method with the best mean WorstAcc, its paired
-    lead over the runner-up and over ``blind`` (95% t-interval over seeds), each with its verdict.
+    lead over the runner-up and over ``blind`` (95% intervals over seeds and over test images,
+    :func:`paired_worst`), each with its verdict.
     """
     from ._config import DATASET_LABELS, MODEL_LABELS
 
@@ -311,17 +406,15 @@ def best_lines(cells: pl.DataFrame, frontier: pl.DataFrame) -> list[str]:
         for other_id, what in ((runner_up, "runner-up"), (control, "control")):
             if other_id is None:
                 continue
-            d = paired_differences(
+            pw = paired_worst(
                 here.filter(pl.col("method") == best["method"]),
                 here.filter(pl.col("method") == other_id),
-                "worst_acc",
             )
-            mean, low, high = t_interval(d)
             label = METHOD_LABELS.get(other_id, other_id)
             name = f"the runner-up {label}" if what == "runner-up" else label
             bits.append(
-                f"lead over {name} {_pts(mean, True)} points {_ci(low, high, True)}, "
-                f"{verdict(low, high)}"
+                f"lead over {name} {_pts(pw.mean, True)} points {_ci(pw.low, pw.high, True)} "
+                f"(test images {_ci(pw.image_low, pw.image_high, True)}), {pw.verdict}"
             )
         lines.append(head + ("; " + "; ".join(bits) if bits else "") + ".")
     return lines

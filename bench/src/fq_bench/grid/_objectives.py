@@ -5,7 +5,8 @@ From the cell frame alone, for every sweep variant of an objective's field (:dat
 (:data:`~fq_bench.grid._config.FAIR_METHODS`), per (dataset, model, method, budget, objective):
 the mean WorstAcc and AvgAcc over seeds, and against ``blind`` (group-blind bits, no L_fair; the
 same budget, seed, FP32 checkpoint and training batches) the frontier's statistics: the paired
-WorstAcc change with its 95% t-interval and verdict, the paired AvgAcc change with its interval,
+WorstAcc change with its 95% t-interval over seeds, its test-image interval and verdict
+(:func:`~fq_bench.grid._frontier.paired_worst`), the paired AvgAcc change with its interval,
 and the collapse count (seeds whose WorstAcc falls more than
 :data:`~fq_bench.grid._frontier.COLLAPSE_DROP` below the control's). Budget ``""`` rows are Table
 1's palette (compared with a Table 1 ``blind`` cell when one was run).
@@ -32,8 +33,8 @@ from ._frontier import (
     format_interval,
     format_points,
     paired_differences,
+    paired_worst,
     t_interval,
-    verdict,
 )
 from ._order import sort_rows
 
@@ -44,7 +45,8 @@ OBJECTIVE_FIELDS: tuple[str, ...] = ("fair_loss", "fair_ema")
 OBJECTIVES_COLUMNS: tuple[str, ...] = (
     "dataset", "model", "method", "method_label", "objective", "variant", "target_bits",
     "avg_bits", "seeds", "worst_acc_mean", "avg_acc_mean", "d_worst_vs_blind",
-    "d_worst_vs_blind_low", "d_worst_vs_blind_high", "d_worst_vs_blind_verdict",
+    "d_worst_vs_blind_low", "d_worst_vs_blind_high", "d_worst_vs_blind_img_low",
+    "d_worst_vs_blind_img_high", "d_worst_vs_blind_verdict",
     "d_avg_vs_blind", "d_avg_vs_blind_low", "d_avg_vs_blind_high", "collapses_vs_blind",
 )  # fmt: skip
 
@@ -98,16 +100,17 @@ def objectives_frame(cells: pl.DataFrame) -> pl.DataFrame:
             (pl.col("dataset") == ds) & (pl.col("model") == mo) & (pl.col("budget") == bu)
             & (pl.col("method") == CONTROL_METHOD) & (pl.col("variant") == "")
         )  # fmt: skip
-        d_worst = paired_differences(group, control, "worst_acc")
-        if d_worst.size:
-            mean, low, high = t_interval(d_worst)
+        pw = paired_worst(group, control)
+        if pw.values.size:
             a_mean, a_low, a_high = t_interval(paired_differences(group, control, "avg_acc"))
             row |= {
-                "d_worst_vs_blind": mean, "d_worst_vs_blind_low": low,
-                "d_worst_vs_blind_high": high, "d_worst_vs_blind_verdict": verdict(low, high),
+                "d_worst_vs_blind": pw.mean, "d_worst_vs_blind_low": pw.low,
+                "d_worst_vs_blind_high": pw.high, "d_worst_vs_blind_img_low": pw.image_low,
+                "d_worst_vs_blind_img_high": pw.image_high,
+                "d_worst_vs_blind_verdict": pw.verdict,
                 "d_avg_vs_blind": a_mean, "d_avg_vs_blind_low": a_low,
                 "d_avg_vs_blind_high": a_high,
-                "collapses_vs_blind": int((d_worst < -COLLAPSE_DROP).sum()),
+                "collapses_vs_blind": int((pw.values < -COLLAPSE_DROP).sum()),
             }  # fmt: skip
         rows.append(row)
     schema: dict[str, Any] = {c: pl.Float64 for c in OBJECTIVES_COLUMNS}
@@ -127,9 +130,9 @@ def objectives_frame(cells: pl.DataFrame) -> pl.DataFrame:
 def objectives_markdown(frame: pl.DataFrame) -> str:
     """Markdown of :func:`objectives_frame` (points, 95% t-interval over seeds)."""
     header = ["Model", "Budget", "Method", "Objective", "WorstAcc", "AvgAcc", "ΔWorst vs blind",
-              "Verdict", "ΔAvg vs blind", "Collapses", "Seeds"]  # fmt: skip
+              "test images", "Verdict", "ΔAvg vs blind", "Collapses", "Seeds"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |",
-             "| " + " | ".join(["---"] * 4 + ["---:"] * 3 + ["---"] + ["---:"] * 3) + " |"]  # fmt: skip
+             "| " + " | ".join(["---"] * 4 + ["---:"] * 4 + ["---"] + ["---:"] * 3) + " |"]  # fmt: skip
     for r in frame.iter_rows(named=True):
         has = r["d_worst_vs_blind"] is not None
         lines.append("| " + " | ".join([
@@ -139,6 +142,8 @@ def objectives_markdown(frame: pl.DataFrame) -> str:
             format_points(r["worst_acc_mean"]), format_points(r["avg_acc_mean"]),
             (f"{format_points(r['d_worst_vs_blind'], True)} "
              f"{format_interval(r['d_worst_vs_blind_low'], r['d_worst_vs_blind_high'], True)}")
+            if has else "",
+            format_interval(r["d_worst_vs_blind_img_low"], r["d_worst_vs_blind_img_high"], True)
             if has else "",
             r["d_worst_vs_blind_verdict"] or "",
             (f"{format_points(r['d_avg_vs_blind'], True)} "
@@ -235,8 +240,9 @@ def write_objectives(
     frame = objectives_frame(cells)
     intro = (
         "Each L_fair objective against the group-blind control (blind: no L_fair) at the same "
-        "budget, paired by seed; points, 95% t-interval over seeds; resolved = the interval "
-        f"excludes 0; collapses = seeds whose WorstAcc falls more than {100 * COLLAPSE_DROP:g} "
+        "budget, paired by seed; points, 95% t-interval over seeds; test images: the 95% "
+        "interval of the same mean over resamples of the test set; resolved = both intervals "
+        f"exclude 0; collapses = seeds whose WorstAcc falls more than {100 * COLLAPSE_DROP:g} "
         "points below blind's.\n\n"
     )
     atomic_write_bytes(root / "objectives.md", (head + intro + objectives_markdown(frame)).encode())

@@ -68,7 +68,8 @@ def _boot(res: dict[str, Any], metric: str, side: int) -> float:
 def cells_frame(cells: Iterable[tuple[CellKey, dict[str, Any]]]) -> pl.DataFrame:
     """One row per cell: key, labels, the Table 1 metrics (fractions, not percent), the packed
     size in bytes, the frontier target (``target_bits``, null off the frontier) and each cell's
-    bootstrap interval (``<metric>_boot_low``/``_high``, NaN when none was computed)."""
+    bootstrap interval (``<metric>_boot_low``/``_high``, NaN when none was computed), and its
+    per-image test outcome (``test_correct``, ``test_group``: lists, for paired image intervals)."""
     rows = []
     for key, res in cells:
         m, c, lab = res["metrics"], res["cost"], res["labels"]
@@ -87,17 +88,29 @@ def cells_frame(cells: Iterable[tuple[CellKey, dict[str, Any]]]) -> pl.DataFrame
                 **{f"{k}_boot_low": _boot(res, k, 0) for k in BOOT_IDS},
                 **{f"{k}_boot_high": _boot(res, k, 1) for k in BOOT_IDS},
                 "semisynthetic": bool(res.get("data", {}).get("semisynthetic", False)),
+                **_test_columns(res),
             }
         )
-    schema = {
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
         "dataset": pl.String, "model": pl.String, "method": pl.String, "seed": pl.Int64,
         "variant": pl.String, "budget": pl.String, "dataset_label": pl.String,
         "model_label": pl.String, "method_label": pl.String, "target_bits": pl.Float64,
         **{k: pl.Float64 for k in METRIC_IDS}, "size_bytes": pl.Float64,
         **{f"{k}_boot_{s}": pl.Float64 for s in ("low", "high") for k in BOOT_IDS},
-        "semisynthetic": pl.Boolean,
+        "semisynthetic": pl.Boolean, "test_correct": pl.List(pl.Boolean),
+        "test_group": pl.List(pl.Int64),
     }  # fmt: skip
     return pl.DataFrame(rows, schema=schema).select(list(schema))
+
+
+def _test_columns(res: dict[str, Any]) -> dict[str, list[Any] | None]:
+    """``test_correct`` (prediction == label) and ``test_group`` per test image, in the test
+    set's order; null for a cell that stored no predictions."""
+    test = res.get("test")
+    if not test:
+        return {"test_correct": None, "test_group": None}
+    correct = [p == y for p, y in zip(test["predictions"], test["labels"], strict=True)]
+    return {"test_correct": correct, "test_group": list(test["groups"])}
 
 
 def groups_frame(cells: Iterable[tuple[CellKey, dict[str, Any]]]) -> pl.DataFrame:
@@ -121,7 +134,7 @@ def groups_frame(cells: Iterable[tuple[CellKey, dict[str, Any]]]) -> pl.DataFram
                     "acc": math.nan if acc is None else float(acc),
                 }
             )
-    schema = {
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
         "dataset": pl.String, "model": pl.String, "method": pl.String, "seed": pl.Int64,
         "variant": pl.String, "budget": pl.String, "dataset_label": pl.String,
         "model_label": pl.String, "method_label": pl.String, "group": pl.String,
@@ -147,7 +160,7 @@ def layer_bits_frame(cells: Iterable[tuple[CellKey, dict[str, Any]]]) -> pl.Data
                     "n_params": int(n),
                 }
             )
-    schema = {
+    schema: dict[str, pl.DataType | type[pl.DataType]] = {
         "dataset": pl.String, "model": pl.String, "method": pl.String, "seed": pl.Int64,
         "variant": pl.String, "budget": pl.String, "dataset_label": pl.String,
         "model_label": pl.String, "layer": pl.String, "position": pl.Int64,
@@ -508,15 +521,16 @@ class Report:
             lines += [
                 "",
                 "Frontier (mean [95% t-interval] over seeds, %; ΔWorst vs blind: WorstAcc minus "
-                "the group-blind control's at the same budget, paired by seed, in points; "
-                "resolved = the interval excludes 0)",
+                "the group-blind control's at the same budget, paired by seed, in points, with "
+                "its 95% t-interval over seeds; test images: the 95% interval of the same mean "
+                "over resamples of the test set; resolved = both intervals exclude 0)",
                 "",
                 self.frontier_markdown,
             ]
         if self.effects_markdown:
             lines += [
                 "FairQuant's two ingredients apart (2x2 design; paired by seed, points, "
-                "95% t-interval)",
+                "95% t-interval over seeds and over test images)",
                 "",
                 self.effects_markdown,
             ]
