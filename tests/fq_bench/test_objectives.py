@@ -132,3 +132,28 @@ def test_sweep_end_to_end_and_objectives_recomputed(tmp_path: Path) -> None:
     with open(out / "frontier.csv", newline="") as f:
         frontier = [r for r in csv.DictReader(f) if r["method"] == "blind-fair"]
     assert len(frontier) == 1 and frontier[0]["seeds"] == "2"
+
+
+def test_group_loss_plot_shows_the_seed_with_the_lowest_worst_group() -> None:
+    """The loss-curve panels show one seed: the one where some objective left the worst group
+    lowest (a collapse, if any), at the smallest budget, of the first L_fair method."""
+    from fq_bench.grid._objectives import loss_plot_cells
+
+    def cell(method: str, seed: int, variant: str, budget: str, worst: float):
+        key = CellKey(dataset="d", model="m", method=method, seed=seed, variant=variant,
+                      budget=budget)  # fmt: skip
+        return key, {"metrics": {"worst_acc": worst}, "history": [{"group_loss": [0.5, 0.4]}]}
+
+    raw = [
+        cell("blind-fair", 0, "fair_loss=dro", "3", 0.80),
+        cell("blind-fair", 0, "fair_loss=lse", "3", 0.79),
+        cell("blind-fair", 1, "fair_loss=dro", "3", 0.81),
+        cell("blind-fair", 1, "fair_loss=lse", "3", 0.10),  # seed 1 collapses under lse
+        cell("blind-fair", 2, "fair_loss=lse", "4", 0.05),  # a larger budget: not drawn
+        cell("fq-qat", 0, "fair_loss=lse", "3", 0.01),  # a later method: not drawn
+        cell("blind", 1, "", "3", 0.80),  # no objective variant
+    ]
+    budget, seed, cells = loss_plot_cells(raw)
+    assert (budget, seed) == ("3", 1)
+    assert [k.variant for k, _ in cells] == ["fair_loss=lse", "fair_loss=dro"]  # FAIR_LOSSES order
+    assert loss_plot_cells(raw[-1:]) == ("", 0, [])

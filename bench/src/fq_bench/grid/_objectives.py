@@ -189,24 +189,41 @@ def objectives_plot(frame: pl.DataFrame, cells: pl.DataFrame, path: Path) -> Pat
     return save_png(fig, path)
 
 
-def group_loss_plot(raw: Iterable[tuple[CellKey, dict[str, Any]]], path: Path) -> Path | None:
-    """Per-group training loss by epoch of one seed (the smallest) of one method (the first L_fair
-    method) at one budget (the smallest), one panel per objective; ``None`` without such cells."""
-    from ._plots import new_panels, save_png
+def loss_plot_cells(
+    raw: Iterable[tuple[CellKey, dict[str, Any]]],
+) -> tuple[str, int, list[tuple[CellKey, dict[str, Any]]]]:
+    """What :func:`group_loss_plot` draws: ``(budget, seed, cells)``, the cells in objective order.
 
+    One method (the first L_fair method), one budget (the smallest), one seed: the one holding
+    the lowest test WorstAcc among those cells (the smallest such seed on ties), so that where an
+    objective collapses on some seed, the curves show how. Empty cells when there is nothing to
+    draw.
+    """
     picked = [
         (k, r) for k, r in raw
         if k.variant.partition("=")[0] in OBJECTIVE_FIELDS and k.method in FAIR_METHODS
         and r.get("history")
     ]  # fmt: skip
     if not picked:
-        return None
+        return "", 0, []
     method = min((k.method for k, _ in picked), key=FAIR_METHODS.index)
     picked = [(k, r) for k, r in picked if k.method == method]
     budget = min((k.budget for k, _ in picked), key=lambda b: math.inf if not b else float(b))
-    seed = min(k.seed for k, _ in picked if k.budget == budget)
-    first = [(k, r) for k, r in picked if k.budget == budget and k.seed == seed]
+    at_budget = [(k, r) for k, r in picked if k.budget == budget]
+    seed = min(at_budget, key=lambda kr: (kr[1]["metrics"]["worst_acc"], kr[0].seed))[0].seed
+    first = [(k, r) for k, r in at_budget if k.seed == seed]
     first.sort(key=lambda kr: _objective_rank(kr[0].variant))
+    return budget, seed, first
+
+
+def group_loss_plot(raw: Iterable[tuple[CellKey, dict[str, Any]]], path: Path) -> Path | None:
+    """Per-group training loss by epoch of the cells :func:`loss_plot_cells` picks, one panel per
+    objective; ``None`` without such cells."""
+    from ._plots import new_panels, save_png
+
+    budget, seed, first = loss_plot_cells(raw)
+    if not first:
+        return None
     fig, axes = new_panels(len(first), width=4.0, height=3.2)
     for ax, (key, res) in zip(axes, first, strict=True):
         curves = np.array([h["group_loss"] for h in res["history"]], dtype=float)  # [E, G]
