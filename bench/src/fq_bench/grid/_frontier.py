@@ -22,6 +22,7 @@ Accuracies are fractions in the frames and CSVs, points (percent) in Markdown an
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -137,12 +138,25 @@ def resampled_worst(
 
 def image_weights(groups: np.ndarray, resamples: int, seed: int = 0) -> dict[int, np.ndarray]:
     """Group code -> ``[resamples, n_g]`` multiplicities: each resample redraws every group's
-    ``n_g`` test images with replacement (group sizes fixed, as the per-cell bootstrap does)."""
+    ``n_g`` test images with replacement (group sizes fixed, as the per-cell bootstrap does).
+
+    The draw depends only on its arguments, so it is made once per test set and reused (read
+    only) by every difference a report computes on that test set.
+    """
+    groups = np.ascontiguousarray(groups, dtype=np.int64)
+    return _image_weights(groups.tobytes(), resamples, seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _image_weights(groups: bytes, resamples: int, seed: int) -> dict[int, np.ndarray]:
+    codes = np.frombuffer(groups, dtype=np.int64)
     rng = np.random.default_rng(seed)
     out = {}
-    for g in np.unique(groups):
-        n = int((groups == g).sum())
-        out[int(g)] = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    for g in np.unique(codes):
+        n = int((codes == g).sum())
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+        w.flags.writeable = False
+        out[int(g)] = w
     return out
 
 
