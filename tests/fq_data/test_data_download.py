@@ -93,6 +93,12 @@ def csv_and_payloads(tmp_path, data_helpers):
 FAST = dict(workers=4, retries=2, backoff=0.01, timeout=0.25)
 
 
+def _prepare_cli(csv: Path, out: Path, url: str, *flags: str) -> int:
+    """``python -m fq_data prepare fitzpatrick17k`` as a user would type it; its exit code."""
+    return main(["prepare", "fitzpatrick17k", "--csv", str(csv), "--out", str(out),
+                 "--base-url", url, *flags])  # fmt: skip
+
+
 def test_download_failures_manifest_and_shards_load(csv_and_payloads, tmp_path):
     csv, rows, payloads = csv_and_payloads
     h = rows["md5hash"].to_list()
@@ -141,28 +147,8 @@ def test_resume_fetches_only_what_is_missing_or_invalid(csv_and_payloads, tmp_pa
         (out / "images" / f"{h[0]}.jpg").write_bytes(payloads[h[0]][:100])
         (out / "images" / f".{h[1]}.jpg.abc.part").write_bytes(b"partial")
         # the CLI, as a user would resume
-        assert (
-            main(
-                [
-                    "prepare",
-                    "fitzpatrick17k",
-                    "--csv",
-                    str(csv),
-                    "--out",
-                    str(out),
-                    "--base-url",
-                    srv.url,
-                    "--workers",
-                    "4",
-                    "--backoff",
-                    "0.01",
-                    "--timeout",
-                    "0.25",
-                    "--quiet",
-                ]
-            )
-            == 0
-        )
+        flags = ["--workers", "4", "--backoff", "0.01", "--timeout", "0.25", "--quiet"]
+        assert _prepare_cli(csv, out, srv.url, *flags) == 0
         hits = dict(srv.hits)
     assert hits[h[0]] == 2  # the damaged file was fetched again
     assert all(hits[x] == 1 for x in h[1:])  # valid files were not re-fetched
@@ -205,25 +191,7 @@ def test_strict_fails_without_writing_shards(csv_and_payloads, tmp_path):
     with _Server(payloads, {rows["md5hash"][0]: "404"}) as srv:
         with pytest.raises(DataError, match=r"1 image\(s\) could not be fetched"):
             prepare_fitzpatrick17k(csv, out, base_url=srv.url, strict=True, **FAST)
-        assert (
-            main(
-                [
-                    "prepare",
-                    "fitzpatrick17k",
-                    "--csv",
-                    str(csv),
-                    "--out",
-                    str(out),
-                    "--base-url",
-                    srv.url,
-                    "--strict",
-                    "--quiet",
-                    "--timeout",
-                    "0.25",
-                ]
-            )
-            == 2
-        )
+        assert _prepare_cli(csv, out, srv.url, "--strict", "--quiet", "--timeout", "0.25") == 2
     assert not (out / "data").exists()
     assert pl.read_csv(out / "failures.csv")["reason"].to_list() == ["HTTP 404"]
     with pytest.raises(ValueError, match="workers must be an int >= 1"):

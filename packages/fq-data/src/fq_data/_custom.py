@@ -192,15 +192,15 @@ def load_dataset(
         ],
         how="horizontal",
     ).filter(pl.Series(keep))
-    idx = np.flatnonzero(keep)
+    images, given_split = table.kept(keep)
     return assemble(
         name="custom",
         source=src,
-        images=table.images.select(idx),
+        images=images,
         meta=meta,
         class_names=class_names,
         group_names=group_names,
-        given_split=None if table.given_split is None else table.given_split[idx],
+        given_split=given_split,
         split_file=split_file,
         id_cols=("id", image_col),
         seed=seed,

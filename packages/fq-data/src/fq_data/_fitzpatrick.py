@@ -159,15 +159,15 @@ def load_fitzpatrick17k(
     keep, meta, class_names = canonical_fitzpatrick_meta(
         table.meta, label_col=label_col, group_col=group_col, grouping=grouping
     )
-    idx = np.flatnonzero(keep)
+    images, given_split = table.kept(keep)
     return assemble(
         name="fitzpatrick17k",
         source=src,
-        images=table.images.select(idx),
+        images=images,
         meta=meta,
         class_names=class_names,
         group_names=GROUP_NAMES[grouping],
-        given_split=None if table.given_split is None else table.given_split[idx],
+        given_split=given_split,
         split_file=split_file,
         id_cols=("id", "md5hash"),
         seed=seed,

@@ -32,6 +32,12 @@ class RawTable:
     class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Columns that were ``ClassLabel`` in the source -> their names, in the source's order."""
 
+    def kept(self, keep: np.ndarray) -> tuple[datasets.Dataset, np.ndarray | None]:
+        """The images and the given split of the rows where ``keep`` (``[N]`` bool) holds."""
+        idx = np.flatnonzero(keep)
+        split = None if self.given_split is None else self.given_split[idx]
+        return self.images.select(idx), split
+
 
 _HUB_ID = re.compile(r"^(hf://)?[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".arrow")

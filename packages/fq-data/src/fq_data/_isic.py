@@ -155,15 +155,15 @@ def load_isic2019(
     keep, meta, class_names, group_names = canonical_isic_meta(
         table.meta, label_col=label_col, group_col=group_col, id_col=id_col, unknown_sex=unknown_sex
     )
-    idx = np.flatnonzero(keep)
+    images, given_split = table.kept(keep)
     return assemble(
         name="isic2019",
         source=src,
-        images=table.images.select(idx),
+        images=images,
         meta=meta,
         class_names=class_names,
         group_names=group_names,
-        given_split=None if table.given_split is None else table.given_split[idx],
+        given_split=given_split,
         split_file=split_file,
         id_cols=("id", "image"),
         seed=seed,
