@@ -108,10 +108,10 @@ def seeds_needed(
 
     ``None`` when no number of seeds up to ``max_seeds`` reaches it: the test images' part alone
     (``image_sd``) exceeds the effect, so more test images are needed, not more seeds; or the
-    effect is 0 or NaN.
+    effect is 0 or NaN, or a spread is NaN (one seed measures no seed spread).
     """
     target = abs(effect)
-    if math.isnan(target) or target == 0:
+    if math.isnan(target) or target == 0 or math.isnan(seed_sd) or math.isnan(image_sd):
         return None
     from scipy import stats
 
@@ -221,8 +221,8 @@ def resampled_worst(
 
 
 def worst_difference_draws(
-    correct_a: np.ndarray,
-    correct_b: np.ndarray,
+    correct_a: np.ndarray | Sequence[np.ndarray],
+    correct_b: np.ndarray | Sequence[np.ndarray],
     groups: np.ndarray,
     *,
     resamples: int = IMAGE_RESAMPLES,
