@@ -7,7 +7,8 @@ Layout of a file written by :func:`export_packed` (all tensors little-endian, sa
   channel granularity ``assignment`` (:meth:`BitAssignment.to_json`), and ``content_sha256``:
   the SHA-256 of the other metadata (canonical JSON) and of every tensor
   (:func:`tensors_sha256`), so a changed bit width in the header or a flipped byte in a tensor
-  is refused on load. Version 1 (no hash) is still read, with a warning.
+  is refused on load, whatever the header's version says. Version 1 (no hash) is read only
+  with ``load_packed(..., allow_unverified=True)``, with a warning.
 * Per quantized layer ``L`` (the weight's elements grouped by bit-width ``b``, ascending; inside a
   group in row-major order):
 
@@ -60,7 +61,7 @@ from ._layout import ScopeLayout
 from ._model import current_assignment, is_quantized, quantize_model
 
 FORMAT = "fq_quant.packed/2"
-#: The first version: the same layout without ``content_sha256``; read with a warning.
+#: The first version: the same layout without ``content_sha256``; read only on request.
 FORMAT_V1 = "fq_quant.packed/1"
 _HASH_KEY = "content_sha256"
 _SUFFIXES = ("codes", "scales", "float", "zeros1", "bit_palette", "bit_index")
@@ -419,7 +420,10 @@ def export_packed(
 
 
 def load_packed(
-    path: str | os.PathLike[str], model: nn.Module | None = None
+    path: str | os.PathLike[str],
+    model: nn.Module | None = None,
+    *,
+    allow_unverified: bool = False,
 ) -> tuple[dict[str, torch.Tensor], BitAssignment] | nn.Module:
     """Read a file written by :func:`export_packed` (safetensors only; nothing is unpickled).
 
@@ -429,6 +433,11 @@ def load_packed(
             weights; a model wrapped by :func:`quantize_model` is re-assigned the stored bits and
             gets the dequantized weights as its float originals (the quantizer is idempotent, so
             its forward is the same).
+        allow_unverified: read a version-1 file, which carries no content hash, with a
+            ``UserWarning``. Off by default: without a hash nothing tells an edited scale or bit
+            width from the exported one, and editing the header's version is all it takes to
+            turn the check off. A file that carries ``content_sha256`` is verified whatever its
+            header's version says.
 
     Returns:
         Without ``model``: ``(state_dict, assignment)``, the plain model's state dict (CPU tensors)
@@ -437,10 +446,9 @@ def load_packed(
     Raises:
         ValueError: naming ``path``: not a (complete) safetensors file, another format, a content
             hash that does not match (an edited header or a flipped byte), a bit map that does
-            not match the code stream and scales exactly, non-finite scales or float weights.
+            not match the code stream and scales exactly, non-finite scales or float weights, a
+            version-1 file without ``allow_unverified=True``.
         FileNotFoundError: ``path`` does not exist.
-
-    A version-1 file (no content hash) is read with a ``UserWarning``.
     """
     path = Path(path)
     blob = path.read_bytes()
@@ -453,25 +461,38 @@ def load_packed(
             f"{path}: not a readable safetensors file ({len(blob)} bytes; truncated or empty?): "
             f"{exc}"
         ) from None
-    if meta.get("format") == FORMAT_V1:
-        warnings.warn(
-            f"{path}: packed format version 1 carries no content hash and is read unverified; "
-            "export it again to get version 2",
-            UserWarning,
-            stacklevel=2,
-        )
-    elif meta.get("format") != FORMAT:
-        raise ValueError(
-            f"{path}: not an fq_quant packed file (format {meta.get('format')!r}, expected {FORMAT!r})"
-        )
-    elif meta.get(_HASH_KEY) != _packed_sha256(blob, meta):
-        raise ValueError(
-            f"{path}: content hash mismatch: the file was edited or corrupted after export"
-        )
+    _verify(path, blob, meta, allow_unverified=allow_unverified)
     try:
         return _decode_file(meta, stored, model)
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+def _verify(path: Path, blob: bytes, meta: Mapping[str, str], *, allow_unverified: bool) -> None:
+    """Refuse another format or a hash mismatch; a file carrying a hash is always checked."""
+    fmt = meta.get("format")
+    if fmt not in (FORMAT, FORMAT_V1):
+        raise ValueError(
+            f"{path}: not an fq_quant packed file (format {fmt!r}, expected {FORMAT!r})"
+        )
+    if _HASH_KEY in meta or fmt == FORMAT:
+        if meta.get(_HASH_KEY) != _packed_sha256(blob, meta):
+            raise ValueError(
+                f"{path}: content hash mismatch: the file was edited or corrupted after export"
+            )
+        return
+    if not allow_unverified:
+        raise ValueError(
+            f"{path}: packed format version 1 carries no content hash, so an edited scale or bit "
+            "width cannot be detected; export it again to get version 2, or pass "
+            "allow_unverified=True to read it unverified"
+        )
+    warnings.warn(
+        f"{path}: packed format version 1 carries no content hash and is read unverified; "
+        "export it again to get version 2",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _decode_file(
