@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import _checkpoint
 from ._config import BAQConfig
-from ._fairness import GroupObjective
+from ._fairness import GroupObjective, check_group_count
 from ._wrap import Wrapping
 
 logger = logging.getLogger("fq_baq")
@@ -230,7 +230,7 @@ class TrainingSession:
         k = torch.tensor([int(g.max()) + 1 if g.numel() else 0], device=g.device)
         if acc.num_processes > 1:
             k = acc.gather(k).max().reshape(1)
-        n_groups = int(k)
+        n_groups = check_group_count(int(k), what="per-group training loss")
         sums = torch.bincount(g, weights=ce, minlength=n_groups)
         counts = torch.bincount(g, minlength=n_groups).double()
         if acc.num_processes > 1:
@@ -282,7 +282,7 @@ class TrainingSession:
             )
         with acc.accumulate(self.model):
             logits = self.model(x)
-            ce = F.cross_entropy(logits.float(), y, reduction="none")
+            ce = _cross_entropy(logits, y, index)
             task = ce.mean()
             fair = self._fair(ce, g) if g is not None else self._zero
             bits = self.wrapping.bit_loss()
@@ -324,6 +324,20 @@ class TrainingSession:
                 f"non-finite loss at epoch {epoch + 1}, batch {bad} (0-based within the epoch); "
                 "training stopped, the last good checkpoint (end of the previous epoch) is kept"
             )
+
+
+def _cross_entropy(logits: torch.Tensor, y: torch.Tensor, index: int | None) -> torch.Tensor:
+    """Per-sample cross-entropy ``[B]``; a label outside ``0..C-1`` names the batch."""
+    try:
+        return F.cross_entropy(logits.float(), y, reduction="none")
+    except IndexError:
+        c = logits.shape[-1]
+        bad = sorted({int(v) for v in y.reshape(-1).tolist() if not 0 <= int(v) < c})
+        where = "a batch" if index is None else f"batch {index}"
+        raise ValueError(
+            f"{where} has label(s) {bad[:10]} outside the model's {c} classes 0..{c - 1}; "
+            "give the model as many outputs as the data has classes"
+        ) from None
 
 
 def _eval_dict(out: Any) -> dict[str, float]:

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 from ._bootstrap import BootstrapCI, bootstrap_ci
 from ._cost import ALLOWED_BITS, CostReport, LayerCost, LayerCostRow, cost_report
-from ._engine import METRICS, MetricName
-from ._report import FairnessAccumulator, FairnessReport, group_report
+from ._engine import MAX_COUNT_CELLS, METRICS, MetricName
+from ._report import (
+    MIN_GROUP_N,
+    FairnessAccumulator,
+    FairnessReport,
+    SmallGroupWarning,
+    group_report,
+)
 from ._seeds import SeedSummary, seed_summary
 
 __all__ = [
+    "MAX_COUNT_CELLS",
+    "MIN_GROUP_N",
+    "SmallGroupWarning",
     "ALLOWED_BITS",
     "METRICS",
     "BootstrapCI",
