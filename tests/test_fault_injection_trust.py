@@ -407,6 +407,21 @@ def test_a_huge_label_is_refused_before_the_counts_are_allocated() -> None:
     assert r.group_names == (0, 3 * 10**9)
 
 
+def test_the_data_path_encodes_large_values_compactly(tmp_path: Path) -> None:
+    from fq_data import dataset_info, make_loaders
+
+    rows = [
+        (f, str(20000 * (i % 2)), str(3 * 10**9 * (i // 2 % 2)))
+        for i, (f, _, _) in enumerate(_rows(40))
+    ]
+    dd = _load(_folder(tmp_path / "mine", rows))
+    assert dataset_info(dd) == (("0", "20000"), ("0", "3000000000"))
+    loaders = make_loaders(dd, image_size=8, batch_size=8, train=False, seed=0)
+    _, y, g = next(iter(loaders.test))
+    assert loaders.num_classes == 2 and loaders.num_groups == 2
+    assert int(y.max()) <= 1 and int(g.max()) <= 1
+
+
 @pytest.mark.parametrize("fair_loss", ["gap", "dro"])
 def test_a_huge_group_id_is_refused_by_the_trainer(fair_loss: str) -> None:
     import torch
