@@ -205,7 +205,7 @@ def test_packed_file_faults_are_refused_with_the_path(tmp_path: Path) -> None:
             load_packed(path)
 
 
-def test_packed_version_1_is_read_with_a_warning(tmp_path: Path) -> None:
+def test_packed_version_1_is_read_only_on_request(tmp_path: Path) -> None:
     import torch
     from fq_quant import load_packed
 
@@ -218,8 +218,10 @@ def test_packed_version_1_is_read_with_a_warning(tmp_path: Path) -> None:
         }
 
     _rewrite(path, meta=v1, rehash=False)
+    with pytest.raises(ValueError, match="version 1 carries no content hash.*allow_unverified"):
+        load_packed(path)
     with pytest.warns(UserWarning, match="version 1 carries no content hash"):
-        old, _ = load_packed(path)
+        old, _ = load_packed(path, allow_unverified=True)
     assert all(torch.equal(old[k], state[k]) for k in state)
 
 

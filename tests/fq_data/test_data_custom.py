@@ -142,7 +142,7 @@ def test_bad_input_names_what_to_do(tmp_path, caplog):
     ).write_csv(root / "labels.csv")
     with caplog.at_level(logging.WARNING, logger="fq_data"):
         dd = load_dataset(root, image_col="file", label_col="dx", group_col="skin")
-    assert "dropped 3 row(s) with an empty 'dx' or 'skin'" in caplog.text
+    assert "dropped 3 row(s) with a missing 'dx' or 'skin'" in caplog.text
     assert "skipped 1 missing or corrupt image(s)" in caplog.text
     assert len(dd["train"]) + len(dd["test"]) == rows.height - 3 - 1
 

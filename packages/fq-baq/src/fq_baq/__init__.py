@@ -15,11 +15,13 @@ from ._bits import (
 )
 from ._budget import project_to_budget
 from ._config import BAQConfig, MixedPrecision
-from ._fairness import FAIR_LOSSES, FairLoss, GroupObjective, fairness_penalty
-from ._loop import BAQResult, EpochRecord, TrainingSession
+from ._fairness import FAIR_LOSSES, MAX_GROUPS, FairLoss, GroupObjective, fairness_penalty
+from ._loop import TrainingSession
+from ._records import BAQResult, EpochRecord
 from ._trainers import BAQTrainer, FP32Trainer, QATTrainer
 
 __all__ = [
+    "MAX_GROUPS",
     "FAIR_LOSSES",
     "BAQConfig",
     "BAQResult",

@@ -19,6 +19,21 @@ import torch.nn.functional as F
 FairLoss = Literal["gap", "gap-up", "worst", "lse", "dro"]
 #: The objectives ``BAQConfig.fair_loss`` accepts; ``"gap"`` is the paper's eq. 4.
 FAIR_LOSSES: tuple[str, ...] = ("gap", "gap-up", "worst", "lse", "dro")
+#: The largest number of group ids ``0..K-1`` a per-group vector (DRO weights, running estimate,
+#: the epoch's per-group loss) is sized for; a larger id is refused instead of allocating ``K``.
+MAX_GROUPS = 65536
+
+
+def check_group_count(k: int, *, what: str = "group ids") -> int:
+    """``k`` (the number of group ids ``0..k-1``) if at most :data:`MAX_GROUPS`, else a
+    ``ValueError`` naming the largest id and what to do (remap the groups to ``0..K-1``)."""
+    if k > MAX_GROUPS:
+        raise ValueError(
+            f"{what}: group id {k - 1} would size a per-group vector of {k} entries (at most "
+            f"MAX_GROUPS = {MAX_GROUPS}); group ids are indices 0..K-1: remap the groups to "
+            "consecutive ids (e.g. fq_data's loaders, or torch.unique(g, return_inverse=True))"
+        )
+    return k
 
 
 def _lowest(t: torch.Tensor) -> float:
@@ -196,6 +211,8 @@ class GroupObjective:
             isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 1
         ):
             raise ValueError(f"n_groups must be None or an int >= 1; got {n_groups!r}")
+        if n_groups is not None:
+            check_group_count(n_groups, what="n_groups")
         self.name, self.tau, self.eta, self.momentum = name, float(tau), float(eta), float(momentum)
         self.fixed_groups = n_groups is not None
         k = n_groups or 0
@@ -249,7 +266,7 @@ class GroupObjective:
         if lo < 0:
             raise ValueError(f"group ids must be >= 0 for fair_loss={self.name!r}; got {lo}")
         if hi >= self.n_groups:
-            self._grow(int(hi) + 1)
+            self._grow(check_group_count(int(hi) + 1, what=f"fair_loss={self.name!r}"))
 
     def _grow(self, k: int) -> None:
         """New groups join with weight ``1/k``, the others keep their ratios (sum stays 1)."""

@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,86 +20,20 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
-from fq_quant import BitAssignment, unpack_batch
+from fq_quant import unpack_batch
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import _checkpoint
 from ._config import BAQConfig
-from ._fairness import GroupObjective
+from ._fairness import GroupObjective, check_group_count
+from ._records import BAQResult, EpochRecord
 from ._wrap import Wrapping
 
 logger = logging.getLogger("fq_baq")
 
 #: Config fields that may differ between a checkpoint and the run resuming from it.
 _RESUMABLE_CHANGES = frozenset({"epochs", "progress", "log_every"})
-
-
-@dataclass(frozen=True, kw_only=True)
-class EpochRecord:
-    """Summary of one training epoch.
-
-    Attributes:
-        epoch: 1-based epoch number.
-        task_loss, fair_loss, bit_loss, loss: means over the epoch's batches (nats; ``bit_loss``
-            is the mean ``theta^2`` term; ``loss`` includes the lambda weights).
-        avg_bits: parameter-weighted average of the rounded bits at the epoch's end (bits per
-            weight); ``None`` for the FP32 trainer.
-        bit_histogram: bit-width -> number of scopes at the epoch's end (empty for FP32).
-        lambda_bits: the (dual-ascended, with ``target_avg_bits``) weight of ``L_bits`` at the end.
-        seconds: wall time of the epoch's training pass (eval excluded).
-        batches: batches seen in the epoch.
-        eval: what ``eval_fn`` returned after the epoch, or ``None``.
-        group_loss: mean training cross-entropy (nats) per group id ``0..K-1`` over the epoch's
-            samples (NaN for a group with none); empty when the batches carry no groups.
-        worst_group_loss: the largest of ``group_loss`` (``None`` without groups).
-    """
-
-    epoch: int
-    task_loss: float
-    fair_loss: float
-    bit_loss: float
-    loss: float
-    avg_bits: float | None
-    bit_histogram: Mapping[int, int]
-    lambda_bits: float
-    seconds: float
-    batches: int
-    eval: Mapping[str, float] | None = None
-    group_loss: tuple[float, ...] = ()
-    worst_group_loss: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["bit_histogram"] = [[int(k), int(v)] for k, v in self.bit_histogram.items()]
-        d["eval"] = None if self.eval is None else dict(self.eval)
-        d["group_loss"] = list(self.group_loss)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EpochRecord:
-        d = dict(d)
-        d["bit_histogram"] = {int(k): int(v) for k, v in d["bit_histogram"]}
-        d["group_loss"] = tuple(float(v) for v in d.get("group_loss", ()))
-        return cls(**d)
-
-
-@dataclass(frozen=True, kw_only=True)
-class BAQResult:
-    """What ``fit`` returns.
-
-    Attributes:
-        model: the trained model in eval mode. BAQ and QAT: wrapped by
-            :func:`fq_quant.quantize_model` with ``FixedBitsQuantizer`` at ``assignment`` (what
-            inference computes with); FP32: plain.
-        assignment: the final bits (BAQ: ``round(b_cont)``, projected onto ``target_avg_bits``
-            when set); ``None`` for the FP32 trainer.
-        history: one :class:`EpochRecord` per epoch, resumed epochs included.
-    """
-
-    model: nn.Module
-    assignment: BitAssignment | None
-    history: tuple[EpochRecord, ...]
 
 
 def make_accelerator(config: BAQConfig) -> Accelerator:
@@ -230,7 +163,7 @@ class TrainingSession:
         k = torch.tensor([int(g.max()) + 1 if g.numel() else 0], device=g.device)
         if acc.num_processes > 1:
             k = acc.gather(k).max().reshape(1)
-        n_groups = int(k)
+        n_groups = check_group_count(int(k), what="per-group training loss")
         sums = torch.bincount(g, weights=ce, minlength=n_groups)
         counts = torch.bincount(g, minlength=n_groups).double()
         if acc.num_processes > 1:
@@ -282,7 +215,7 @@ class TrainingSession:
             )
         with acc.accumulate(self.model):
             logits = self.model(x)
-            ce = F.cross_entropy(logits.float(), y, reduction="none")
+            ce = _cross_entropy(logits, y, index)
             task = ce.mean()
             fair = self._fair(ce, g) if g is not None else self._zero
             bits = self.wrapping.bit_loss()
@@ -324,6 +257,20 @@ class TrainingSession:
                 f"non-finite loss at epoch {epoch + 1}, batch {bad} (0-based within the epoch); "
                 "training stopped, the last good checkpoint (end of the previous epoch) is kept"
             )
+
+
+def _cross_entropy(logits: torch.Tensor, y: torch.Tensor, index: int | None) -> torch.Tensor:
+    """Per-sample cross-entropy ``[B]``; a label outside ``0..C-1`` names the batch."""
+    try:
+        return F.cross_entropy(logits.float(), y, reduction="none")
+    except IndexError:
+        c = logits.shape[-1]
+        bad = sorted({int(v) for v in y.reshape(-1).tolist() if not 0 <= int(v) < c})
+        where = "a batch" if index is None else f"batch {index}"
+        raise ValueError(
+            f"{where} has label(s) {bad[:10]} outside the model's {c} classes 0..{c - 1}; "
+            "give the model as many outputs as the data has classes"
+        ) from None
 
 
 def _eval_dict(out: Any) -> dict[str, float]:

@@ -17,7 +17,8 @@ from fq_quant import BitAssignment
 from torch import nn
 
 from ._config import BAQConfig
-from ._loop import BAQResult, TrainingSession, train
+from ._loop import TrainingSession, train
+from ._records import BAQResult
 from ._wrap import FixedWrapping, LearnableWrapping, Wrapping, fp32_wrapping
 
 EvalFn = Callable[[nn.Module], Mapping[str, float]]

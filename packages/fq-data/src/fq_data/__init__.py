@@ -21,8 +21,9 @@ from ._common import (
     default_cache_dir,
     is_semisynthetic,
 )
-from ._custom import load_dataset
+from ._custom import MISSING_VALUES, load_dataset
 from ._download import PrepareResult, prepare_fitzpatrick17k
+from ._fingerprint import dataset_fingerprint
 from ._fitzpatrick import load_fitzpatrick17k
 from ._io import atomic_write_bytes
 from ._isic import ISIC_CLASSES, load_isic2019
@@ -37,7 +38,7 @@ from ._loaders import (
     make_loaders,
     measure_loading_time,
 )
-from ._split import stratified_split
+from ._split import DEFAULT_TEST_FRACTION, stratified_split
 from ._synth import (
     GENERATOR_VERSION,
     SynthName,
@@ -47,6 +48,9 @@ from ._synth import (
 )
 
 __all__ = [
+    "DEFAULT_TEST_FRACTION",
+    "MISSING_VALUES",
+    "dataset_fingerprint",
     "SynthName",
     "CANONICAL_COLUMNS",
     "GENERATOR_VERSION",

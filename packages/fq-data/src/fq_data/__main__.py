@@ -13,6 +13,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from fq_data._common import SMALL_GROUP_N
+from fq_data._split import DEFAULT_TEST_FRACTION
+
 
 def _prepare_fitzpatrick17k(args: argparse.Namespace) -> int:
     from fq_data import prepare_fitzpatrick17k
@@ -114,16 +117,23 @@ def _inspect(args: argparse.Namespace) -> int:
                 "inspect custom: needs SOURCE and --image-col, --label-col, --group-col"
                 + (f" (missing: {', '.join(missing)})" if missing else "")
             )
+        from fq_data import MISSING_VALUES
+
         dd = load_dataset(
             args.source,
             image_col=args.image_col,
             label_col=args.label_col,
             group_col=args.group_col,
             seed=args.seed,
+            test_fraction=args.test_fraction,
             strict=bool(args.strict),
+            missing_values=MISSING_VALUES - {v.strip() for v in args.keep_value},
+            allow_outside_root=args.allow_outside_root,
         )
     elif args.dataset == "semisynthetic":
-        dd = load_semisynthetic(args.source or "fitzpatrick17k", seed=args.seed)
+        dd = load_semisynthetic(
+            args.source or "fitzpatrick17k", seed=args.seed, test_fraction=args.test_fraction
+        )
     elif args.source is None:
         raise SystemExit("inspect: SOURCE is required for real data")
     elif args.dataset == "fitzpatrick17k":
@@ -131,6 +141,7 @@ def _inspect(args: argparse.Namespace) -> int:
             args.source,
             grouping=args.grouping,
             seed=args.seed,
+            test_fraction=args.test_fraction,
             label_col=args.label_col or "label",
             **{k: v for k, v in cols.items() if v is not None},
         )
@@ -139,6 +150,7 @@ def _inspect(args: argparse.Namespace) -> int:
             args.source,
             unknown_sex=args.unknown_sex,
             seed=args.seed,
+            test_fraction=args.test_fraction,
             label_col=args.label_col,
             **{k: v for k, v in cols.items() if v is not None},
         )
@@ -151,6 +163,21 @@ def _inspect(args: argparse.Namespace) -> int:
             counts[g] += 1
         per = ", ".join(f"{n}={c}" for n, c in zip(groups, counts, strict=True))
         print(f"  {split}: {len(dd[split])} rows ({per})")
+    print(
+        f"  split: test fraction {args.test_fraction}, seed {args.seed} "
+        "(a source's own train/test split is kept as given)"
+    )
+    empty = [n for n, c in zip(groups, counts, strict=True) if c == 0]
+    small = {n: c for n, c in zip(groups, counts, strict=True) if 0 < c < SMALL_GROUP_N}
+    if empty:
+        print(
+            f"  warning: no test image in group(s) {empty}: every fairness metric leaves them out"
+        )
+    if small:
+        print(
+            f"  warning: fewer than {SMALL_GROUP_N} test images in group(s) {small}: their "
+            "accuracy is too uncertain to rank groups by"
+        )
     return 0
 
 
@@ -171,6 +198,27 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     ins.add_argument("--grouping", choices=("type", "binary"), default="type")
     ins.add_argument("--unknown-sex", choices=("group", "drop"), default="group")
     ins.add_argument("--seed", type=int, default=0)
+    ins.add_argument(
+        "--test-fraction",
+        type=float,
+        default=DEFAULT_TEST_FRACTION,
+        help=f"test share of the stratified split (default {DEFAULT_TEST_FRACTION}; give the "
+        "grid's, e.g. 0.4 for its semi-synthetic preset, to see the split it uses)",
+    )
+    ins.add_argument(
+        "--keep-value",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="custom: keep this missing-value marker (e.g. NA) as a literal label or group "
+        "value (repeatable); by default fq_data.MISSING_VALUES are read as missing",
+    )
+    ins.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="custom: read image paths leading outside the table's folder (absolute, '..', "
+        "symlinks to elsewhere); refused by default",
+    )
     ins.add_argument(
         "--strict",
         action="store_true",
@@ -199,11 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from fq_data import DataError
-
     try:
         return args.func(args)
-    except DataError as exc:
+    except (ValueError, OSError) as exc:  # DataError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -10,6 +10,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +21,7 @@ import polars as pl
 from PIL import Image as PILImage
 
 from ._common import DataError, atomic_write_csv, default_cache_dir, quiet_datasets
-from ._split import read_split_file, stratified_split
+from ._split import DEFAULT_TEST_FRACTION, read_split_file, stratified_split
 
 logger = logging.getLogger("fq_data")
 
@@ -38,6 +39,10 @@ def open_image(ref: dict | str, *, draft_size: int | None = None) -> PILImage.Im
         src = ref
     if src is None:
         raise FileNotFoundError("image has neither bytes nor path")
+    if isinstance(src, str):
+        kind = not_a_regular_file(src)
+        if kind is not None:  # a FIFO would block the read forever, a device never end
+            raise OSError(f"{src}: not a regular file ({kind})")
     img = PILImage.open(src)
     try:
         if draft_size is not None and img.format == "JPEG":
@@ -49,13 +54,38 @@ def open_image(ref: dict | str, *, draft_size: int | None = None) -> PILImage.Im
     return img
 
 
+def not_a_regular_file(path: str) -> str | None:
+    """None for a regular file (symlinks followed), else what it is: ``"fifo"``, ``"socket"``,
+    ``"character device"``, ``"block device"``, ``"directory"``; ``"missing"`` if absent."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in (
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "directory"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
 def _check_one(ref: dict | str | None) -> str | None:
     if ref is None:
         return "missing"
     path = ref if isinstance(ref, str) else ref.get("path")
     has_bytes = isinstance(ref, dict) and ref.get("bytes") is not None
-    if not has_bytes and (path is None or not os.path.exists(path)):
-        return "missing"
+    if not has_bytes:
+        kind = "missing" if path is None else not_a_regular_file(path)
+        if kind == "missing":
+            return "missing"
+        if kind is not None:
+            return f"not a regular file ({kind})"
     try:
         open_image(ref, draft_size=32).close()
     except Exception as exc:  # PIL raises many types for corrupt data; all mean "corrupt"
@@ -100,6 +130,35 @@ def _first_of_each_id(name: str, ids: pl.Series, *, strict: bool) -> np.ndarray:
     return first
 
 
+def _check_classes_and_groups(
+    name: str,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    parts: dict[str, np.ndarray],
+    class_names: Sequence[str],
+    group_names: Sequence[str],
+) -> None:
+    """Refuse a single-class task; warn about groups without a test row."""
+    present = np.unique(labels[np.concatenate(list(parts.values()))])
+    if len(present) < 2:
+        only = [class_names[int(c)] for c in present]
+        raise DataError(
+            f"{name}: every usable row has the label {only}: a classifier needs at least two "
+            "classes (its accuracy would be 100% and every gap 0 by construction); check the "
+            "label column"
+        )
+    in_test = np.bincount(groups[parts["test"]], minlength=len(group_names))
+    in_train = np.bincount(groups[parts["train"]], minlength=len(group_names))
+    empty = [group_names[i] for i in range(len(group_names)) if in_test[i] == 0 and in_train[i]]
+    if empty:
+        logger.warning(
+            "%s: group(s) %s have no test image: their accuracy cannot be measured and every "
+            "fairness metric leaves them out (add images, or a split file giving them test rows)",
+            name,
+            empty,
+        )
+
+
 @quiet_datasets()
 def assemble(
     *,
@@ -113,7 +172,7 @@ def assemble(
     split_file: str | os.PathLike[str] | None = None,
     id_cols: Sequence[str] = ("id",),
     seed: int = 0,
-    test_fraction: float = 0.2,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     strict: bool = False,
     verify_images: bool = True,
     skipped_out: str | os.PathLike[str] | None = None,
@@ -179,6 +238,7 @@ def assemble(
             raise DataError(
                 f"{name}: split {split!r} is empty after filtering ({int(keep.sum())} usable rows)"
             )
+    _check_classes_and_groups(name, labels, groups, parts, class_names, group_names)
 
     meta_feats = datasets.Features.from_arrow_schema(meta.to_arrow().schema)
     meta_feats["id"] = datasets.Value("string")

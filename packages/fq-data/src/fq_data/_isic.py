@@ -14,6 +14,7 @@ import polars as pl
 from ._assemble import assemble
 from ._common import DataError, require_columns
 from ._hub import RawTable, images_from_paths, index_image_files, read_hub
+from ._split import DEFAULT_TEST_FRACTION
 
 logger = logging.getLogger("fq_data")
 
@@ -128,7 +129,7 @@ def load_isic2019(
     label_col: str | None = None,
     group_col: str = "sex",
     image_col: str = "image",
-    test_fraction: float = 0.2,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     split_file: str | os.PathLike[str] | None = None,
     strict: bool = False,
     verify_images: bool = True,

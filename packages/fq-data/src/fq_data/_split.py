@@ -10,9 +10,18 @@ import polars as pl
 
 from ._common import DataError, require_columns
 
+#: The test fraction of every loader's stratified split when none is given (``load_dataset``,
+#: ``load_fitzpatrick17k``, ``load_isic2019``, ``python -m fq_data inspect``). The grid's presets
+#: may choose another (its semi-synthetic default uses 0.4): ``inspect --test-fraction`` shows it.
+DEFAULT_TEST_FRACTION = 0.2
+
 
 def stratified_split(
-    labels: np.ndarray, groups: np.ndarray, *, test_fraction: float = 0.2, seed: int = 0
+    labels: np.ndarray,
+    groups: np.ndarray,
+    *,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
 ) -> np.ndarray:
     """Boolean mask ``[N]``, True for the test rows, stratified by ``(label, group)``.
 

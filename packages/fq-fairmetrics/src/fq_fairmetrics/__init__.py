@@ -15,7 +15,7 @@ from ._bootstrap import BootstrapCI, bootstrap_ci
 from ._compare import compare, compare_outcomes
 from ._comparison import Comparison, ComparisonRow
 from ._cost import ALLOWED_BITS, CostReport, LayerCost, LayerCostRow, cost_report
-from ._engine import METRICS, MetricName
+from ._engine import MAX_COUNT_CELLS, METRICS, MetricName
 from ._exact import (
     TooFewSamplesWarning,
     change_interval,
@@ -37,10 +37,19 @@ from ._paired import (
     worst_difference_draws,
 )
 from ._predictions import PREDICTION_COLUMNS, Predictions
-from ._report import FairnessAccumulator, FairnessReport, group_report
+from ._report import (
+    MIN_GROUP_N,
+    FairnessAccumulator,
+    FairnessReport,
+    SmallGroupWarning,
+    group_report,
+)
 from ._seeds import SeedSummary, seed_summary
 
 __all__ = [
+    "MAX_COUNT_CELLS",
+    "MIN_GROUP_N",
+    "SmallGroupWarning",
     "ALLOWED_BITS",
     "METRICS",
     "PREDICTION_COLUMNS",

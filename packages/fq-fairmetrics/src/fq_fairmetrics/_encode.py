@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ._checks import is_int
+from ._engine import check_count_cells
 
 #: Integer groups spanning at most this many values are encoded with ``np.bincount`` (O(N))
 #: instead of ``np.unique`` (a sort, O(N log N)).
@@ -139,6 +140,8 @@ def encode_classes(
         raise ValueError(f"n_classes must be a positive int or None; got {n_classes!r}")
     if n_classes is not None and n_classes < 1:
         raise ValueError(f"n_classes must be >= 1; got {n_classes}")
+    if n_classes is not None:
+        check_count_cells(1, n_classes)  # before anything is sized by it
     names = None if class_names is None else _check_unique(class_names, "class_names")
     if n_classes is not None and names is not None and len(names) != n_classes:
         raise ValueError(
@@ -213,6 +216,7 @@ def encode_classes(
         bound_arg = "n_classes"
     _check_range(t_codes, "y_true", n_classes, bound_arg)
     _check_range(p_codes, "y_pred", n_classes, bound_arg)
+    check_count_cells(1, n_classes)
     return t_codes, p_codes, int(n_classes), names or tuple(range(n_classes))
 
 

@@ -18,10 +18,33 @@ MetricName = Literal[
 METRICS: tuple[MetricName, ...] = get_args(MetricName)
 
 
+#: The most cells ``G * C * C`` a confusion-count table may have (128 MiB of int64): the table is
+#: sized by values (the number of groups, the largest label), so one stray large label would
+#: otherwise allocate gigabytes.
+MAX_COUNT_CELLS = 2**24
+
+
+def check_count_cells(n_groups: int, n_classes: int) -> None:
+    """Raise ``ValueError`` when ``[G, C, C]`` counts would exceed :data:`MAX_COUNT_CELLS`,
+    naming the sizes, the largest label they imply, and what to do."""
+    cells = int(n_groups) * int(n_classes) ** 2
+    if cells > MAX_COUNT_CELLS:
+        raise ValueError(
+            f"{n_groups} group(s) x {n_classes} x {n_classes} classes = {cells} confusion counts, "
+            f"more than MAX_COUNT_CELLS = {MAX_COUNT_CELLS}: integer labels are class indices "
+            f"0..C-1, so a label (or n_classes) of {n_classes - 1} sizes C = {n_classes}; remap "
+            "the labels to 0..K-1 (e.g. np.unique(y, return_inverse=True)) or pass class_names"
+        )
+
+
 def confusion_counts(
     t: np.ndarray, p: np.ndarray, g: np.ndarray, n_groups: int, n_classes: int
 ) -> np.ndarray:
-    """Counts ``[G, C, C]`` (int64) from codes ``[N]``: one ``np.bincount``, no Python loop."""
+    """Counts ``[G, C, C]`` (int64) from codes ``[N]``: one ``np.bincount``, no Python loop.
+
+    Raises ``ValueError`` when ``G * C * C`` exceeds :data:`MAX_COUNT_CELLS`.
+    """
+    check_count_cells(n_groups, n_classes)
     flat = (g * n_classes + t) * n_classes + p
     return np.bincount(flat, minlength=n_groups * n_classes * n_classes).reshape(
         n_groups, n_classes, n_classes

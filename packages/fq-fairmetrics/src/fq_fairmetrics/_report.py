@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -9,9 +10,40 @@ from typing import Any, Literal
 import numpy as np
 
 from ._encode import encode_classes, encode_groups
-from ._engine import METRICS, confusion_counts, derive
+from ._engine import METRICS, check_count_cells, confusion_counts, derive
 
 PolarsTable = Literal["summary", "groups", "rates"]
+
+#: A group with fewer samples than this (30) gets a :class:`SmallGroupWarning`: its accuracy and
+#: rates are point estimates too noisy to rank groups by (a 95% interval on an accuracy near 0.8
+#: from 30 samples is about +-0.15).
+MIN_GROUP_N = 30
+
+
+class SmallGroupWarning(UserWarning):
+    """A group has no sample or fewer than :data:`MIN_GROUP_N`: a group without samples is left
+    out of every metric (WorstAcc, the gaps), a small one enters with a very uncertain value."""
+
+
+def warn_small_groups(report: FairnessReport, *, stacklevel: int = 2) -> None:
+    """Issue one :class:`SmallGroupWarning` naming ``report``'s empty and small groups, if any."""
+    empty, small = report.empty_groups, report.small_groups
+    if not empty and not small:
+        return
+    parts = []
+    if empty:
+        parts.append(f"no sample in group(s) {list(empty)} (left out of every metric)")
+    if small:
+        sizes = {
+            n: int(k)
+            for n, k in zip(report.group_names or (), report.group_n, strict=True)
+            if 0 < k < MIN_GROUP_N
+        }
+        parts.append(
+            f"fewer than MIN_GROUP_N = {MIN_GROUP_N} samples in group(s) {sizes} "
+            "(their accuracy and rates are too uncertain to rank groups by)"
+        )
+    warnings.warn("; ".join(parts), SmallGroupWarning, stacklevel=stacklevel + 1)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -118,6 +150,20 @@ class FairnessReport:
         """``C``."""
         return self.counts.shape[1]
 
+    @property
+    def empty_groups(self) -> tuple[Hashable, ...]:
+        """Names of the groups without samples (NaN in the table, left out of every metric)."""
+        return tuple(n for n, k in zip(self.group_names or (), self.group_n, strict=True) if k == 0)
+
+    @property
+    def small_groups(self) -> tuple[Hashable, ...]:
+        """Names of the groups with ``1 .. MIN_GROUP_N - 1`` samples (metrics too uncertain)."""
+        return tuple(
+            n
+            for n, k in zip(self.group_names or (), self.group_n, strict=True)
+            if 0 < k < MIN_GROUP_N
+        )
+
     def metrics(self) -> dict[str, float]:
         """The scalar metrics, name -> value, in :data:`METRICS` order."""
         return {k: getattr(self, k) for k in METRICS}
@@ -146,6 +192,8 @@ class FairnessReport:
             "group_names": list(self.group_names or ()),
             "class_names": list(self.class_names or ()),
             "groups": groups,
+            "empty_groups": list(self.empty_groups),
+            "small_groups": list(self.small_groups),
         }
 
     def to_polars(self, table: PolarsTable = "summary") -> Any:
@@ -208,6 +256,10 @@ def group_report(
             distinct values present, sorted. Names without samples give empty groups (NaN in the
             table, ignored by the metrics).
 
+    Warns:
+        SmallGroupWarning: a group without samples or with fewer than :data:`MIN_GROUP_N`
+            (recorded in the report too: ``empty_groups``, ``small_groups``, and ``to_dict()``).
+
     Raises:
         ValueError: mismatched lengths, empty input, NaN scores, negative or out-of-range labels,
             ``n_classes`` smaller than a label present, a label or group missing from the names.
@@ -220,7 +272,9 @@ def group_report(
             "lengths must match"
         )
     counts = confusion_counts(t, p, g_codes, len(g_names), c)
-    return FairnessReport(counts=counts, group_names=g_names, class_names=c_names)
+    report = FairnessReport(counts=counts, group_names=g_names, class_names=c_names)
+    warn_small_groups(report)
+    return report
 
 
 class FairnessAccumulator:
@@ -249,6 +303,7 @@ class FairnessAccumulator:
         self._class_names = None if class_names is None else tuple(class_names)
         self._fixed_groups = group_names is not None
         self._group_names: list[Hashable] = [] if group_names is None else list(group_names)
+        check_count_cells(max(len(self._group_names), 1), self._n_classes)
         self._counts = np.zeros(
             (len(self._group_names), self._n_classes, self._n_classes), np.int64
         )
@@ -296,7 +351,8 @@ class FairnessAccumulator:
         self._counts += confusion_counts(t, p, g_codes, len(self._group_names), c)
 
     def compute(self) -> FairnessReport:
-        """The report over every batch so far (``ValueError`` before the first sample)."""
+        """The report over every batch so far (``ValueError`` before the first sample); a
+        :class:`SmallGroupWarning` as in :func:`group_report`."""
         if self.n_samples == 0:
             raise ValueError("FairnessAccumulator has no samples; call update() first")
         counts, names = self._counts, list(self._group_names)
@@ -306,6 +362,8 @@ class FairnessAccumulator:
             except TypeError as exc:
                 raise ValueError(f"group values cannot be sorted together: {names!r}") from exc
             counts, names = counts[order], [names[i] for i in order]
-        return FairnessReport(
+        report = FairnessReport(
             counts=counts, group_names=tuple(names), class_names=self._class_names
         )
+        warn_small_groups(report)
+        return report

@@ -279,7 +279,8 @@ def layer_costs(
             the weight shape per parameter. Layers missing from it stay float (32 bits).
 
     Raises:
-        ValueError: the model has no Conv2d/Linear, the assignment names an unknown layer or has
+        ValueError: an empty ``example_input`` (no tensor, or batch size 0), the model has no
+            Conv2d/Linear, the assignment names an unknown layer or has
             a bit tensor of the wrong shape; without ``assignment``, a layer carries a weight
             parametrization whose bits cannot be read.
     """
@@ -303,7 +304,14 @@ def layer_costs(
             raise ValueError(f"assignment names layers not in the model: {unknown[:5]}")
 
     inputs = example_input if isinstance(example_input, tuple | list) else (example_input,)
-    batch = int(inputs[0].shape[0])
+    first = inputs[0] if len(inputs) else None
+    if not isinstance(first, torch.Tensor) or first.ndim == 0 or first.shape[0] < 1:
+        raise ValueError(
+            "example_input must be a tensor [B, ...] with B >= 1 (or a tuple whose first entry "
+            "is one); MACs are measured on one pass and divided by B; got "
+            f"{tuple(first.shape) if isinstance(first, torch.Tensor) else type(first).__name__}"
+        )
+    batch = int(first.shape[0])
     macs = dict.fromkeys(layers, 0)
 
     def hook_for(name: str):

@@ -30,10 +30,10 @@ from ._onnx import export_onnx, ort_session
 from ._packed import (
     export_packed,
     load_packed,
-    packed_size,
     plain_state_dict,
     tensors_sha256,
 )
+from ._packed_size import packed_size
 from ._quantizer import FixedBitsQuantizer, RoundSTE, fake_quantize, round_ste
 
 __all__ = [
