@@ -123,7 +123,11 @@ def _inspect(args: argparse.Namespace) -> int:
             strict=bool(args.strict),
         )
     elif args.dataset == "semisynthetic":
-        dd = load_semisynthetic(args.source or "fitzpatrick17k", seed=args.seed)
+        if args.variant != "shared-cues" and args.source not in (None, "fitzpatrick17k"):
+            raise SystemExit(f"inspect: --variant {args.variant} needs fitzpatrick17k (skin types)")
+        dd = load_semisynthetic(
+            args.source or "fitzpatrick17k", seed=args.seed, variant=args.variant
+        )
     elif args.source is None:
         raise SystemExit("inspect: SOURCE is required for real data")
     elif args.dataset == "fitzpatrick17k":
@@ -145,6 +149,10 @@ def _inspect(args: argparse.Namespace) -> int:
     classes, groups = dataset_info(dd)
     kind = "semi-synthetic (real metadata, generated pixels)" if is_semisynthetic(dd) else "real"
     print(f"{args.dataset}: {kind}; {len(classes)} classes; groups {list(groups)}")
+    if args.dataset == "semisynthetic" and args.variant != "shared-cues":
+        from fq_data import describe_variant
+
+        print(f"  variant {describe_variant(args.variant)}")
     for split in ("train", "test"):
         counts = [0] * len(groups)
         for g in dd[split]["group"]:
@@ -171,6 +179,13 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     ins.add_argument("--grouping", choices=("type", "binary"), default="type")
     ins.add_argument("--unknown-sex", choices=("group", "drop"), default="group")
     ins.add_argument("--seed", type=int, default=0)
+    ins.add_argument(
+        "--variant",
+        choices=("shared-cues", "minority-cue"),
+        default="shared-cues",
+        help="semisynthetic only: the default data (shared-cues), or the positive control whose "
+        "Fitzpatrick types 5-6 carry a class cue the other types lack (minority-cue)",
+    )
     ins.add_argument(
         "--strict",
         action="store_true",
