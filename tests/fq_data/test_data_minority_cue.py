@@ -137,6 +137,16 @@ def test_rings_add_class_evidence_a_spectral_classifier_can_read():
     assert acc["rings"] > 0.85, acc
 
 
+def test_cue_images_are_deterministic_and_chunk_independent():
+    labels, types = np.arange(14) % 3, np.arange(14) % 6 + 1
+    args = {"num_classes": 3, "image_size": 16, "seed": 7, "cue": MINORITY_CUE}
+    a = generate_lesion_images(labels, types, **args)
+    assert np.array_equal(a, generate_lesion_images(labels, types, chunk=3, **args))
+    plain = generate_lesion_images(labels, types, num_classes=3, image_size=16, seed=7)
+    same = (a == plain).all(axis=(1, 2, 3))
+    assert np.array_equal(same, types <= 4)
+
+
 def test_minority_cue_parameters_and_errors():
     assert SYNTH_VARIANTS["shared-cues"] is None and SYNTH_VARIANTS["minority-cue"] is MINORITY_CUE
     assert (MINORITY_CUE.types, MINORITY_CUE.contrast_scale, MINORITY_CUE.jitter) == (
