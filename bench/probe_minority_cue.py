@@ -29,12 +29,31 @@ from fq_data import (
 from torch import nn
 
 
-def train(variant: str, *, n: int, size: int, epochs: int, seed: int) -> nn.Module:
-    """A ResNet18 trained on ``variant``'s data (the grid default's schedule, from scratch)."""
+def small_cnn() -> nn.Module:
+    """The 3-layer CNN of fq-data's README check (tests/fq_data: darkest skin is hardest)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 3),
+    )
+
+
+def train(
+    variant: str, *, model: str, n: int, size: int, epochs: int, seed: int, augment: bool
+) -> nn.Module:
+    """``model`` trained on ``variant``'s data (AdamW, cosine schedule, from scratch)."""
     torch.manual_seed(seed)
     dd = load_semisynthetic(n=n, image_size=size, seed=0, variant=variant)  # type: ignore[arg-type]
-    loaders = make_loaders(dd, image_size=size, batch_size=64, train=True, seed=seed)
-    net = timm.create_model("resnet18", num_classes=3)
+    loaders = make_loaders(dd, image_size=size, batch_size=64, train=augment, seed=seed)
+    net = small_cnn() if model == "cnn" else timm.create_model(model, num_classes=3)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * len(loaders.train))
     net.train()
@@ -65,6 +84,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--per-class", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="resnet18", help="a timm model, or cnn (3 conv layers)")
+    ap.add_argument("--no-augment", action="store_true", help="plain batches (no AutoAugment)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     labels = np.repeat(np.arange(3), args.per_class)
@@ -73,7 +94,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for variant, cue in SYNTH_VARIANTS.items():
         start = time.perf_counter()
-        net = train(variant, n=args.n, size=args.size, epochs=args.epochs, seed=args.seed)
+        net = train(
+            variant,
+            model=args.model,
+            n=args.n,
+            size=args.size,
+            epochs=args.epochs,
+            seed=args.seed,
+            augment=not args.no_augment,
+        )
         row = []
         for fst in range(1, 7):
             img = generate_lesion_images(
