@@ -3,7 +3,8 @@
 Every source becomes a ``datasets.DatasetDict`` with splits ``train`` and ``test`` and columns
 ``image`` (``Image``), ``label`` and ``group`` (``ClassLabel``), ``id``, plus raw attributes:
 :func:`load_fitzpatrick17k`, :func:`load_isic2019`, and the offline default
-:func:`load_semisynthetic` (real metadata rows, generated pixels), and :func:`load_dataset` for
+:func:`load_semisynthetic` (real metadata rows, generated pixels; ``variant="minority-cue"``
+plants a class cue only the darkest skin types carry, a positive control), and :func:`load_dataset` for
 your own images with any label and group columns. :func:`make_loaders` turns it
 into seeded ``(image, label, group)`` batches. ``python -m fq_data prepare|inspect`` is the
 command line.
@@ -27,6 +28,7 @@ from ._fingerprint import dataset_fingerprint
 from ._fitzpatrick import load_fitzpatrick17k
 from ._io import atomic_write_bytes
 from ._isic import ISIC_CLASSES, load_isic2019
+from ._lesions import generate_lesion_images
 from ._loaders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -38,12 +40,18 @@ from ._loaders import (
     make_loaders,
     measure_loading_time,
 )
+from ._minority_cue import (
+    MINORITY_CUE,
+    SYNTH_VARIANTS,
+    MinorityCue,
+    SynthVariant,
+    describe_variant,
+)
 from ._split import DEFAULT_TEST_FRACTION, stratified_split
 from ._synth import (
     GENERATOR_VERSION,
     SynthName,
     build_semisynthetic,
-    generate_lesion_images,
     load_semisynthetic,
 )
 
@@ -51,7 +59,12 @@ __all__ = [
     "DEFAULT_TEST_FRACTION",
     "MISSING_VALUES",
     "dataset_fingerprint",
+    "MINORITY_CUE",
+    "SYNTH_VARIANTS",
+    "MinorityCue",
     "SynthName",
+    "SynthVariant",
+    "describe_variant",
     "CANONICAL_COLUMNS",
     "GENERATOR_VERSION",
     "IMAGENET_MEAN",

@@ -131,8 +131,13 @@ def _inspect(args: argparse.Namespace) -> int:
             allow_outside_root=args.allow_outside_root,
         )
     elif args.dataset == "semisynthetic":
+        if args.variant != "shared-cues" and args.source not in (None, "fitzpatrick17k"):
+            raise SystemExit(f"inspect: --variant {args.variant} needs fitzpatrick17k (skin types)")
         dd = load_semisynthetic(
-            args.source or "fitzpatrick17k", seed=args.seed, test_fraction=args.test_fraction
+            args.source or "fitzpatrick17k",
+            seed=args.seed,
+            test_fraction=args.test_fraction,
+            variant=args.variant,
         )
     elif args.source is None:
         raise SystemExit("inspect: SOURCE is required for real data")
@@ -157,6 +162,10 @@ def _inspect(args: argparse.Namespace) -> int:
     classes, groups = dataset_info(dd)
     kind = "semi-synthetic (real metadata, generated pixels)" if is_semisynthetic(dd) else "real"
     print(f"{args.dataset}: {kind}; {len(classes)} classes; groups {list(groups)}")
+    if args.dataset == "semisynthetic" and args.variant != "shared-cues":
+        from fq_data import describe_variant
+
+        print(f"  variant {describe_variant(args.variant)}")
     for split in ("train", "test"):
         counts = [0] * len(groups)
         for g in dd[split]["group"]:
@@ -218,6 +227,13 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="custom: read image paths leading outside the table's folder (absolute, '..', "
         "symlinks to elsewhere); refused by default",
+    )
+    ins.add_argument(
+        "--variant",
+        choices=("shared-cues", "minority-cue"),
+        default="shared-cues",
+        help="semisynthetic only: the default data (shared-cues), or the positive control whose "
+        "Fitzpatrick types 5-6 carry a class cue the other types lack (minority-cue)",
     )
     ins.add_argument(
         "--strict",
