@@ -1,0 +1,211 @@
+"""The model card: ``README.md`` with Hugging Face ``model-index`` front matter, then plain text.
+
+Every figure in it is read from the run (the audit's rows, the measured cost, the data's counts);
+what the run did not measure is listed as not measured, never estimated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._audit import Audit
+from ._config import CompressConfig
+from ._store import write_text
+
+_METHOD_WORDS = {
+    "blind": "group-blind mixed precision (bits by the importance of the pooled loss), "
+    "quantization-aware fine-tune without a fairness term",
+    "fq-alloc": "FairQuant's balanced allocation (bits by each group's importance), "
+    "quantization-aware fine-tune without a fairness term",
+    "fq-qat": "FairQuant's balanced allocation, quantization-aware fine-tune with the fairness "
+    "term L_fair",
+    "fq-baq": "FairQuant's bit-aware quantization: bits learned during the fine-tune from the "
+    "balanced allocation, ending at the budget, with L_fair",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CardFacts:
+    """The measured facts of a run the card states (sizes in bytes, GBOPs per image)."""
+
+    config: CompressConfig
+    about: dict[str, Any]
+    avg_bits: float
+    size_bytes: int
+    onnx_bytes: int
+    gbops: float
+    fp32_gbops: float
+
+
+def _q(text: str) -> str:
+    """A YAML scalar: JSON strings are valid YAML."""
+    return json.dumps(str(text))
+
+
+def _front_matter(facts: CardFacts, audit: Audit, name: str, source: str) -> str:
+    lines = [
+        "---",
+        "library_name: onnx",
+        "pipeline_tag: image-classification",
+        "tags:",
+        "- image-classification",
+        "- quantized",
+        "- fairness",
+        "- fairquant",
+        "model-index:",
+        f"- name: {_q(name)}",
+        "  results:",
+        "  - task:",
+        "      type: image-classification",
+        "      name: Image classification",
+        "    dataset:",
+        f"      name: {_q(source)}",
+        f"      type: {_q(source)}",
+        "      split: test",
+        "    metrics:",
+    ]
+    for row in audit.rows("onnx"):
+        for what, key in (("ONNX", "candidate"), ("FP32", "reference")):
+            label = f"accuracy, {row['group']} ({what}, n={row['n']})"
+            lines += [
+                "    - type: accuracy",
+                f"      name: {_q(label)}",
+                f"      value: {row[key]:.4f}",
+                "      verified: false",
+            ]
+    return "\n".join([*lines, "---", ""])
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _table(audit: Audit, key: str) -> list[str]:
+    out = [
+        "| group | test images | FP32 | shipped | change (points) | interval | margin verdict | change |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for r in audit.rows(key):
+        out.append(
+            f"| {r['group']} | {r['n']} | {_pct(r['reference'])} | {_pct(r['candidate'])} | "
+            f"{r['change']:+.1f} | [{r['low']:+.1f}, {r['high']:+.1f}] | {r['verdict']} | "
+            f"{r['change_verdict']} |"
+        )
+    return out
+
+
+def _verdict_words(audit: Audit, key: str) -> str:
+    rows = [r for r in audit.rows(key) if r["group"] not in ("worst group", "average")]
+    m = f"{audit.margin:g} accuracy point{'s' if audit.margin != 1 else ''}"
+    bad = [r["group"] for r in rows if r["verdict"] == "inferior"]
+    open_ = [r["group"] for r in rows if r["verdict"] == "inconclusive"]
+    worse = [r["group"] for r in rows if r["change_verdict"] == "worse"]
+    if bad:
+        text = (
+            f"**Not shown safe.** For {', '.join(bad)} the shipped model is worse than the "
+            f"original by more than {m} (the whole interval lies beyond the margin)."
+        )
+    elif open_:
+        text = (
+            f"**Not decided.** For {', '.join(open_)} the test data cannot tell whether the "
+            f"shipped model loses more than {m}: the interval is too wide or crosses the margin. "
+            "More test images of these groups would decide it (see the warnings)."
+        )
+    else:
+        text = (
+            f"**Non-inferior in every group.** For every group the shipped model loses at most "
+            f"{m} of accuracy against the original, at {audit.confidence:.0%} confidence, on "
+            "this test set."
+        )
+    if worse:
+        text += f" A measurable drop was found for: {', '.join(worse)}."
+    return text
+
+
+def write_card(path: Path, facts: CardFacts, audit: Audit) -> None:
+    """Write the model card for the run ``facts`` with the audit ``audit`` (atomically)."""
+    c, about = facts.config, facts.about
+    data = about.get("data", {})
+    source = str(data.get("source", "the user's dataset"))
+    model_name = str(about.get("model", "the model"))
+    name = f"{model_name}-{c.method}-{c.budget:g}bit"
+    groups = ", ".join(data.get("group_names", []))
+    classes = ", ".join(data.get("class_names", []))
+    synth = (
+        " The images are **semi-synthetic** (real metadata, generated pixels): these figures "
+        "describe the toolkit's demo, not a clinical model."
+        if data.get("semisynthetic")
+        else ""
+    )
+    weights = about.get("weights") or {}
+    lines = [
+        _front_matter(facts, audit, name, source),
+        f"# {name}",
+        "",
+        f"A low-bit version of `{model_name}`"
+        + (
+            f" (trained weights `{Path(weights['file']).name}`, sha256 `{weights['sha256'][:12]}…`)"
+            if weights
+            else ""
+        )
+        + f", compressed with {_METHOD_WORDS[c.method]}, and audited per patient group on "
+        "held-out test images. Made with the FairQuant toolkit (`python -m fq_bench compress`).",
+        "",
+        "## Verdict",
+        "",
+        _verdict_words(audit, "onnx"),
+        "",
+        "## Data",
+        "",
+        f"Source: `{source}`"
+        + (
+            f" (label column `{data['label_column']}`, group column `{data['group_column']}`)"
+            if data.get("group_column")
+            else ""
+        )
+        + f". {data.get('n_train', '?')} training images (calibration and fine-tune) and "
+        f"{data.get('n_test', '?')} test images (audit only). Classes: {classes}. "
+        f"Groups: {groups}.{synth}",
+        "",
+        "## Size and cost",
+        "",
+        f"- Budget: {c.budget:g} bits per weight; reached: {facts.avg_bits:.2f} bits per weight "
+        "on average over the quantized layers (mixed precision, bits per output channel).",
+        f"- Packed low-bit file `model.packed.safetensors`: {facts.size_bytes / 2**20:.2f} MiB; "
+        f"`model.onnx` (integer weights): {facts.onnx_bytes / 2**20:.2f} MiB.",
+        f"- Compute: {facts.gbops:.3f} GBOPs per image (weight bits x 32-bit activations), "
+        f"against {facts.fp32_gbops:.3f} for the float original.",
+        "",
+        "## Per-group results of the shipped file (`model.onnx`)",
+        "",
+        *_table(audit, "onnx"),
+        "",
+        f"Change: accuracy of the shipped file minus the original's, in points, with its "
+        f"{audit.confidence:.0%} interval, on the same test images (paired). "
+        f"*Margin verdict*: `non-inferior` when the whole interval lies above -{audit.margin:g} "
+        "points, `inferior` when it lies below, `inconclusive` otherwise. *Change*: `better` / "
+        "`worse` only where the paired test shows a difference.",
+        "",
+        *[f"- Warning: {w}" for w in audit.comparisons["onnx"]["warnings"]],
+        "",
+        "## Fake-quantized model (torch) against the original",
+        "",
+        "The same audit for the model as the toolkit computes it, before export: a difference "
+        "between this table and the one above would come from the export.",
+        "",
+        *_table(audit, "fake_quant"),
+        "",
+        "## What was not measured",
+        "",
+        "- Populations, cameras or sites other than this test split; groups not listed above.",
+        "- Calibration of the predicted probabilities; only the predicted class is audited.",
+        "- Speed or memory on a deployment device.",
+        "",
+        "Files: `model.onnx`, `model.packed.safetensors`, `predictions/*.csv` (one row per test "
+        "image), `audit.md`, `audit.json`, `audit.png`, `run.json` (the settings).",
+        "",
+    ]
+    write_text(path, "\n".join(lines))
