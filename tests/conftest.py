@@ -153,6 +153,38 @@ def data_helpers() -> SimpleNamespace:
     )
 
 
+# ---- a user's own image folder: string labels and groups ----
+
+#: Group words of :func:`write_own_folder` (the first is the largest group).
+SKIN = ("light", "medium", "dark", "olive")
+
+
+def write_own_folder(root: Path, n: int = 96, groups: tuple[str, ...] = SKIN) -> Path:
+    """``root/pics/<i>.png`` (16 px, one flat colour) and ``root/labels.csv`` (``file``, ``dx``,
+    ``skin`` as words): half the rows in ``groups[0]``, the rest spread over the others; the
+    class (``nevus``/``melanoma``) is in the colour, shaded by group, so a model can learn it."""
+    import polars as pl
+    from PIL import Image
+
+    (root / "pics").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        lab = ("nevus", "melanoma")[i % 2]
+        grp = groups[0] if i % 8 < 4 else groups[1 + (i // 8) % (len(groups) - 1)]
+        shade = 60 + 40 * groups.index(grp)
+        colour = (shade + 80, shade // 2, shade // 2) if lab == "melanoma" else (shade,) * 3
+        Image.new("RGB", (16, 16), colour).save(root / "pics" / f"{i}.png")
+        rows.append({"file": f"pics/{i}.png", "dx": lab, "skin": grp})
+    pl.DataFrame(rows).write_csv(root / "labels.csv")
+    return root
+
+
+@pytest.fixture(scope="session")
+def own_folder() -> Callable[..., Path]:
+    """:func:`write_own_folder`, for tests of a user's own data (conftest is not importable)."""
+    return write_own_folder
+
+
 # ---- packaging: one workspace package alone in a fresh venv ----
 
 

@@ -8,11 +8,15 @@ runs it twice, keeps its rows as JSON, and writes them as ``audit.json``, ``audi
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from fq_data import atomic_write_bytes
 
 from ._prediction_files import PredictionTable
 from ._store import write_json, write_text
@@ -32,11 +36,10 @@ class Audit:
         margin: non-inferiority margin in accuracy points. confidence: level of the intervals.
         comparisons: candidate key (:data:`CANDIDATES`) -> ``{"candidate", "rows",
             "warnings", "markdown"}``; each row: ``group`` (a group name, ``"worst group"`` or
-            ``"average"``), ``n`` test images, ``reference``/``candidate`` accuracy (0..1),
-            ``change`` and its interval ``low``/``high`` in accuracy points, ``discordant``
-            ``[reference right only, candidate right only]``, ``verdict`` (``non-inferior`` /
-            ``inferior`` / ``inconclusive``) and ``change_verdict`` (``better`` / ``worse`` /
-            ``no difference shown``).
+            ``"average"``) with the fields of ``fq_fairmetrics.ComparisonRow`` (``kind``, ``n``,
+            ``reference_acc``/``candidate_acc`` in %, ``change`` and its interval ``low``/``high``
+            in points, ``losses``/``gains``, ``verdict_margin``, ``verdict_change``, ``mde``,
+            ``samples_needed``).
     """
 
     margin: float
@@ -80,8 +83,37 @@ class Audit:
 
 
 def _rows(comparison: Any) -> list[dict[str, Any]]:
-    """The per-group, worst-group and average rows of a ``fq_fairmetrics.Comparison``."""
-    raise NotImplementedError  # filled in against compare's Comparison
+    """The rows of a ``fq_fairmetrics.Comparison`` as JSON: group names as text, NaN as null."""
+
+    def clean(v: Any) -> Any:
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    return [
+        {k: clean(v) for k, v in d.items()} | {"group": str(d["group"])}
+        for d in comparison.to_dicts()
+    ]
+
+
+def _plot(comparisons: Mapping[str, Any], path: Path) -> None:
+    """``audit.png``: one panel per candidate, ``Comparison.plot`` on each (atomically)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        1, len(comparisons), figsize=(6 * len(comparisons), 3.5), squeeze=False
+    )
+    for ax, (key, comparison) in zip(axes[0], comparisons.items(), strict=True):
+        comparison.plot(ax=ax)
+        ax.set_title(f"FP32 vs {key.replace('_', '-')}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def run_audit(
@@ -103,22 +135,30 @@ def run_audit(
 
     ref = tables["fp32"]
     comparisons: dict[str, dict[str, Any]] = {}
+    objects: dict[str, Any] = {}
     for key, what in CANDIDATES.items():
         cand = tables[key]
         if cand.ids != ref.ids or (cand.labels != ref.labels).any():
             raise ValueError(f"predictions of {key} are not of the FP32 test images in order")
+        classes, groups = (
+            np.asarray(class_names, dtype=object),
+            np.asarray(group_names, dtype=object),
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             comparison = compare(
-                ref.labels,
-                ref.groups,
-                ref.predictions,
-                cand.predictions,
+                classes[ref.labels].astype(str),
+                groups[ref.groups].astype(str),
+                classes[ref.predictions].astype(str),
+                classes[cand.predictions].astype(str),
                 margin=margin,
                 confidence=confidence,
                 class_names=class_names,
                 group_names=group_names,
+                reference_name="FP32",
+                candidate_name=key.replace("_", "-"),
             )
+        objects[key] = comparison
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         comparisons[key] = {
@@ -127,4 +167,6 @@ def run_audit(
             "warnings": sorted({str(w.message) for w in caught}),
             "markdown": comparison.to_markdown(),
         }
+    if plot_path is not None:
+        _plot(objects, plot_path)
     return Audit(margin=margin, confidence=confidence, comparisons=comparisons)

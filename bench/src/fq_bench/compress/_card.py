@@ -68,41 +68,46 @@ def _front_matter(facts: CardFacts, audit: Audit, name: str, source: str) -> str
         "    metrics:",
     ]
     for row in audit.rows("onnx"):
-        for what, key in (("ONNX", "candidate"), ("FP32", "reference")):
+        if row["kind"] != "group":
+            continue
+        for what, key in (("ONNX", "candidate_acc"), ("FP32", "reference_acc")):
             label = f"accuracy, {row['group']} ({what}, n={row['n']})"
             lines += [
                 "    - type: accuracy",
                 f"      name: {_q(label)}",
-                f"      value: {row[key]:.4f}",
+                f"      value: {row[key] / 100:.4f}",
                 "      verified: false",
             ]
     return "\n".join([*lines, "---", ""])
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+def _name(row: dict[str, Any]) -> str:
+    return {"worst": f"worst group ({row['group']})", "average": "average over groups"}.get(
+        row["kind"], row["group"]
+    )
 
 
 def _table(audit: Audit, key: str) -> list[str]:
     out = [
-        "| group | test images | FP32 | shipped | change (points) | interval | margin verdict | change |",
-        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
+        "| group | test images | FP32 | shipped | change (points) | interval | margin verdict "
+        "| change | lost / gained |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |",
     ]
     for r in audit.rows(key):
         out.append(
-            f"| {r['group']} | {r['n']} | {_pct(r['reference'])} | {_pct(r['candidate'])} | "
-            f"{r['change']:+.1f} | [{r['low']:+.1f}, {r['high']:+.1f}] | {r['verdict']} | "
-            f"{r['change_verdict']} |"
+            f"| {_name(r)} | {r['n']} | {r['reference_acc']:.1f}% | {r['candidate_acc']:.1f}% | "
+            f"{r['change']:+.1f} | [{r['low']:+.1f}, {r['high']:+.1f}] | {r['verdict_margin']} | "
+            f"{r['verdict_change']} | {r['losses']} / {r['gains']} |"
         )
     return out
 
 
 def _verdict_words(audit: Audit, key: str) -> str:
-    rows = [r for r in audit.rows(key) if r["group"] not in ("worst group", "average")]
+    rows = [r for r in audit.rows(key) if r["kind"] == "group"]
     m = f"{audit.margin:g} accuracy point{'s' if audit.margin != 1 else ''}"
-    bad = [r["group"] for r in rows if r["verdict"] == "inferior"]
-    open_ = [r["group"] for r in rows if r["verdict"] == "inconclusive"]
-    worse = [r["group"] for r in rows if r["change_verdict"] == "worse"]
+    bad = [r["group"] for r in rows if r["verdict_margin"] == "inferior"]
+    open_ = [r["group"] for r in rows if r["verdict_margin"] == "inconclusive"]
+    worse = [r["group"] for r in rows if r["verdict_change"] == "worse"]
     if bad:
         text = (
             f"**Not shown safe.** For {', '.join(bad)} the shipped model is worse than the "
@@ -187,7 +192,9 @@ def write_card(path: Path, facts: CardFacts, audit: Audit) -> None:
         f"{audit.confidence:.0%} interval, on the same test images (paired). "
         f"*Margin verdict*: `non-inferior` when the whole interval lies above -{audit.margin:g} "
         "points, `inferior` when it lies below, `inconclusive` otherwise. *Change*: `better` / "
-        "`worse` only where the paired test shows a difference.",
+        "`worse` only where the interval excludes 0 and McNemar's exact test agrees. "
+        "*Lost / gained*: test images the original classified right and the shipped file wrong, "
+        "and the reverse. Rules: `fq_fairmetrics.compare` (docs/METHOD.md, section 7).",
         "",
         *[f"- Warning: {w}" for w in audit.comparisons["onnx"]["warnings"]],
         "",

@@ -241,7 +241,14 @@ def compress(
 
     tables = {k: read_predictions(folder.path(v), **names) for k, v in PREDICTIONS.items()}
     if todo(6, "audit", f"audit at a margin of {config.margin} points"):
-        audit = run_audit(tables, margin=config.margin, confidence=config.confidence, **names)
+        audit = run_audit(
+            tables,
+            margin=config.margin,
+            confidence=config.confidence,
+            class_names=class_names,
+            group_names=group_names,
+            plot_path=folder.path("audit.png"),
+        )
         audit.write(folder.out)
         folder.finish("audit", files=["audit.json", "audit.md", "audit.png"])
     else:
