@@ -95,7 +95,9 @@ def test_audit_rows_match_a_recount_of_the_prediction_files(run) -> None:
         assert rows[g]["n"] == len(idx)
         assert rows[g]["reference_acc"] == pytest.approx(100 * np.mean(right_ref))
         assert rows[g]["candidate_acc"] == pytest.approx(100 * np.mean(right_new))
-        assert rows[g]["losses"] == sum(a and not b for a, b in zip(right_ref, right_new))
+        assert rows[g]["losses"] == sum(
+            a and not b for a, b in zip(right_ref, right_new, strict=True)
+        )
         # small groups cannot bound a one-point loss: never called non-inferior
         assert rows[g]["verdict_margin"] == "inconclusive"
     assert audit["comparisons"]["onnx"]["warnings"]  # each says how many images it would need
