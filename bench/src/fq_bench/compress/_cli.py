@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-images", type=int, default=1600,
                    help="semisynthetic only: images, train + test (default: 1600, the grid's)")  # fmt: skip
+    p.add_argument("--min-test-per-group", type=int, default=0,
+                   help="semisynthetic only: test images per group at least (the grid's default "
+                   "run: 150)")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
     p.add_argument("--budget", type=float, default=d.budget, help="bits per weight (default: 4.0)")
     p.add_argument("--method", choices=COMPRESS_METHODS, default=d.method,
@@ -76,8 +79,13 @@ def load_data(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             image_size=args.image_size,
             seed=0,
             test_fraction=args.test_fraction,
+            min_test_per_group=args.min_test_per_group,
         )
-        return dd, {"source": "semi-synthetic Fitzpatrick17k (fq_data)", "n_images": args.n_images}
+        return dd, {
+            "source": "semi-synthetic Fitzpatrick17k (fq_data)",
+            "n_images": args.n_images,
+            "min_test_per_group": args.min_test_per_group,
+        }
     from fq_data import load_dataset
 
     dd = load_dataset(
