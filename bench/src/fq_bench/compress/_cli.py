@@ -161,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse ``argv``, run, and turn a bad input into one line saying what to do."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # this command's steps on the terminal; the libraries' own INFO records (per-epoch dumps) stay
+    # quiet, their progress bars show the fine-tune unless --no-progress
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logger.setLevel(logging.INFO)
     try:
         return run(args)
     except (ValueError, FileNotFoundError, TypeError) as exc:
