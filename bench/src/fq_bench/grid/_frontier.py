@@ -12,23 +12,34 @@ From the cell frame (:func:`fq_bench.grid._report.cells_frame`) alone:
 - :func:`paired_worst`: a paired WorstAcc difference with its two intervals, over seeds (training
   noise: the t-interval of the per-seed differences) and over test images (sampling noise: a
   paired bootstrap of the seed-mean difference that redraws the shared test set within each
-  group). The seed interval alone cannot see the test set's finiteness: five seeds that each
-  differ by the same single image give a zero-width interval.
+  group), and its minimal detectable effect. The seed interval alone cannot see the test set's
+  finiteness: five seeds that each differ by the same single image give a zero-width interval.
 - :func:`verdict`: the one rule that calls a difference resolved: both intervals exclude 0, on
   the same side.
+
+The statistics are ``fq_fairmetrics``' (``paired_difference``, ``seed_image_verdict``,
+``minimal_detectable_effect``, ``seeds_needed``; METHOD.md sections 7.2, 7.3); this module only
+gathers the cells and formats the tables.
 
 Accuracies are fractions in the frames and CSVs, points (percent) in Markdown and printed text.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import polars as pl
+from fq_fairmetrics import (
+    PairedDifference,
+    paired_difference,
+    seed_image_verdict,
+    seeds_needed,
+    t_interval,
+    worst_difference_draws,
+)
+from fq_fairmetrics import resampled_worst as resampled_worst
 
 from ._config import CONTROL_METHOD, METHOD_LABELS, MIXED_METHODS, UNIFORM_BITS
 from ._order import sort_rows
@@ -56,33 +67,11 @@ FRONTIER_COLUMNS: tuple[str, ...] = (
     "gap_low", "gap_high", "eodd_mean", "seeds",
     "worst_acc_by_seed", "d_worst_vs_blind", "d_worst_vs_blind_low", "d_worst_vs_blind_high",
     "d_worst_vs_blind_img_low", "d_worst_vs_blind_img_high", "d_worst_vs_blind_verdict", "d_avg_vs_blind", "d_avg_vs_blind_low", "d_avg_vs_blind_high",
-    "collapses_vs_blind",
+    "collapses_vs_blind", "d_worst_vs_blind_mde",
 )  # fmt: skip
 
-
-def verdict(low: float, high: float, image_low: float, image_high: float) -> str:
-    """``"resolved"`` when the seed interval ``[low, high]`` and the test-image interval
-    ``[image_low, image_high]`` both exclude 0 on the same side, else ``"not resolved"``.
-
-    An undefined interval (NaN bounds: fewer than two seeds, or no stored test predictions) is
-    ``"not resolved"``: a difference is never called without both intervals.
-    """
-    if any(math.isnan(x) for x in (low, high, image_low, image_high)):
-        return "not resolved"
-    above, below = low > 0 and image_low > 0, high < 0 and image_high < 0
-    return "resolved" if above or below else "not resolved"
-
-
-def t_interval(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean and 95% Student-t interval over seeds
-    (``fq_fairmetrics.seed_summary``); NaN bounds with one value, all NaN with none."""
-    from fq_fairmetrics import seed_summary
-
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        return math.nan, math.nan, math.nan
-    st = seed_summary(arr)
-    return st.mean, st.ci95_low, st.ci95_high
+#: The frontier's verdict rule (``fq_fairmetrics.seed_image_verdict``) under its grid name.
+verdict = seed_image_verdict
 
 
 def frontier_cells(cells: pl.DataFrame) -> pl.DataFrame:
@@ -104,93 +93,47 @@ def paired_differences(part: pl.DataFrame, control: pl.DataFrame, col: str) -> n
     return (joined[col] - joined[f"{col}_c"]).to_numpy()
 
 
-class PairedWorst(NamedTuple):
-    """A paired WorstAcc difference ``a - b`` (fractions) over the seeds both ran.
-
-    ``values``: per-seed differences (sorted by seed); ``mean``, ``low``, ``high``: their mean
-    and 95% t-interval; ``image_low``, ``image_high``: the 95% percentile interval of the
-    seed-mean difference over :data:`IMAGE_RESAMPLES` paired test-set resamples (NaN when a
-    cell stored no test predictions); ``verdict``: :func:`verdict` of the two.
-    """
-
-    values: np.ndarray
-    mean: float
-    low: float
-    high: float
-    image_low: float
-    image_high: float
-    verdict: str
-
-
-def resampled_worst(
-    correct: np.ndarray, groups: np.ndarray, weights: dict[int, np.ndarray]
-) -> np.ndarray:
-    """``[R]`` WorstAcc (fraction) of one cell on each of ``R`` test-set resamples.
-
-    ``correct``, ``groups``: ``[N]`` per test image; ``weights``: group code -> ``[R, n_g]``
-    multiplicities of that group's images (in test-set order) in each resample, each row summing
-    to ``n_g`` (:func:`image_weights`). A group's accuracy is its weighted mean; WorstAcc the
-    minimum over groups, as ``fq_fairmetrics`` computes it.
-    """
-    accs = [w @ correct[groups == g].astype(np.float64) / w.shape[1] for g, w in weights.items()]
-    return np.min(np.stack(accs, axis=1), axis=1)
-
-
-def image_weights(groups: np.ndarray, resamples: int, seed: int = 0) -> dict[int, np.ndarray]:
-    """Group code -> ``[resamples, n_g]`` multiplicities: each resample redraws every group's
-    ``n_g`` test images with replacement (group sizes fixed, as the per-cell bootstrap does).
-
-    The draw depends only on its arguments, so it is made once per test set and reused (read
-    only) by every difference a report computes on that test set.
-    """
-    groups = np.ascontiguousarray(groups, dtype=np.int64)
-    return _image_weights(groups.tobytes(), resamples, seed)
-
-
-@functools.lru_cache(maxsize=8)
-def _image_weights(groups: bytes, resamples: int, seed: int) -> dict[int, np.ndarray]:
-    codes = np.frombuffer(groups, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for g in np.unique(codes):
-        n = int((codes == g).sum())
-        w = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
-        w.flags.writeable = False
-        out[int(g)] = w
-    return out
-
-
 def paired_worst(
     a: pl.DataFrame, b: pl.DataFrame, *, resamples: int = IMAGE_RESAMPLES
-) -> PairedWorst:
-    """The WorstAcc difference ``a - b`` paired by seed, with its seed and image intervals.
+) -> PairedDifference:
+    """The WorstAcc difference ``a - b`` paired by seed, with its seed and image intervals and its
+    minimal detectable effect (``fq_fairmetrics.paired_difference``; fractions).
 
     ``a``, ``b``: cell-frame rows of two methods at one (dataset, model, budget). Each resample
     redraws the test set once and applies the same draw to every seed and both methods (the grid
     tests every cell of a dataset on one test set), so the interval is that of the seed-mean
-    difference on a new test set of the same group sizes.
+    difference on a new test set of the same group sizes. Without stored test predictions the
+    image interval and the MDE are NaN.
     """
     cols = ["seed", "worst_acc", "test_correct", "test_group"]
     joined = a.select(cols).join(b.select(cols), on="seed", suffix="_b").sort("seed")
     values = (joined["worst_acc"] - joined["worst_acc_b"]).to_numpy()
-    mean, low, high = t_interval(values)
-    img_low = img_high = math.nan
     rows = joined.select("test_correct", "test_correct_b", "test_group", "test_group_b").rows()
     usable = bool(rows) and all(
         ca is not None and cb is not None and ga == gb and ga == rows[0][2]
         for ca, cb, ga, gb in rows
     )
+    draws = None
     if usable:
-        groups = np.asarray(rows[0][2])
-        weights = image_weights(groups, resamples)
-        diffs = [
-            resampled_worst(np.asarray(ca), groups, weights)
-            - resampled_worst(np.asarray(cb), groups, weights)
-            for ca, cb, _, _ in rows
-        ]
-        img_low, img_high = (float(x) for x in np.quantile(np.mean(diffs, axis=0), [0.025, 0.975]))
-    return PairedWorst(values, mean, low, high, img_low, img_high,
-                       verdict(low, high, img_low, img_high))  # fmt: skip
+        draws = worst_difference_draws(
+            [np.asarray(r[0]) for r in rows], [np.asarray(r[1]) for r in rows],
+            np.asarray(rows[0][2]), resamples=resamples,
+        )  # fmt: skip
+    return paired_difference(values, draws)
+
+
+def verdict_text(verdict_: str | None, mde: float | None, seeds: int) -> str:
+    """The verdict in words, with the minimal detectable effect (fraction) when not resolved:
+    ``"not resolved; effects above 2.1 points would have been seen"``."""
+    if verdict_ is None:
+        return ""
+    if verdict_ == "resolved":
+        return verdict_
+    if seeds < 2:
+        return f"{verdict_}; one seed: no seed spread measured, so no effect could be resolved"
+    if mde is None or math.isnan(mde):
+        return f"{verdict_}; no test predictions stored: no minimal detectable effect"
+    return f"{verdict_}; effects above {100 * mde:.1f} points would have been seen"
 
 
 def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
@@ -200,7 +143,7 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
     ``paper_gops``, ``size_bytes``: means over seeds. ``<m>_mean``/``_std``/``_low``/``_high``:
     mean, sample std and 95% t-interval over seeds. ``d_worst_vs_blind`` (and ``_low``/``_high``/``_verdict``):
     mean and t-interval of the per-seed WorstAcc difference against ``blind`` at the same
-    budget; ``d_avg_vs_blind`` likewise for AvgAcc; ``collapses_vs_blind``: seeds whose WorstAcc
+    budget, ``d_worst_vs_blind_mde`` its minimal detectable effect; ``d_avg_vs_blind`` likewise for AvgAcc; ``collapses_vs_blind``: seeds whose WorstAcc
     is more than :data:`COLLAPSE_DROP` below ``blind``'s. Uniform, FP32 and ``blind`` rows leave
     those columns empty (null).
     """
@@ -230,7 +173,7 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
             "d_worst_vs_blind_high": None, "d_worst_vs_blind_img_low": None,
             "d_worst_vs_blind_img_high": None, "d_worst_vs_blind_verdict": None,
             "d_avg_vs_blind": None, "d_avg_vs_blind_low": None, "d_avg_vs_blind_high": None,
-            "collapses_vs_blind": None,
+            "collapses_vs_blind": None, "d_worst_vs_blind_mde": None,
         }  # fmt: skip
         row |= empty
         control = cells.filter(
@@ -244,7 +187,7 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
                     "d_worst_vs_blind": pw.mean, "d_worst_vs_blind_low": pw.low,
                     "d_worst_vs_blind_high": pw.high, "d_worst_vs_blind_img_low": pw.image_low,
                     "d_worst_vs_blind_img_high": pw.image_high,
-                    "d_worst_vs_blind_verdict": pw.verdict,
+                    "d_worst_vs_blind_verdict": pw.verdict, "d_worst_vs_blind_mde": pw.mde,
                     "collapses_vs_blind": int((pw.values < -COLLAPSE_DROP).sum()),
                 }  # fmt: skip
                 mean, low, high = t_interval(paired_differences(part, control, "avg_acc"))
@@ -264,8 +207,11 @@ def effects_frame(cells: pl.DataFrame) -> pl.DataFrame:
 
     Columns: ``dataset, model, target_bits, effect, ingredient, minuend, subtrahend, seeds,
     d_worst, d_worst_low, d_worst_high, d_worst_img_low, d_worst_img_high, verdict, d_avg,
-    d_avg_low, d_avg_high`` (fractions; paired by seed, 95% t-interval; ``_img_``: the
-    test-image interval of :func:`paired_worst`). A contrast whose two methods were not both run is absent.
+    d_avg_low, d_avg_high, d_worst_mde, seeds_needed`` (fractions; paired by seed, 95%
+    t-interval; ``_img_``: the test-image interval of :func:`paired_worst`; ``d_worst_mde``: its
+    minimal detectable effect; ``seeds_needed``: seeds that would resolve the measured effect at
+    the spread measured, null when seeds cannot: one seed, a zero effect, or the test images'
+    part alone above it). A contrast whose two methods were not both run is absent.
     """
     budget_cells = cells.filter((pl.col("budget") != "") & (pl.col("variant") == ""))
     rows: list[dict[str, Any]] = []
@@ -285,20 +231,27 @@ def effects_frame(cells: pl.DataFrame) -> pl.DataFrame:
                 "seeds": int(pw.values.size), "d_worst": pw.mean, "d_worst_low": pw.low,
                 "d_worst_high": pw.high, "d_worst_img_low": pw.image_low,
                 "d_worst_img_high": pw.image_high, "verdict": pw.verdict, "d_avg": am,
-                "d_avg_low": alow, "d_avg_high": ahigh,
+                "d_avg_low": alow, "d_avg_high": ahigh, "d_worst_mde": pw.mde,
+                "seeds_needed": _seeds_needed(pw),
             })  # fmt: skip
     cols = ["dataset", "model", "target_bits", "effect", "ingredient", "minuend", "subtrahend",
             "seeds", "d_worst", "d_worst_low", "d_worst_high", "d_worst_img_low",
-            "d_worst_img_high", "verdict", "d_avg", "d_avg_low", "d_avg_high"]  # fmt: skip
+            "d_worst_img_high", "verdict", "d_avg", "d_avg_low", "d_avg_high", "d_worst_mde",
+            "seeds_needed"]  # fmt: skip
     if not rows:
         return pl.DataFrame(schema={c: pl.String for c in cols})
-    frame = pl.DataFrame(rows)
+    frame = pl.DataFrame(rows, schema_overrides={"seeds_needed": pl.Int64})
     order = {name: i for i, (name, *_) in enumerate(EFFECTS)}
     frame = sort_rows(frame.drop("budget").with_columns(pl.col("target_bits").alias("_t")))
     frame = frame.sort(
         ["_t", pl.col("effect").replace_strict(order, return_dtype=pl.Int64)], maintain_order=True
     )
     return frame.select(cols)
+
+
+def _seeds_needed(pw: PairedDifference) -> int | None:
+    sd = float(np.std(pw.values, ddof=1)) if pw.values.size > 1 else math.nan
+    return seeds_needed(pw.mean, seed_sd=sd, image_sd=pw.image_sd)
 
 
 def seeds_frame(cells: pl.DataFrame) -> pl.DataFrame:
@@ -337,7 +290,8 @@ def _ci(low: float | None, high: float | None, signed: bool = False) -> str:
 def frontier_markdown(frontier: pl.DataFrame) -> str:
     """Markdown: one row per (model, method, budget), WorstAcc / AvgAcc / Gap in % as mean
     [95% t-interval over seeds], and the paired WorstAcc difference against ``blind`` with its
-    seed interval, its test-image interval and the verdict."""
+    seed interval, its test-image interval and the verdict (with its minimal detectable effect
+    when not resolved, :func:`verdict_text`)."""
     header = ["Dataset", "Model", "Budget", "Method", "AvgBits", "Size (KiB)", "WorstAcc",
               "AvgAcc", "Gap", "EOdd", "ΔWorst vs blind", "test images", "Verdict", "Collapses",
               "Seeds"]  # fmt: skip
@@ -364,7 +318,7 @@ def frontier_markdown(frontier: pl.DataFrame) -> str:
                 f"{_pts(r['d_worst_vs_blind'], True)} "
                 f"{_ci(r['d_worst_vs_blind_low'], r['d_worst_vs_blind_high'], True)}",
                 _ci(r["d_worst_vs_blind_img_low"], r["d_worst_vs_blind_img_high"], True),
-                r["d_worst_vs_blind_verdict"],
+                verdict_text(r["d_worst_vs_blind_verdict"], r["d_worst_vs_blind_mde"], r["seeds"]),
                 str(r["collapses_vs_blind"]),
                 str(r["seeds"]),
             ]
@@ -386,7 +340,7 @@ def effects_markdown(effects: pl.DataFrame) -> str:
             f"{r['minuend']} − {r['subtrahend']}",
             f"{_pts(r['d_worst'], True)} {_ci(r['d_worst_low'], r['d_worst_high'], True)}",
             _ci(r["d_worst_img_low"], r["d_worst_img_high"], True),
-            r["verdict"],
+            verdict_text(r["verdict"], r["d_worst_mde"], r["seeds"]),
             f"{_pts(r['d_avg'], True)} {_ci(r['d_avg_low'], r['d_avg_high'], True)}",
             str(r["seeds"]),
         ]) + " |")  # fmt: skip
@@ -431,6 +385,39 @@ def best_lines(cells: pl.DataFrame, frontier: pl.DataFrame) -> list[str]:
                 f"(test images {_ci(pw.image_low, pw.image_high, True)}), {pw.verdict}"
             )
         lines.append(head + ("; " + "; ".join(bits) if bits else "") + ".")
+    return lines + seeds_needed_lines(effects_frame(cells))
+
+
+def seeds_needed_lines(effects: pl.DataFrame) -> list[str]:
+    """Per (dataset, model, budget): how many seeds the run would need to resolve the largest
+    effect it measured among the 2x2 design's contrasts (:func:`effects_frame`), at the spread
+    it measured (``fq_fairmetrics.seeds_needed``, METHOD.md section 7.3)."""
+    from ._config import DATASET_LABELS, MODEL_LABELS
+
+    lines: list[str] = []
+    if effects.is_empty():
+        return lines
+    for (ds, mo, t), part in effects.group_by(["dataset", "model", "target_bits"],
+                                              maintain_order=True):  # fmt: skip
+        r = part.sort(pl.col("d_worst").abs(), descending=True, maintain_order=True).row(
+            0, named=True
+        )
+        where = f"{DATASET_LABELS.get(ds, ds)} {MODEL_LABELS.get(mo, mo)}, {t:g} bits"
+        what = f"the largest measured effect, {r['effect']} ({_pts(r['d_worst'], True)} points)"
+        if r["verdict"] == "resolved":
+            need = f"is resolved with the run's {r['seeds']} seed(s)"
+        elif r["seeds"] < 2:
+            need = "cannot be sized: one seed measures no seed spread (run at least 2)"
+        elif r["seeds_needed"] is None:
+            need = (
+                "would not be resolved by more seeds alone at this spread: the test images' "
+                "share of the noise is above it (more test images are needed)"
+                if r["d_worst"] != 0
+                else "is 0"
+            )
+        else:
+            need = f"would need {r['seeds_needed']} seeds to be resolved (the run has {r['seeds']})"
+        lines.append(f"{where}: {what} {need}.")
     return lines
 
 

@@ -6,7 +6,7 @@ From the cell frame alone, for every sweep variant of an objective's field (:dat
 the mean WorstAcc and AvgAcc over seeds, and against ``blind`` (group-blind bits, no L_fair; the
 same budget, seed, FP32 checkpoint and training batches) the frontier's statistics: the paired
 WorstAcc change with its 95% t-interval over seeds, its test-image interval and verdict
-(:func:`~fq_bench.grid._frontier.paired_worst`), the paired AvgAcc change with its interval,
+(:func:`~fq_bench.grid._frontier.paired_worst`) with its minimal detectable effect, the paired AvgAcc change with its interval,
 and the collapse count (seeds whose WorstAcc falls more than
 :data:`~fq_bench.grid._frontier.COLLAPSE_DROP` below the control's). Budget ``""`` rows are Table
 1's palette (compared with a Table 1 ``blind`` cell when one was run).
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from fq_fairmetrics import t_interval
 
 from ._cells import CellKey, atomic_write_bytes
 from ._config import CONTROL_METHOD, FAIR_METHODS, MODEL_LABELS, NAME_SWEEPS
@@ -34,7 +35,7 @@ from ._frontier import (
     format_points,
     paired_differences,
     paired_worst,
-    t_interval,
+    verdict_text,
 )
 from ._order import sort_rows
 
@@ -48,6 +49,7 @@ OBJECTIVES_COLUMNS: tuple[str, ...] = (
     "d_worst_vs_blind_low", "d_worst_vs_blind_high", "d_worst_vs_blind_img_low",
     "d_worst_vs_blind_img_high", "d_worst_vs_blind_verdict",
     "d_avg_vs_blind", "d_avg_vs_blind_low", "d_avg_vs_blind_high", "collapses_vs_blind",
+    "d_worst_vs_blind_mde",
 )  # fmt: skip
 
 
@@ -111,6 +113,7 @@ def objectives_frame(cells: pl.DataFrame) -> pl.DataFrame:
                 "d_avg_vs_blind": a_mean, "d_avg_vs_blind_low": a_low,
                 "d_avg_vs_blind_high": a_high,
                 "collapses_vs_blind": int((pw.values < -COLLAPSE_DROP).sum()),
+                "d_worst_vs_blind_mde": pw.mde,
             }  # fmt: skip
         rows.append(row)
     schema: dict[str, Any] = {c: pl.Float64 for c in OBJECTIVES_COLUMNS}
@@ -145,7 +148,7 @@ def objectives_markdown(frame: pl.DataFrame) -> str:
             if has else "",
             format_interval(r["d_worst_vs_blind_img_low"], r["d_worst_vs_blind_img_high"], True)
             if has else "",
-            r["d_worst_vs_blind_verdict"] or "",
+            verdict_text(r["d_worst_vs_blind_verdict"], r["d_worst_vs_blind_mde"], r["seeds"]),
             (f"{format_points(r['d_avg_vs_blind'], True)} "
              f"{format_interval(r['d_avg_vs_blind_low'], r['d_avg_vs_blind_high'], True)}")
             if has else "",
@@ -259,7 +262,8 @@ def write_objectives(
         "Each L_fair objective against the group-blind control (blind: no L_fair) at the same "
         "budget, paired by seed; points, 95% t-interval over seeds; test images: the 95% "
         "interval of the same mean over resamples of the test set; resolved = both intervals "
-        f"exclude 0; collapses = seeds whose WorstAcc falls more than {100 * COLLAPSE_DROP:g} "
+        "exclude 0 (otherwise the minimal detectable effect, 80% power at the 5% level from the "
+        "spread measured, METHOD.md section 7.3); collapses = seeds whose WorstAcc falls more than {100 * COLLAPSE_DROP:g} "
         "points below blind's.\n\n"
     )
     atomic_write_bytes(root / "objectives.md", (head + intro + objectives_markdown(frame)).encode())

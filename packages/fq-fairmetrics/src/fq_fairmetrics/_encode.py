@@ -98,13 +98,26 @@ def encode_groups(
 
     Groups are identified by value. Without ``group_names`` the groups are the distinct values
     present, sorted. With ``group_names``, that sequence fixes the groups and their order; every
-    value present must be in it, and names absent from the data become empty groups.
+    value present must be in it, and names absent from the data become empty groups. One
+    exception, so that ``group_names`` means the same everywhere: integer groups with names that
+    are not integers are codes, ``k`` being ``group_names[k]`` (as loaders yield them).
     """
     arr = as_1d(sensitive_features, "sensitive_features")
     values, inverse = _unique_inverse(arr, "sensitive_features")
     if group_names is None:
         return inverse, tuple(values)
     names = _check_unique(group_names, "group_names")
+    if arr.dtype.kind in "iu" and not any(is_int(n) for n in names):
+        # integer codes with names that are not integers: code k is group_names[k] (as
+        # fq_data's loaders and ``fq_fairmetrics.torch.evaluate`` give them)
+        codes = np.asarray(values, dtype=np.int64)
+        bad = codes[(codes < 0) | (codes >= len(names))]
+        if bad.size:
+            raise ValueError(
+                f"sensitive_features holds integer code(s) {bad[:5].tolist()} outside "
+                f"group_names ({len(names)} names: codes 0..{len(names) - 1})"
+            )
+        return codes[inverse], names
     return _lookup(values, names, "sensitive_features", "group_names")[inverse], names
 
 
