@@ -102,31 +102,48 @@ def _table(audit: Audit, key: str) -> list[str]:
     return out
 
 
+def _points(x: float) -> str:
+    return f"{x:g} accuracy point{'s' if x != 1 else ''}"
+
+
 def _verdict_words(audit: Audit, key: str) -> str:
+    """The verdict in plain words, from the per-group rows' own verdicts (no new statistics)."""
     rows = [r for r in audit.rows(key) if r["kind"] == "group"]
-    m = f"{audit.margin:g} accuracy point{'s' if audit.margin != 1 else ''}"
-    bad = [r["group"] for r in rows if r["verdict_margin"] == "inferior"]
-    open_ = [r["group"] for r in rows if r["verdict_margin"] == "inconclusive"]
-    worse = [r["group"] for r in rows if r["verdict_change"] == "worse"]
+    m = _points(audit.margin)
+
+    def names(rs: list[dict[str, Any]]) -> str:
+        return ", ".join(str(r["group"]) for r in rs)
+
+    bad = [r for r in rows if r["verdict_margin"] == "inferior"]
+    open_ = [r for r in rows if r["verdict_margin"] == "inconclusive"]
+    worse = [r for r in rows if r["verdict_change"] == "worse"]
     if bad:
         text = (
-            f"**Not shown safe.** For {', '.join(bad)} the shipped model is worse than the "
+            f"**Not shown safe.** For group(s) {names(bad)} the shipped model is worse than the "
             f"original by more than {m} (the whole interval lies beyond the margin)."
         )
     elif open_:
         text = (
-            f"**Not decided.** For {', '.join(open_)} the test data cannot tell whether the "
-            f"shipped model loses more than {m}: the interval is too wide or crosses the margin. "
-            "More test images of these groups would decide it (see the warnings)."
+            f"**Not decided.** For group(s) {names(open_)} this test set cannot tell whether the "
+            f"shipped model loses more than {m} against the original: the interval of the change "
+            "reaches beyond the margin. More test images of these groups would decide it (see "
+            "the warning below for how many)."
         )
     else:
         text = (
-            f"**Non-inferior in every group.** For every group the shipped model loses at most "
+            f"**Non-inferior in every group.** In every group the shipped model loses at most "
             f"{m} of accuracy against the original, at {audit.confidence:.0%} confidence, on "
             "this test set."
         )
     if worse:
-        text += f" A measurable drop was found for: {', '.join(worse)}."
+        text += f" A drop is shown (paired test) for group(s) {names(worse)}."
+    drop = min(rows, key=lambda r: r["change"])
+    if drop["change"] < 0:
+        text += (
+            f" Largest estimated loss: group {drop['group']}, {drop['change']:+.1f} points "
+            f"({drop['reference_acc']:.1f}% -> {drop['candidate_acc']:.1f}%; interval "
+            f"{drop['low']:+.1f} to {drop['high']:+.1f})."
+        )
     return text
 
 
@@ -190,8 +207,9 @@ def write_card(path: Path, facts: CardFacts, audit: Audit) -> None:
         "",
         f"Change: accuracy of the shipped file minus the original's, in points, with its "
         f"{audit.confidence:.0%} interval, on the same test images (paired). "
-        f"*Margin verdict*: `non-inferior` when the whole interval lies above -{audit.margin:g} "
-        "points, `inferior` when it lies below, `inconclusive` otherwise. *Change*: `better` / "
+        f"*Margin verdict*: `non-inferior` when the interval's lower end lies above "
+        f"-{_points(audit.margin)}, `inferior` when its upper end lies below, `inconclusive` "
+        "otherwise. *Change*: `better` / "
         "`worse` only where the interval excludes 0 and McNemar's exact test agrees. "
         "*Lost / gained*: test images the original classified right and the shipped file wrong, "
         "and the reverse. Rules: `fq_fairmetrics.compare` (docs/METHOD.md, section 7).",
