@@ -412,6 +412,46 @@ def test_collapse_count_and_effects_on_constructed_cells() -> None:
     })  # fmt: skip
 
 
+def test_minimal_detectable_effect_and_seeds_needed_on_constructed_cells() -> None:
+    """Issue 24 section 3: beside each unresolved verdict, the smallest effect the run would have
+    seen, recomputed by hand from the per-seed spread and the image draws; one seed explains
+    itself instead of printing NaN; the summary sizes the seeds for the largest effect."""
+    from fq_bench.grid._frontier import effects_markdown, frontier_markdown, seeds_needed_sentences
+
+    raw = []
+    for s, base in enumerate((0.50, 0.60, 0.55)):
+        raw.append(_hand("blind", s, base))
+        raw.append(_hand("lin", s, base + (0.01, 0.01, -0.01)[s]))
+    fr = frontier_frame(cells_frame(raw))
+    lin = fr.filter(pl.col("method") == "lin").row(0, named=True)
+    sd = float(np.std([0.01, 0.01, -0.01], ddof=1))
+    seed_part = (stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)) * sd / math.sqrt(3)
+    assert lin["d_worst_vs_blind_mde"] >= seed_part - 1e-12  # the image part may be larger
+    text = frontier_markdown(fr)
+    assert f"not resolved; effects above {100 * lin['d_worst_vs_blind_mde']:.1f} points" in text
+
+    one = frontier_frame(cells_frame(raw[:2]))  # seed 0 only
+    row = one.filter(pl.col("method") == "lin").row(0, named=True)
+    assert math.isnan(row["d_worst_vs_blind_mde"])
+    assert "one seed: no seed spread measured" in frontier_markdown(one)
+    assert "nan" not in frontier_markdown(one).lower()
+
+    raw = []
+    for s in range(3):
+        raw.append(_hand("blind", s, 0.6))
+        raw.append(_hand("blind-fair", s, 0.6 + (0.01, 0.02, 0.03)[s]))
+        raw.append(_hand("fq-alloc", s, 0.6))
+        raw.append(_hand("fq-qat", s, 0.6 + (0.01, 0.02, 0.03)[s]))
+    eff = effects_frame(cells_frame(raw))
+    fair = eff.filter(pl.col("effect") == "fairness term, group-blind bits").row(0, named=True)
+    assert fair["d_worst_mde"] > 0 and "effects above" in effects_markdown(eff)
+    sentence = seeds_needed_sentences(eff)[("fitzpatrick17k", "resnet18", 3.0)]
+    assert "fairness term, group-blind bits (+2.0 points)" in sentence
+    assert (f"would need {fair['seeds_needed']} seeds" in sentence) or (
+        fair["seeds_needed"] is None and "more test images are needed" in sentence
+    )
+
+
 def test_budget_config_errors_name_the_field() -> None:
     with pytest.raises(ValueError, match="budgets"):
         DEFAULT.replace(budgets=(1.5,))

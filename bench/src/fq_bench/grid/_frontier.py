@@ -350,12 +350,14 @@ def effects_markdown(effects: pl.DataFrame) -> str:
 def best_lines(cells: pl.DataFrame, frontier: pl.DataFrame) -> list[str]:
     """Per (dataset, model, budget): the mixed method with the best mean WorstAcc, its paired
     lead over the runner-up and over ``blind`` (95% intervals over seeds and over test images,
-    :func:`paired_worst`), each with its verdict.
+    :func:`paired_worst`), each with its verdict; then how many seeds would resolve the largest
+    effect of the 2x2 design at that budget (:func:`seeds_needed_sentences`).
     """
     from ._config import DATASET_LABELS, MODEL_LABELS
 
     lines = []
     mixed = frontier.filter(pl.col("method").is_in(list(MIXED_METHODS)))
+    needed = seeds_needed_sentences(effects_frame(cells))
     budget_cells = cells.filter((pl.col("budget") != "") & (pl.col("variant") == ""))
     for (ds, mo, t), part in mixed.group_by(["dataset", "model", "target_bits"],
                                             maintain_order=True):  # fmt: skip
@@ -384,41 +386,39 @@ def best_lines(cells: pl.DataFrame, frontier: pl.DataFrame) -> list[str]:
                 f"lead over {name} {_pts(pw.mean, True)} points {_ci(pw.low, pw.high, True)} "
                 f"(test images {_ci(pw.image_low, pw.image_high, True)}), {pw.verdict}"
             )
-        lines.append(head + ("; " + "; ".join(bits) if bits else "") + ".")
-    return lines + seeds_needed_lines(effects_frame(cells))
+        line = head + ("; " + "; ".join(bits) if bits else "") + "."
+        lines.append(line + (f" {needed[(ds, mo, t)]}" if (ds, mo, t) in needed else ""))
+    return lines
 
 
-def seeds_needed_lines(effects: pl.DataFrame) -> list[str]:
-    """Per (dataset, model, budget): how many seeds the run would need to resolve the largest
-    effect it measured among the 2x2 design's contrasts (:func:`effects_frame`), at the spread
-    it measured (``fq_fairmetrics.seeds_needed``, METHOD.md section 7.3)."""
-    from ._config import DATASET_LABELS, MODEL_LABELS
-
-    lines: list[str] = []
+def seeds_needed_sentences(effects: pl.DataFrame) -> dict[tuple[str, str, float], str]:
+    """(dataset, model, budget) -> a sentence saying how many seeds the run would need to resolve
+    the largest effect it measured among the 2x2 design's contrasts (:func:`effects_frame`), at
+    the spread it measured (``fq_fairmetrics.seeds_needed``, METHOD.md section 7.3)."""
+    out: dict[tuple[str, str, float], str] = {}
     if effects.is_empty():
-        return lines
+        return out
     for (ds, mo, t), part in effects.group_by(["dataset", "model", "target_bits"],
                                               maintain_order=True):  # fmt: skip
         r = part.sort(pl.col("d_worst").abs(), descending=True, maintain_order=True).row(
             0, named=True
         )
-        where = f"{DATASET_LABELS.get(ds, ds)} {MODEL_LABELS.get(mo, mo)}, {t:g} bits"
-        what = f"the largest measured effect, {r['effect']} ({_pts(r['d_worst'], True)} points)"
+        what = f"The largest measured effect, {r['effect']} ({_pts(r['d_worst'], True)} points),"
         if r["verdict"] == "resolved":
-            need = f"is resolved with the run's {r['seeds']} seed(s)"
+            need = f"is resolved with the run's {r['seeds']} seeds"
         elif r["seeds"] < 2:
             need = "cannot be sized: one seed measures no seed spread (run at least 2)"
+        elif r["d_worst"] == 0:
+            need = "is 0: no number of seeds resolves it"
         elif r["seeds_needed"] is None:
             need = (
                 "would not be resolved by more seeds alone at this spread: the test images' "
                 "share of the noise is above it (more test images are needed)"
-                if r["d_worst"] != 0
-                else "is 0"
             )
         else:
             need = f"would need {r['seeds_needed']} seeds to be resolved (the run has {r['seeds']})"
-        lines.append(f"{where}: {what} {need}.")
-    return lines
+        out[(ds, mo, t)] = f"{what} {need}."
+    return out
 
 
 #: The text helpers under public names (the objectives table prints the same way).

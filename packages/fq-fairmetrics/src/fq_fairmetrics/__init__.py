@@ -35,12 +35,14 @@ from ._paired import (
     t_interval,
     worst_difference_draws,
 )
+from ._predictions import PREDICTION_COLUMNS, Predictions
 from ._report import FairnessAccumulator, FairnessReport, group_report
 from ._seeds import SeedSummary, seed_summary
 
 __all__ = [
     "ALLOWED_BITS",
     "METRICS",
+    "PREDICTION_COLUMNS",
     "BootstrapCI",
     "Comparison",
     "ComparisonRow",
@@ -51,6 +53,7 @@ __all__ = [
     "LayerCostRow",
     "MetricName",
     "PairedDifference",
+    "Predictions",
     "SeedSummary",
     "TooFewSamplesWarning",
     "bootstrap_ci",

@@ -1,6 +1,8 @@
 """Torch helpers (optional extra ``fq-fairmetrics[torch]``): evaluating a model, measuring its cost.
 
-``evaluate`` runs a model over ``(image, label, group)`` batches into a :class:`FairnessReport`.
+``evaluate`` runs a model (an ``nn.Module``, an ONNX Runtime session or any callable to logits) over
+``(image, label, group)`` batches into a :class:`FairnessReport`; ``predict`` keeps each sample's
+prediction as :class:`~fq_fairmetrics.Predictions` (saved as CSV/Parquet).
 ``layer_costs`` runs one forward pass with hooks on every ``nn.Conv2d`` and ``nn.Linear`` and turns
 the real input/output shapes into MACs, so a Linear applied to 197 tokens counts 197 times;
 ``model_cost`` adds every other stored tensor, so its ``size_bytes`` is the packed file's payload.
@@ -8,7 +10,7 @@ the real input/output shapes into MACs, so a Linear applied to 197 tokens counts
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,9 +24,10 @@ except ImportError as exc:  # pragma: no cover - exercised in the clean-venv tes
     ) from exc
 
 from ._cost import FLOAT_BITS, CostReport, LayerCost, cost_report
+from ._predictions import Predictions
 from ._report import FairnessAccumulator, FairnessReport
 
-__all__ = ["evaluate", "layer_costs", "model_cost"]
+__all__ = ["evaluate", "layer_costs", "model_cost", "predict"]
 
 _LAYER_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -89,8 +92,63 @@ def _batch_parts(batch: Any, i: int) -> tuple[Any, Any, Any]:
     )
 
 
+def _forward(model: Any) -> Any:
+    """``x [B, ...] -> logits`` for an ``nn.Module`` (on its device), an ONNX Runtime session
+    (its first input, float32 numpy) or any other callable."""
+    if isinstance(model, nn.Module):
+        device = _model_device(model)
+        return lambda x: model(x.to(device))
+    if callable(getattr(model, "run", None)) and callable(getattr(model, "get_inputs", None)):
+        name = model.get_inputs()[0].name
+        return lambda x: model.run(None, {name: x.detach().cpu().numpy().astype(np.float32)})[0]
+    if callable(model):
+        return model
+    raise TypeError(
+        "model must be an nn.Module, an onnxruntime.InferenceSession or a callable from a batch "
+        f"[B, ...] to logits [B, C]; got {type(model).__name__}"
+    )
+
+
+def _scored_batches(
+    model: Any, loader: Iterable[Any], names: tuple[Hashable, ...] | None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(labels [B], logits [B, C] float32, group codes [B])`` per batch, under ``no_grad`` and,
+    for an ``nn.Module``, in eval mode (each module's training flag restored afterwards)."""
+    modes = {m: m.training for m in model.modules()} if isinstance(model, nn.Module) else {}
+    forward = _forward(model)
+    try:
+        for m in modes:
+            m.eval()
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                x, y, g = _batch_parts(batch, i)
+                out = forward(x)
+                logits = torch.as_tensor(out) if not isinstance(out, torch.Tensor) else out
+                if logits.ndim != 2:
+                    raise ValueError(
+                        f"batch {i}: model output must be logits [B, C]; got "
+                        f"{getattr(out, 'shape', type(out).__name__)}"
+                    )
+                g_codes = torch.as_tensor(g).reshape(-1).cpu().numpy()
+                if names is not None:
+                    bad = sorted({int(v) for v in g_codes if not 0 <= int(v) < len(names)})
+                    if bad:
+                        raise ValueError(
+                            f"batch {i}: group code(s) {bad[:5]} outside group_names "
+                            f"({len(names)} names: codes 0..{len(names) - 1})"
+                        )
+                yield (
+                    torch.as_tensor(y).reshape(-1).cpu().numpy(),
+                    logits.float().cpu().numpy(),
+                    g_codes,
+                )
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
 def evaluate(
-    model: nn.Module,
+    model: Any,
     loader: Iterable[Any],
     *,
     group_names: Sequence[Hashable] | None = None,
@@ -98,12 +156,15 @@ def evaluate(
 ) -> FairnessReport:
     """Group fairness of ``model`` on ``loader``: the README's ``--evaluate-->`` arrow as a call.
 
-    Runs ``model(image)`` in eval mode under ``torch.no_grad()`` on the model's device over every
-    batch, streams the argmax predictions into a :class:`FairnessAccumulator`, and restores each
-    module's training flag.
+    Runs the model over every batch under ``torch.no_grad()`` and streams the argmax predictions
+    into a :class:`FairnessAccumulator`. An ``nn.Module`` runs in eval mode on its own device,
+    each module's training flag restored afterwards.
 
     Args:
-        model: a classifier returning logits ``[B, C]``.
+        model: a classifier returning logits ``[B, C]``: an ``nn.Module``, an
+            ``onnxruntime.InferenceSession`` (so the exported file itself is evaluated; fed its
+            first input as float32), or any callable from an image batch to logits (a torch
+            tensor or a numpy array).
         loader: yields ``(image [B, ...], label [B] int, group [B] int)`` tuples, or dicts with keys
             ``image``, ``label``, ``group`` (``fq_data.make_loaders(...).test`` does).
         group_names: names of group codes ``0..G-1`` (e.g. ``loaders.group_names``); the report
@@ -116,51 +177,56 @@ def evaluate(
 
     Raises:
         ValueError: an empty loader, a malformed batch, logits that are not ``[B, C]``, a group
-            code outside ``group_names``.
+            code outside ``group_names``. TypeError: a model that is none of the above.
     """
-    modes = {m: m.training for m in model.modules()}
-    device = _model_device(model)
     names = None if group_names is None else tuple(group_names)
     acc: FairnessAccumulator | None = None
-    try:
-        model.eval()
-        with torch.no_grad():
-            for i, batch in enumerate(loader):
-                x, y, g = _batch_parts(batch, i)
-                logits = model(x.to(device))
-                if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-                    raise ValueError(
-                        f"batch {i}: model output must be logits [B, C]; got "
-                        f"{getattr(logits, 'shape', type(logits).__name__)}"
-                    )
-                g_codes = torch.as_tensor(g).reshape(-1).cpu().numpy()
-                if names is not None:
-                    bad = sorted({int(v) for v in g_codes if not 0 <= int(v) < len(names)})
-                    if bad:
-                        raise ValueError(
-                            f"batch {i}: group code(s) {bad[:5]} outside group_names "
-                            f"({len(names)} names: codes 0..{len(names) - 1})"
-                        )
-                    groups: Any = [names[int(v)] for v in g_codes]
-                else:
-                    groups = g_codes
-                if acc is None:
-                    acc = FairnessAccumulator(
-                        n_classes=None if class_names is not None else int(logits.shape[1]),
-                        class_names=class_names,
-                        group_names=names,
-                    )
-                acc.update(
-                    torch.as_tensor(y).reshape(-1).cpu().numpy(),
-                    logits.float().cpu().numpy(),
-                    sensitive_features=groups,
-                )
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    for y, logits, g in _scored_batches(model, loader, names):
+        if acc is None:
+            acc = FairnessAccumulator(
+                n_classes=None if class_names is not None else int(logits.shape[1]),
+                class_names=class_names,
+                group_names=names,
+            )
+        acc.update(y, logits, sensitive_features=g)
     if acc is None:
         raise ValueError("loader is empty; evaluate needs at least one batch")
     return acc.compute()
+
+
+def predict(
+    model: Any,
+    loader: Iterable[Any],
+    *,
+    group_names: Sequence[Hashable] | None = None,
+    class_names: Sequence[Hashable] | None = None,
+) -> Predictions:
+    """Every sample's predicted label, as :class:`Predictions` (save it with ``.save(path)``).
+
+    ``model``, ``loader``, ``group_names``: as :func:`evaluate`. ``sample_id`` is the sample's
+    position in the loader (keep the test loader unshuffled to pair two models' files). With
+    ``class_names``, labels and predictions are written as names; with ``group_names``, groups.
+    """
+    names = None if group_names is None else tuple(group_names)
+    parts = list(_scored_batches(model, loader, names))
+    if not parts:
+        raise ValueError("loader is empty; predict needs at least one batch")
+    y = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    pred = np.concatenate([p[1].argmax(axis=1) for p in parts]).astype(np.int64)
+    g = np.concatenate([p[2] for p in parts]).astype(np.int64)
+    label: np.ndarray = y
+    prediction: np.ndarray = pred
+    if class_names is not None:
+        classes = np.asarray([str(c) for c in class_names])
+        for arr, what in ((y, "label"), (pred, "prediction")):
+            if arr.min() < 0 or arr.max() >= classes.size:
+                raise ValueError(
+                    f"a {what} code is outside class_names ({classes.size} names: codes "
+                    f"0..{classes.size - 1})"
+                )
+        label, prediction = classes[y], classes[pred]
+    group = g if names is None else np.asarray([str(n) for n in names])[g]
+    return Predictions(sample_id=np.arange(y.size), label=label, group=group, prediction=prediction)
 
 
 def _quantizer_bits(name: str, module: nn.Module) -> Any:
