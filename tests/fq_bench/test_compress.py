@@ -60,7 +60,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, own_folder) -> dict[str, Path]
 def _predictions(path: Path) -> list[dict[str, str]]:
     import polars as pl
 
-    return pl.read_csv(path, schema_overrides={"id": pl.String}).to_dicts()
+    return pl.read_csv(path, schema_overrides={"sample_id": pl.String}).to_dicts()
 
 
 def test_writes_every_file_and_the_onnx_file_predicts_as_the_model(run) -> None:

@@ -13,13 +13,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fq_data import atomic_write_bytes
 
-from ._prediction_files import PredictionTable
 from ._store import write_json, write_text
+
+if TYPE_CHECKING:
+    from fq_fairmetrics import Predictions
 
 #: The audited pairs: (candidate key, what it is), each against the FP32 predictions.
 CANDIDATES: dict[str, str] = {
@@ -117,7 +119,7 @@ def _plot(comparisons: Mapping[str, Any], path: Path) -> None:
 
 
 def run_audit(
-    tables: Mapping[str, PredictionTable],
+    tables: Mapping[str, Predictions],
     *,
     margin: float,
     confidence: float,
@@ -127,7 +129,8 @@ def run_audit(
 ) -> Audit:
     """``fq_fairmetrics.compare`` of ``tables["fp32"]`` against each of :data:`CANDIDATES`.
 
-    The tables must hold the same images in the same order (``ValueError`` otherwise). Warnings
+    ``tables``: ``"fp32"`` and each candidate's ``fq_fairmetrics.Predictions`` of the same test
+    images in the same order (``ValueError`` otherwise). Warnings
     ``compare`` raises (a group with too few test images for the margin to be decidable, with
     the number it would need) are re-raised and kept in the audit.
     """
@@ -136,25 +139,29 @@ def run_audit(
     ref = tables["fp32"]
     comparisons: dict[str, dict[str, Any]] = {}
     objects: dict[str, Any] = {}
+
+    def text(a: np.ndarray) -> np.ndarray:
+        # a CSV of numeric names ("1".."6") loads as ints, which compare would read as codes
+        return np.asarray(a).astype(str)
+
     for key, what in CANDIDATES.items():
         cand = tables[key]
-        if cand.ids != ref.ids or (cand.labels != ref.labels).any():
-            raise ValueError(f"predictions of {key} are not of the FP32 test images in order")
-        classes, groups = (
-            np.asarray(class_names, dtype=object),
-            np.asarray(group_names, dtype=object),
+        same = (
+            cand.n_samples == ref.n_samples and (text(cand.sample_id) == text(ref.sample_id)).all()
         )
+        if not same or (text(cand.label) != text(ref.label)).any():
+            raise ValueError(f"predictions of {key} are not of the FP32 test images in order")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             comparison = compare(
-                classes[ref.labels].astype(str),
-                groups[ref.groups].astype(str),
-                classes[ref.predictions].astype(str),
-                classes[cand.predictions].astype(str),
+                text(ref.label),
+                text(ref.group),
+                text(ref.prediction),
+                text(cand.prediction),
                 margin=margin,
                 confidence=confidence,
-                class_names=class_names,
-                group_names=group_names,
+                class_names=[str(c) for c in class_names],
+                group_names=[str(g) for g in group_names],
                 reference_name="FP32",
                 candidate_name=key.replace("_", "-"),
             )

@@ -9,6 +9,7 @@ predictions in ONNX Runtime; the audit (``fq_fairmetrics.compare``); the model c
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -16,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ._audit import Audit, run_audit
 from ._card import CardFacts, write_card
 from ._config import CompressConfig
-from ._prediction_files import read_predictions, write_predictions
-from ._predictions import onnx_logits, predict
 from ._store import RunFolder
 
 logger = logging.getLogger("fq_bench.compress")
@@ -133,6 +133,17 @@ def _load_quantized(model: nn.Module, packed: Path) -> nn.Module:
     return quantize_model(fresh, assignment)
 
 
+def _predict(model: Any, loader: Any, ids: np.ndarray, path: Path, **names: Any) -> None:
+    """``fq_fairmetrics.torch.predict`` over the test ``loader`` (unshuffled, in the dataset's
+    order), written to ``path`` with the dataset's sample ids and names for labels and groups."""
+    from fq_fairmetrics.torch import predict
+    from torch.nn.utils import parametrize
+
+    with parametrize.cached():  # a fake-quantized model's weights are quantized once per pass
+        p = predict(model, loader, **names)
+    dataclasses.replace(p, sample_id=ids).save(path)
+
+
 def _device(config: CompressConfig) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
 
@@ -168,6 +179,7 @@ def compress(
         ValueError: ``out`` holds a run with other inputs; a dataset without ``train``/``test``.
     """
     from fq_data import dataset_info, is_semisynthetic, make_loaders
+    from fq_fairmetrics import Predictions
     from fq_fairmetrics.torch import model_cost
     from fq_quant import export_onnx, export_packed, ort_session
 
@@ -193,7 +205,7 @@ def compress(
         train=True,
         seed=config.seed,
     )
-    ids = [str(i) for i in dataset_dict["test"]["id"]]
+    ids = np.asarray([str(i) for i in dataset_dict["test"]["id"]])
     names = {"class_names": class_names, "group_names": group_names}
     steps = 7
     redo = False  # a step redone makes every later one stale
@@ -209,8 +221,7 @@ def compress(
 
     fp32 = copy.deepcopy(model).to(device)
     if todo(1, "fp32", "FP32 predictions on the test split"):
-        labels, groups, preds = predict(fp32, loaders.test)
-        write_predictions(folder.path(PREDICTIONS["fp32"]), ids, labels, groups, preds, **names)
+        _predict(fp32, loaders.test, ids, folder.path(PREDICTIONS["fp32"]), **names)
         folder.finish("fp32", files=[PREDICTIONS["fp32"]])
 
     packed = folder.path(PACKED)
@@ -222,10 +233,7 @@ def compress(
     cost = model_cost(quantized, torch.zeros(1, 3, config.image_size, config.image_size))
 
     if todo(3, "fake_quant", "fake-quantized model (from the packed file): predictions"):
-        labels, groups, preds = predict(quantized, loaders.test)
-        write_predictions(
-            folder.path(PREDICTIONS["fake_quant"]), ids, labels, groups, preds, **names
-        )
+        _predict(quantized, loaders.test, ids, folder.path(PREDICTIONS["fake_quant"]), **names)
         folder.finish("fake_quant", files=[PREDICTIONS["fake_quant"]])
 
     onnx = folder.path(ONNX)
@@ -235,11 +243,10 @@ def compress(
 
     if todo(5, "onnx_predictions", "ONNX Runtime predictions of model.onnx"):
         session = ort_session(onnx, threads=torch.get_num_threads())
-        labels, groups, preds = predict(onnx_logits(session), loaders.test)
-        write_predictions(folder.path(PREDICTIONS["onnx"]), ids, labels, groups, preds, **names)
+        _predict(session, loaders.test, ids, folder.path(PREDICTIONS["onnx"]), **names)
         folder.finish("onnx_predictions", files=[PREDICTIONS["onnx"]])
 
-    tables = {k: read_predictions(folder.path(v), **names) for k, v in PREDICTIONS.items()}
+    tables = {k: Predictions.load(folder.path(v)) for k, v in PREDICTIONS.items()}
     if todo(6, "audit", f"audit at a margin of {config.margin} points"):
         audit = run_audit(
             tables,
