@@ -231,3 +231,32 @@ def test_bad_options_fail_before_any_work(tmp_path: Path) -> None:
         CompressConfig(budget=9.0)
     with pytest.raises(ValueError, match="fair_loss"):
         CompressConfig(fair_loss="nope")  # type: ignore[arg-type]
+
+
+def test_python_api_compresses_a_model_object_that_is_not_timm(tmp_path: Path, own_folder) -> None:
+    """``compress(model, dataset_dict, out, config)`` for any nn.Module (the grid's TinyCNN)."""
+    from fq_bench.compress import CompressConfig, compress
+    from fq_bench.grid import TinyCNN
+    from fq_data import load_dataset
+    from fq_fairmetrics import Predictions, TooFewSamplesWarning
+
+    data = own_folder(tmp_path / "mine", n=96)
+    dd = load_dataset(data, image_col="file", label_col="dx", group_col="skin", seed=0)
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = CompressConfig(
+        budget=3.0, method="fq-alloc", epochs=1, batch_size=16, image_size=16, calib_batches=2,
+        progress=False, cpu=True,
+    )  # fmt: skip
+    with pytest.warns(TooFewSamplesWarning):
+        result = compress(model, dd, tmp_path / "out", config, about={"model": "tiny_cnn"})
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # not modified
+    assert abs(result.avg_bits - 3.0) <= 0.05  # allocate_to_budget meets the budget
+    assert result.size_bytes == result.packed.stat().st_size
+    fq = Predictions.load(tmp_path / "out" / "predictions" / "fake_quant.csv")
+    onnx = Predictions.load(tmp_path / "out" / "predictions" / "onnx.csv")
+    assert fq.n_samples == len(dd["test"]) and (fq.prediction == onnx.prediction).all()
+    groups = [r["group"] for r in result.audit.rows("onnx") if r["kind"] == "group"]
+    assert groups == ["dark", "light", "medium", "olive"]
+    assert "# tiny_cnn-fq-alloc-3bit" in result.card.read_text()
