@@ -260,3 +260,13 @@ def test_python_api_compresses_a_model_object_that_is_not_timm(tmp_path: Path, o
     groups = [r["group"] for r in result.audit.rows("onnx") if r["kind"] == "group"]
     assert groups == ["dark", "light", "medium", "olive"]
     assert "# tiny_cnn-fq-alloc-3bit" in result.card.read_text()
+
+
+def test_an_unknown_architecture_is_refused_naming_the_fix(tmp_path: Path, capsys) -> None:
+    from fq_bench.compress import main
+
+    argv = ["--model", "resnet19", "--weights", "w.safetensors", "--data", "x", "--out", "o"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "--model 'resnet19' is not a timm architecture" in capsys.readouterr().err

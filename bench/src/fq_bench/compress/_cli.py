@@ -133,6 +133,15 @@ def run(args: argparse.Namespace) -> int:
         cpu=args.cpu,
         progress=not args.no_progress,
     )
+    import timm
+
+    from fq_bench.grid import CUSTOM_MODELS
+
+    if not (timm.is_model(args.model) or args.model in CUSTOM_MODELS):
+        raise ValueError(
+            f"--model {args.model!r} is not a timm architecture; use a name from "
+            "timm.list_models() (e.g. resnet18), or the Python API for any nn.Module"
+        )
     weights = Path(args.weights)
     if not weights.is_file():
         raise FileNotFoundError(f"--weights {weights}: no such file")
@@ -167,6 +176,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     try:
         return run(args)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, TypeError, ImportError) as exc:
         parser.exit(2, f"error: {exc}\n")
     return 2
