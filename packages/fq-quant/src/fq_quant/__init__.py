@@ -26,7 +26,8 @@ from ._importance_map import ImportanceMap
 from ._layers import float_weight, quantizable_layers
 from ._layout import LayerScopes, ScopeLayout
 from ._model import current_assignment, is_quantized, quantize_model, strip_quantization
-from ._onnx import export_onnx, ort_session
+from ._onnx import export_onnx
+from ._onnx_base import ort_session
 from ._packed import (
     export_packed,
     load_packed,
