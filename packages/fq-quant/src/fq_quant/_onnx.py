@@ -22,17 +22,23 @@ from __future__ import annotations
 import copy
 import os
 import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import _onnx_int8 as int8
+from ._act_ranges import ActivationRanges, Estimator, calibrate_activations
 from ._assignment import BitAssignment
 from ._granularity import Granularity
 from ._model import current_assignment, is_quantized, quantize_model, strip_quantization
 from ._onnx_base import DEFAULT_OPSET, INPUT_NAME, MIN_OPSET, OUTPUT_NAME, require, write_atomic
+from ._onnx_meta import check_metadata_args, name_batch_dim, packed_sha, set_metadata
 from ._onnx_plan import LayerPlan, plans, rewrite
 
 __all__ = ["DEFAULT_OPSET", "export_onnx"]
@@ -58,10 +64,8 @@ def _module_of_failed_op(exc: BaseException, program: Any) -> str:
     return f"the model uses aten.{m.group(2)}"
 
 
-def _export_float(model: nn.Module, example: torch.Tensor, opset: int) -> Any:
-    """``torch.onnx`` export of a plain float model with a dynamic batch; the ``ModelProto``."""
-    torch_onnx = require("torch.onnx")
-    require("onnxscript")
+def _trace(model: nn.Module, example: torch.Tensor) -> Any:
+    """``torch.export`` of a plain float model with a dynamic batch (the program ONNX is made from)."""
     x = example
     if x.shape[0] == 1:
         # torch.export specializes a dimension of size 1; trace with 2 rows, the graph is the same
@@ -71,11 +75,18 @@ def _export_float(model: nn.Module, example: torch.Tensor, opset: int) -> Any:
     # TinyViT attention biases) would otherwise assign tensor attributes while being traced.
     model(x)
     try:
-        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},), strict=False)
+        return torch.export.export(model, (x,), dynamic_shapes=({0: batch},), strict=False)
     except Exception as exc:
         raise RuntimeError(
             f"torch.export could not trace {type(model).__name__} with a dynamic batch: {exc}"
         ) from exc
+
+
+def _export_float(model: nn.Module, example: torch.Tensor, opset: int) -> tuple[Any, Any]:
+    """``torch.onnx`` export of a plain float model with a dynamic batch; ``(ModelProto, program)``."""
+    torch_onnx = require("torch.onnx")
+    require("onnxscript")
+    program = _trace(model, example)
     try:
         onnx_program = torch_onnx.export(
             program,
@@ -92,7 +103,8 @@ def _export_float(model: nn.Module, example: torch.Tensor, opset: int) -> Any:
             f"torch.onnx cannot express {where or 'an op of the model'} at opset {opset}; replace "
             f"that module by ONNX-exportable ops (or try another opset). Exporter error: {exc}"
         ) from exc
-    return onnx_program.model_proto
+    # the decomposed program the ONNX graph was made from: its value names are the graph's
+    return onnx_program.model_proto, onnx_program.exported_program
 
 
 def _resolve_assignment(
@@ -156,6 +168,13 @@ def export_onnx(
     opset: int | None = None,
     assignment: BitAssignment | None = None,
     allow_float: bool = False,
+    activations: Literal["float", "int8"] = "float",
+    calibration: Iterable[Any] | ActivationRanges | None = None,
+    estimator: Estimator = "minmax",
+    group_balanced: bool = False,
+    class_names: Sequence[str] | None = None,
+    normalization: Mapping[str, Sequence[float]] | None = None,
+    packed: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``model`` as an ONNX file whose quantized weights are integers (needs ``fq-quant[onnx]``).
 
@@ -165,7 +184,7 @@ def export_onnx(
             with ``assignment`` (e.g. the one ``load_packed(path)`` returns). Not modified: a CPU
             copy is exported in eval mode.
         example_input: ``[N, C, H, W]`` float input the graph is traced with (any batch size; the
-            exported batch dimension is dynamic, the other dimensions are fixed).
+            exported batch dimension is dynamic and named ``batch``, the others are fixed).
         path: destination ``.onnx`` file; missing parent folders are created; written atomically
             (temporary file in the same folder, then ``os.replace``), so no half-written file is left.
         opset: ONNX opset, in ``[18, onnx.defs.onnx_opset_version()]``; default 21. INT4 and INT16
@@ -173,20 +192,45 @@ def export_onnx(
         assignment: the bits to store; default: the wrapped model's :func:`current_assignment`.
             Tensor or channel granularity (per-parameter scales cannot be expressed per axis).
         allow_float: export an unquantized model as plain float32 instead of refusing it.
+        activations: ``"float"`` (weight-only: activations stay float32) or ``"int8"`` (static
+            activation quantization in QDQ form, which ONNX Runtime runs as QLinearConv /
+            QLinearMatMul / QGemm; weights as per-channel int8 codes; METHOD.md section 10).
+        calibration: for ``"int8"``: ``(image, label, group)`` batches (a DataLoader) or bare
+            image tensors, from which :func:`calibrate_activations` estimates the ranges; or
+            ready :class:`ActivationRanges`.
+        estimator: ``"minmax"``, ``"percentile"`` or ``"entropy"`` (ONNX Runtime's calibrators).
+        group_balanced: per-group estimator, ranges combined by the widest (needs groups).
+        class_names: class names in output order, written to ``metadata_props``.
+        normalization: ``{"mean": [C], "std": [C]}`` applied to ``[0, 1]`` pixels, written too.
+        packed: the packed file (path) or its ``tensors_sha256`` hex digest, written as
+            ``packed_content_sha256``.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`. Graph input ``"input"`` ``[batch, C, H, W]``, output
-        ``"logits"``. Each quantized layer's weight is ``DequantizeLinear(codes, scale, axis=0)``
-        (see the module docstring of ``fq_quant._onnx``), equal bit for bit to the fake-quantized
-        weight of ``model``; the file passes ``onnx.checker.check_model(full_check=True)``.
+        ``"logits"``; ``metadata_props``: ``input_shape``, ``class_names``, ``normalization``,
+        ``bits_per_layer``, ``packed_content_sha256``, ``activations`` (those given). Weight-only:
+        each quantized layer's weight is ``DequantizeLinear(codes, scale, axis=0)`` (see the
+        module docstring), equal bit for bit to the fake-quantized weight. Int8: the layers'
+        codes are the same integers (times the sign of a folded BatchNorm's factor). The file
+        passes ``onnx.checker.check_model(full_check=True)``.
 
     Raises:
         ImportError: the ``onnx`` extra is not installed. ValueError: an unquantized model (without
-        ``allow_float``), per-parameter granularity, a bad ``opset`` or ``example_input``.
+        ``allow_float``), per-parameter granularity, a bad ``opset``, ``example_input``,
+        ``activations``, ``calibration``, ``class_names`` or ``normalization``.
         RuntimeError: the model cannot be traced, or an op cannot be expressed (the error names the
         module).
     """
     opset = _check_args(model, example_input, opset)
+    if activations not in ("float", "int8"):
+        raise ValueError(f"activations must be 'float' or 'int8'; got {activations!r}")
+    if activations == "int8" and calibration is None:
+        raise ValueError(
+            "activations='int8' needs calibration=: a few batches of your data (a DataLoader of "
+            "(image, label, group)) or ActivationRanges"
+        )
+    check_metadata_args(class_names, normalization, int(example_input.shape[1]))
+    sha = packed_sha(packed)
     onnx = require("onnx")
     rewrap = assignment is not None  # else the model's own quantizers already hold the bits
     assignment = _resolve_assignment(model, assignment, allow_float)
@@ -197,6 +241,8 @@ def export_onnx(
             "Quantize at 'channel' (or 'tensor') granularity, or keep the per-parameter model in "
             "fq_quant.export_packed"
         )
+    if activations == "int8" and assignment is None:
+        raise ValueError("activations='int8' needs a quantized model (integer weights)")
     work = _independent_copy(model).to("cpu").eval()
     layer_plans: dict[str, LayerPlan] = {}
     if assignment is not None:
@@ -208,10 +254,77 @@ def export_onnx(
     elif any(parametrize.is_parametrized(m) for m in work.modules()):
         raise ValueError("model carries parametrizations other than fq_quant's; remove them first")
     with torch.no_grad():
-        proto = _export_float(work, example_input.detach().to("cpu"), opset)
-    rewrite(proto, layer_plans)
+        proto, program = _export_float(work, example_input.detach().to("cpu"), opset)
+    if activations == "int8":
+        assert assignment is not None  # checked above
+        proto, described = _to_int8(
+            proto, program, layer_plans, assignment, calibration, estimator, group_balanced
+        )
+    else:
+        rewrite(proto, layer_plans)
+        described = {"dtype": "float"}
+    name_batch_dim(proto)
+    set_metadata(
+        proto,
+        input_shape=tuple(example_input.shape[1:]),
+        assignment=assignment,
+        class_names=class_names,
+        normalization=normalization,
+        packed=sha,
+        activations=described,
+    )
     proto.producer_name = "fq_quant"
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     write_atomic(proto.SerializeToString(), path)
     return path
+
+
+def _to_int8(
+    proto: Any,
+    program: Any,
+    layer_plans: Mapping[str, LayerPlan],
+    assignment: BitAssignment,
+    calibration: Iterable[Any] | ActivationRanges | None,
+    estimator: Estimator,
+    group_balanced: bool,
+) -> tuple[Any, dict[str, Any]]:
+    """The float graph of the fake-quantized model to a QDQ int8 graph (see ``_onnx_int8``)."""
+    onnx = require("onnx")
+    scales, keep_float = {}, []
+    for name, plan in layer_plans.items():
+        bits = assignment.bits[name]
+        if plan.codes is None or plan.floats is not None or int(bits.max()) > 8:
+            keep_float.append(f"{name}.weight")  # > 8 bits or 32-bit rows: this layer stays float
+            continue
+        assert plan.scales is not None  # internal invariant
+        s = plan.scales.numpy().astype(np.float32).reshape(-1)
+        out = int(plan.weight.shape[0])
+        scales[f"{name}.weight"] = s if s.size == out else np.full(out, float(s[0]), np.float32)
+    with tempfile.TemporaryDirectory(prefix="fq_int8.") as tmp:
+        prepared, meta = int8.prepare(proto, scales, tmp)
+        if isinstance(calibration, ActivationRanges):
+            ranges = calibration
+        else:
+            assert calibration is not None  # checked by export_onnx
+            ranges = calibrate_activations(
+                prepared, calibration, estimator=estimator, group_balanced=group_balanced
+            )
+        float_nodes = [
+            n.name for n in onnx.load(str(prepared)).graph.node if set(n.input) & set(keep_float)
+        ]
+        quantized = int8.quantize(
+            prepared, meta, ranges, int8.program_names(program), float_nodes, tmp
+        )
+    for node in quantized.graph.node:
+        node.doc_string = ""
+    return quantized, int8.describe(ranges)
+
+
+def export_program(model: nn.Module, example_input: torch.Tensor) -> Any:
+    """The decomposed ``torch.export`` program :func:`export_onnx` converts (quantization baked in)."""
+    work = _independent_copy(model).to("cpu").eval()
+    if is_quantized(work):
+        strip_quantization(work)
+    with torch.no_grad():
+        return _export_float(work, example_input.detach().to("cpu"), DEFAULT_OPSET)[1]
