@@ -77,6 +77,18 @@ def test_writes_every_file_and_the_onnx_file_predicts_as_the_model(run) -> None:
     assert {r["label"] for r in fp32} == {"nevus", "melanoma"}
     # the exported file computes the fake-quantized model: the same class for every image
     assert [r["prediction"] for r in fq] == [r["prediction"] for r in onnx]
+    # what a deployer needs without the toolkit travels in the file
+    import onnx
+    from fq_quant import tensors_sha256
+
+    proto = onnx.load(str(out / "model.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["class_names"]) == ["melanoma", "nevus"]
+    assert json.loads(meta["input_shape"]) == [3, 32, 32]
+    assert json.loads(meta["normalization"])["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    packed = (out / "model.packed.safetensors").read_bytes()
+    assert meta["packed_content_sha256"] == tensors_sha256(packed)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     # the FP32 model learned the colours: the audit has something to lose
     assert np.mean([r["label"] == r["prediction"] for r in fp32]) > 0.9
 

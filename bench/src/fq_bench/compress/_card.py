@@ -229,6 +229,14 @@ def write_card(path: Path, facts: CardFacts, audit: Audit) -> None:
         "- Calibration of the predicted probabilities; only the predicted class is audited.",
         "- Speed or memory on a deployment device.",
         "",
+        "## Deploying `model.onnx`",
+        "",
+        f"Input `input` `[batch, 3, {c.image_size}, {c.image_size}]` float32: RGB pixels scaled to "
+        "[0, 1], then normalized with the `normalization` mean and std in the file's "
+        "`metadata_props`; output `logits` `[batch, classes]` in the order of its `class_names`. "
+        "The metadata also holds the bits per layer and the content hash of "
+        "`model.packed.safetensors` (`packed_content_sha256`).",
+        "",
         "Files: `model.onnx`, `model.packed.safetensors`, `predictions/*.csv` (one row per test "
         "image), `audit.md`, `audit.json`, `audit.png`, `run.json` (the settings).",
         "",

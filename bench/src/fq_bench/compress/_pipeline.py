@@ -178,7 +178,7 @@ def compress(
     Raises:
         ValueError: ``out`` holds a run with other inputs; a dataset without ``train``/``test``.
     """
-    from fq_data import dataset_info, is_semisynthetic, make_loaders
+    from fq_data import IMAGENET_MEAN, IMAGENET_STD, dataset_info, is_semisynthetic, make_loaders
     from fq_fairmetrics import Predictions
     from fq_fairmetrics.torch import model_cost
     from fq_quant import export_onnx, export_packed, ort_session
@@ -238,7 +238,14 @@ def compress(
 
     onnx = folder.path(ONNX)
     if todo(4, "onnx", "ONNX export with integer weights"):
-        export_onnx(quantized, torch.zeros(1, 3, config.image_size, config.image_size), onnx)
+        export_onnx(
+            quantized,
+            torch.zeros(1, 3, config.image_size, config.image_size),
+            onnx,
+            class_names=[str(c) for c in class_names],
+            normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            packed=packed,
+        )
         folder.finish("onnx", files=[ONNX])
 
     if todo(5, "onnx_predictions", "ONNX Runtime predictions of model.onnx"):
