@@ -18,6 +18,7 @@ from fq_fairmetrics import (
     group_report,
     margin_sample_size,
     mcnemar_exact,
+    mcnemar_interval,
     minimal_detectable_effect,
     paired_worst,
     seed_image_verdict,
@@ -50,6 +51,14 @@ def test_mcnemar_exact_matches_statsmodels(b: int, c: int) -> None:
 def test_clopper_pearson_matches_statsmodels(k: int, n: int) -> None:
     low, high = proportion_confint(k, n, alpha=0.05, method="beta")
     assert clopper_pearson(k, n) == pytest.approx((low, high), abs=1e-12)
+
+
+def test_mcnemar_interval_excludes_0_exactly_when_the_exact_test_rejects() -> None:
+    for b in range(0, 30):
+        for c in range(0, 30, 3):
+            lo, hi = mcnemar_interval(b, c, 1000)
+            assert (lo > 0 or hi < 0) == (mcnemar_exact(b, c) < 0.05), (b, c)
+            assert lo <= (c - b) / 1000 <= hi
 
 
 def test_change_interval_covers_at_least_its_level() -> None:
@@ -108,7 +117,8 @@ def test_identical_predictions_on_a_small_group_are_inconclusive_and_warned() ->
         result = compare(y, groups, y, y)
     assert result.row("small").verdict_margin == "inconclusive"
     assert result.row("big").verdict_margin == "non-inferior"
-    assert result.row("small").low < -30  # 7 images cannot bound a loss below 41 points
+    assert result.row("small").margin_low < -30  # 7 images cannot bound a loss below 41 points
+    assert result.row("small").low == result.row("small").high == 0  # no discordant sample
     assert "not decidable" in result.to_markdown()
 
 
@@ -182,6 +192,7 @@ def test_several_seeds_count_seed_and_image_noise() -> None:
         lo, hi = (100 * x for x in change_interval(b, c, n // 3))
         assert row.change == pytest.approx(per_seed.mean())
         assert (row.low, row.high) == pytest.approx((min(t.low, lo), max(t.high, hi)))
+        assert (row.margin_low, row.margin_high) == (row.low, row.high)
         assert math.isnan(row.p_value)
     assert result.seeds == 4 and result.average.n == n
 

@@ -22,6 +22,7 @@ from ._exact import (
     clopper_pearson,
     margin_sample_size,
     mcnemar_exact,
+    mcnemar_interval,
 )
 from ._paired import (
     PairedDifference,
@@ -66,6 +67,7 @@ __all__ = [
     "image_weights",
     "margin_sample_size",
     "mcnemar_exact",
+    "mcnemar_interval",
     "minimal_detectable_effect",
     "paired_difference",
     "paired_worst",

@@ -24,6 +24,7 @@ from ._exact import (
     exact_mde,
     margin_sample_size,
     mcnemar_exact,
+    mcnemar_interval,
 )
 from ._paired import image_weights, paired_difference, resampled_group_accs
 
@@ -122,18 +123,19 @@ def compare_outcomes(
     rows: list[ComparisonRow] = []
     for g in present:
         b, c, ng = loss[:, g], gain[:, g], n_g[g]
-        exact = change_interval(float(b.mean()), float(c.mean()), ng, confidence)
+        bound = change_interval(float(b.mean()), float(c.mean()), ng, confidence)
         if s == 1:
             p = mcnemar_exact(float(b[0]), float(c[0]))
-            low, high = exact
+            change = mcnemar_interval(float(b[0]), float(c[0]), ng, confidence)
             mde = exact_mde((b[0] + c[0]) / ng, ng, confidence, power)
         else:
             pd = paired_difference((c - b) / ng, None, confidence=confidence, power=power)
-            p, (low, high) = math.nan, _hull((pd.low, pd.high), exact)
+            p, change = math.nan, _hull((pd.low, pd.high), bound)
+            bound = change
             img = exact_mde(float((b + c).mean()) / ng, ng, confidence, power)
             mde = max(_seed_mde(pd.values, confidence, power), img)
         rows.append(_row(
-            names[g], "group", int(ng), acc_r[:, g], acc_c[:, g], b, c, low, high, p, mde,
+            names[g], "group", int(ng), acc_r[:, g], acc_c[:, g], b, c, change, bound, p, mde,
             m, alpha, needed,
         ))  # fmt: skip
 
@@ -175,14 +177,17 @@ def _seed_mde(values: np.ndarray, confidence: float, power: float) -> float:
 
 def _row(
     name: Hashable, kind: str, n: int, acc_r: np.ndarray, acc_c: np.ndarray, b: np.ndarray,
-    c: np.ndarray, low: float, high: float, p: float, mde: float, m: float, alpha: float,
-    needed: int,
+    c: np.ndarray, change: tuple[float, float], bound: tuple[float, float], p: float, mde: float,
+    m: float, alpha: float, needed: int,
 ) -> ComparisonRow:  # fmt: skip
+    (low, high), (b_low, b_high) = change, bound
     return ComparisonRow(
         group=name, kind=kind, n=n, reference_acc=100 * float(acc_r.mean()),
         candidate_acc=100 * float(acc_c.mean()), change=100 * float((acc_c - acc_r).mean()),
-        low=100 * low, high=100 * high, losses=int(b.sum()), gains=int(c.sum()), p_value=p,
-        verdict_margin=_margin_verdict(low, high, m), verdict_change=_change_verdict(low, high, p, alpha),
+        low=100 * low, high=100 * high, margin_low=100 * b_low, margin_high=100 * b_high,
+        losses=int(b.sum()), gains=int(c.sum()), p_value=p,
+        verdict_margin=_margin_verdict(b_low, b_high, m),
+        verdict_change=_change_verdict(low, high, p, alpha),
         mde=100 * mde, samples_needed=needed,
     )  # fmt: skip
 
@@ -212,14 +217,19 @@ def _average_row(
     b, c = loss.sum(axis=1), gain.sum(axis=1)
     n = float(ref.shape[1])
     pooled = change_interval(float(b.mean()), float(c.mean()), n, confidence)
-    low, high = _hull((pd.image_low, pd.image_high), (pd.low, pd.high), pooled)
-    p = mcnemar_exact(float(b[0]), float(c[0])) if ref.shape[0] == 1 else math.nan
+    image, seeds = (pd.image_low, pd.image_high), (pd.low, pd.high)
+    if ref.shape[0] == 1:
+        p = mcnemar_exact(float(b[0]), float(c[0]))
+        change = _hull(image, mcnemar_interval(float(b[0]), float(c[0]), n, confidence))
+    else:
+        p, change = math.nan, _hull(image, seeds)
+    bound = _hull(image, seeds, pooled)
     disc = (loss + gain)[:, present].mean(axis=0) / n_g[present]
     mde = exact_mde(disc, n_g[present], confidence, power)
     if ref.shape[0] > 1:
         mde = max(mde, _seed_mde(pd.values, confidence, power))
     return _row("average", "average", int(n), acc_r[:, present].mean(axis=1),
-                acc_c[:, present].mean(axis=1), b, c, low, high, p, mde, m, alpha, needed)  # fmt: skip
+                acc_c[:, present].mean(axis=1), b, c, change, bound, p, mde, m, alpha, needed)  # fmt: skip
 
 
 def compare(

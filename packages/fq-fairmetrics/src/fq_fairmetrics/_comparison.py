@@ -22,13 +22,18 @@ class ComparisonRow:
         n: test samples in the group (all samples for the average).
         reference_acc, candidate_acc: accuracy in %, mean over seeds.
         change: ``candidate_acc - reference_acc`` in points.
-        low, high: the interval of ``change`` in points at the comparison's confidence (METHOD.md
-            7.1/7.2: with several seeds, the hull of the seed and test-image intervals).
+        low, high: the interval of ``change`` in points at the comparison's confidence, the one
+            ``verdict_change`` reads (METHOD.md 7.1: one seed, McNemar's exact interval, which
+            excludes 0 exactly when the test rejects; 7.2: several seeds, the hull of the seed
+            and test-image intervals).
+        margin_low, margin_high: the interval ``verdict_margin`` reads, in points: it also
+            bounds how many samples could have been discordant (:func:`change_interval`), so a
+            small group cannot claim a tight bound.
         losses, gains: discordant samples (reference right and candidate wrong; the reverse),
             summed over seeds.
         p_value: McNemar's exact two-sided p-value (one seed; NaN with several).
-        verdict_margin: ``non-inferior`` (``low > -margin``), ``inferior`` (``high < -margin``),
-            else ``inconclusive``.
+        verdict_margin: ``non-inferior`` (``margin_low > -margin``), ``inferior``
+            (``margin_high < -margin``), else ``inconclusive``.
         verdict_change: ``better`` / ``worse`` when the interval excludes 0 on that side and
             (one seed) McNemar's exact test rejects at ``1 - confidence``, else
             ``no difference shown``.
@@ -46,6 +51,8 @@ class ComparisonRow:
     change: float
     low: float
     high: float
+    margin_low: float
+    margin_high: float
     losses: int
     gains: int
     p_value: float
@@ -126,14 +133,20 @@ class Comparison:
             f"{100 * self.confidence:g}% intervals, {self.seeds} seed(s), {self.n_samples} samples.\n\n"
         )
         cols = ["Group", "n", self.reference_name, self.candidate_name, "Change (points)",
-                "Lost / gained", f"Margin {self.margin:g}", "Change", "MDE (points)"]  # fmt: skip
-        lines = ["| " + " | ".join(cols) + " |", "| --- " + "| ---: " * 5 + "| --- | --- | ---: |"]
+                "Lost / gained", "Change", "Bound for the margin", f"Margin {self.margin:g}",
+                "MDE (points)"]  # fmt: skip
+        lines = [
+            "| " + " | ".join(cols) + " |",
+            "| --- " + "| ---: " * 5 + "| --- | ---: | --- | ---: |",
+        ]
         for r in self.rows:
             name = {"worst": f"worst: {r.group}", "average": "average"}.get(r.kind, str(r.group))
             lines.append("| " + " | ".join([
                 name, str(r.n), f"{r.reference_acc:.1f}", f"{r.candidate_acc:.1f}",
                 f"{_signed(r.change)} [{_signed(r.low)}, {_signed(r.high)}]",
-                f"{r.losses} / {r.gains}", r.verdict_margin, r.verdict_change, f"{r.mde:.1f}",
+                f"{r.losses} / {r.gains}", r.verdict_change,
+                f"[{_signed(r.margin_low)}, {_signed(r.margin_high)}]", r.verdict_margin,
+                f"{r.mde:.1f}",
             ]) + " |")  # fmt: skip
         small = [str(r.group) for r in self.groups if r.n < self.samples_needed]
         note = (
@@ -146,7 +159,7 @@ class Comparison:
         return head + "\n".join(lines) + "\n" + note
 
     def plot(self, ax: Any = None) -> Any:
-        """Per row, the change with its interval against ``-margin`` (extra ``[plot]``:
+        """Per row, the change with its margin interval against ``-margin`` (extra ``[plot]``:
         matplotlib). Draws on ``ax`` (a new figure when None) and returns the figure."""
         try:
             import matplotlib.pyplot as plt
@@ -160,8 +173,8 @@ class Comparison:
         ys = list(range(len(self.rows)))[::-1]
         for y, r in zip(ys, self.rows, strict=True):
             colour = {"non-inferior": "C2", "inferior": "C3"}.get(r.verdict_margin, "C7")
-            ax.errorbar(r.change, y, xerr=[[r.change - r.low], [r.high - r.change]], fmt="o",
-                        color=colour, capsize=3)  # fmt: skip
+            ax.errorbar(r.change, y, xerr=[[r.change - r.margin_low], [r.margin_high - r.change]],
+                        fmt="o", color=colour, capsize=3)  # fmt: skip
         ax.axvline(0, color="k", lw=0.8)
         ax.axvline(-self.margin, color="C3", ls="--", lw=0.8, label=f"-margin ({self.margin:g})")
         ax.set_yticks(ys, labels)

@@ -74,6 +74,21 @@ def change_interval(b: float, c: float, n: float, confidence: float = 0.95) -> t
     return lc - ub, uc - lb
 
 
+def mcnemar_interval(b: float, c: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Interval ``(low, high)`` (fractions) for the paired change ``(c - b) / n`` given the
+    ``d = b + c`` discordant samples: ``(d / n) * (2 * theta - 1)`` at the Clopper-Pearson bounds
+    of ``theta = c / d``. It excludes 0 exactly when McNemar's exact test rejects at
+    ``1 - confidence`` (both invert the same binomial tails); ``(0, 0)`` without discordant
+    samples. It treats ``d`` as fixed, so it says whether there is a change, not how large a
+    loss could be: the margin uses :func:`change_interval`.
+    """
+    d = b + c
+    if d <= 0:
+        return 0.0, 0.0
+    lo, hi = clopper_pearson(c, d, confidence)
+    return d / n * (2 * lo - 1), d / n * (2 * hi - 1)
+
+
 def margin_sample_size(
     margin: float = 1.0,
     *,
