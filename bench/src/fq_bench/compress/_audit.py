@@ -37,10 +37,11 @@ class Audit:
     Attributes:
         margin: non-inferiority margin in accuracy points. confidence: level of the intervals.
         comparisons: candidate key (:data:`CANDIDATES`) -> ``{"candidate", "rows",
-            "warnings", "markdown"}``; each row: ``group`` (a group name, ``"worst group"`` or
-            ``"average"``) with the fields of ``fq_fairmetrics.ComparisonRow`` (``kind``, ``n``,
+            "warnings", "markdown"}``; each row has the fields of ``fq_fairmetrics.ComparisonRow``
+            (``group`` as text, ``kind`` ``group``/``worst``/``average``, ``n``,
             ``reference_acc``/``candidate_acc`` in %, ``change`` and its interval ``low``/``high``
-            in points, ``losses``/``gains``, ``verdict_margin``, ``verdict_change``, ``mde``,
+            in points, ``margin_low``/``margin_high`` (the interval the margin verdict reads),
+            ``losses``/``gains``, ``verdict_margin``, ``verdict_change``, ``mde``,
             ``samples_needed``).
     """
 

@@ -89,15 +89,16 @@ def _name(row: dict[str, Any]) -> str:
 
 def _table(audit: Audit, key: str) -> list[str]:
     out = [
-        "| group | test images | FP32 | shipped | change (points) | interval | margin verdict "
-        "| change | lost / gained |",
-        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |",
+        "| group | test images | FP32 | shipped | change (points) | change interval | change "
+        "| margin interval | margin verdict | lost / gained |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: |",
     ]
     for r in audit.rows(key):
         out.append(
             f"| {_name(r)} | {r['n']} | {r['reference_acc']:.1f}% | {r['candidate_acc']:.1f}% | "
-            f"{r['change']:+.1f} | [{r['low']:+.1f}, {r['high']:+.1f}] | {r['verdict_margin']} | "
-            f"{r['verdict_change']} | {r['losses']} / {r['gains']} |"
+            f"{r['change']:+.1f} | [{r['low']:+.1f}, {r['high']:+.1f}] | {r['verdict_change']} | "
+            f"[{r['margin_low']:+.1f}, {r['margin_high']:+.1f}] | {r['verdict_margin']} | "
+            f"{r['losses']} / {r['gains']} |"
         )
     return out
 
@@ -120,13 +121,13 @@ def _verdict_words(audit: Audit, key: str) -> str:
     if bad:
         text = (
             f"**Not shown safe.** For group(s) {names(bad)} the shipped model is worse than the "
-            f"original by more than {m} (the whole interval lies beyond the margin)."
+            f"original by more than {m} (the whole margin interval lies beyond the margin)."
         )
     elif open_:
         text = (
             f"**Not decided.** For group(s) {names(open_)} this test set cannot tell whether the "
-            f"shipped model loses more than {m} against the original: the interval of the change "
-            "reaches beyond the margin. More test images of these groups would decide it (see "
+            f"shipped model loses more than {m} against the original: the margin interval reaches "
+            "beyond the margin. More test images of these groups would decide it (see "
             "the warning below for how many)."
         )
     else:
@@ -141,8 +142,9 @@ def _verdict_words(audit: Audit, key: str) -> str:
     if drop["change"] < 0:
         text += (
             f" Largest estimated loss: group {drop['group']}, {drop['change']:+.1f} points "
-            f"({drop['reference_acc']:.1f}% -> {drop['candidate_acc']:.1f}%; interval "
-            f"{drop['low']:+.1f} to {drop['high']:+.1f})."
+            f"({drop['reference_acc']:.1f}% -> {drop['candidate_acc']:.1f}%; change interval "
+            f"{drop['low']:+.1f} to {drop['high']:+.1f}, margin interval "
+            f"{drop['margin_low']:+.1f} to {drop['margin_high']:+.1f})."
         )
     return text
 
@@ -205,12 +207,13 @@ def write_card(path: Path, facts: CardFacts, audit: Audit) -> None:
         "",
         *_table(audit, "onnx"),
         "",
-        f"Change: accuracy of the shipped file minus the original's, in points, with its "
-        f"{audit.confidence:.0%} interval, on the same test images (paired). "
-        f"*Margin verdict*: `non-inferior` when the interval's lower end lies above "
+        f"Change: accuracy of the shipped file minus the original's, in points, on the same "
+        f"test images (paired), with its {audit.confidence:.0%} interval; `better` / `worse` "
+        "where McNemar's exact test rejects (the interval then excludes 0). *Margin interval*: "
+        "a wider interval that also allows for how many images could have changed, so a small "
+        "group cannot look safe by chance; `non-inferior` when its lower end lies above "
         f"-{_points(audit.margin)}, `inferior` when its upper end lies below, `inconclusive` "
-        "otherwise. *Change*: `better` / "
-        "`worse` only where the interval excludes 0 and McNemar's exact test agrees. "
+        "otherwise. "
         "*Lost / gained*: test images the original classified right and the shipped file wrong, "
         "and the reverse. Rules: `fq_fairmetrics.compare` (docs/METHOD.md, section 7).",
         "",
