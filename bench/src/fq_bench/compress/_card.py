@@ -88,8 +88,9 @@ def _name(row: dict[str, Any]) -> str:
 
 
 def _table(audit: Audit, key: str) -> list[str]:
+    what = {"onnx": "model.onnx", "fake_quant": "fake-quant"}.get(key, key)
     out = [
-        "| group | test images | FP32 | shipped | change (points) | change interval | change "
+        f"| group | test images | FP32 | {what} | change (points) | change interval | change "
         "| margin interval | margin verdict | lost / gained |",
         "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: |",
     ]
