@@ -430,6 +430,11 @@ def test_minimal_detectable_effect_and_seeds_needed_on_constructed_cells() -> No
     text = frontier_markdown(fr)
     assert f"not resolved; effects above {100 * lin['d_worst_vs_blind_mde']:.1f} points" in text
 
+    same_raw = []
+    for s, base in enumerate((0.50, 0.60, 0.55)):  # identical predictions on every seed
+        same_raw += [_hand("blind", s, base), _hand("lin", s, base)]
+    same = frontier_frame(cells_frame(same_raw))
+    assert "no spread to size an effect" in frontier_markdown(same)
     one = frontier_frame(cells_frame(raw[:2]))  # seed 0 only
     row = one.filter(pl.col("method") == "lin").row(0, named=True)
     assert math.isnan(row["d_worst_vs_blind_mde"])

@@ -133,6 +133,10 @@ def verdict_text(verdict_: str | None, mde: float | None, seeds: int) -> str:
         return f"{verdict_}; one seed: no seed spread measured, so no effect could be resolved"
     if mde is None or math.isnan(mde):
         return f"{verdict_}; no test predictions stored: no minimal detectable effect"
+    if mde == 0:
+        return f"{verdict_}; no difference on any seed or test image: no spread to size an effect"
+    if mde >= 1:
+        return f"{verdict_}; at this spread no effect within 100 points would have been seen"
     return f"{verdict_}; effects above {100 * mde:.1f} points would have been seen"
 
 
