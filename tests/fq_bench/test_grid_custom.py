@@ -4,33 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import polars as pl
 import pytest
 from fq_bench.grid import DEFAULT, CellStore, main
 from fq_data import DataError
-from PIL import Image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SKIN = ("light", "medium", "dark", "olive")
 
-
-def _own_folder(root: Path, n: int = 96) -> None:
-    """``root/pics/<i>.png`` and ``root/labels.csv`` (``file``, ``dx``, ``skin`` as words)."""
-    (root / "pics").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        lab = ("nevus", "melanoma")[i % 2]
-        grp = SKIN[0] if i % 8 < 4 else SKIN[1 + (i // 8) % 3]  # light is the largest group
-        shade = 60 + 40 * SKIN.index(grp)
-        colour = (shade + 80, shade // 2, shade // 2) if lab == "melanoma" else (shade,) * 3
-        Image.new("RGB", (16, 16), colour).save(root / "pics" / f"{i}.png")
-        rows.append({"file": f"pics/{i}.png", "dx": lab, "skin": grp})
-    pl.DataFrame(rows).write_csv(root / "labels.csv")
-
-
-def test_own_folder_runs_table1_cells_and_the_report(tmp_path: Path) -> None:
-    _own_folder(tmp_path / "mine")
+def test_own_folder_runs_table1_cells_and_the_report(tmp_path: Path, own_folder) -> None:
+    own_folder(tmp_path / "mine")
     out = tmp_path / "out"
     args = [
         "--dataset", f"mine={tmp_path / 'mine'}", "--image-column", "mine=file",

@@ -5,6 +5,7 @@ The one way in::
     from fq_quant import Granularity, ScopeLayout, BitAssignment, quantize_model
 """
 
+from ._act_ranges import ActivationRanges, calibrate_activations, clipped_fractions, widest_ranges
 from ._assignment import ALLOWED_BITS, BitAssignment
 from ._attention import LinearMultiheadAttention, pack_attention, unpack_attention
 from ._batches import BATCH_KEYS, unpack_batch
@@ -26,7 +27,9 @@ from ._importance_map import ImportanceMap
 from ._layers import float_weight, quantizable_layers
 from ._layout import LayerScopes, ScopeLayout
 from ._model import current_assignment, is_quantized, quantize_model, strip_quantization
-from ._onnx import export_onnx, ort_session
+from ._onnx import export_onnx
+from ._onnx_base import ort_session
+from ._onnx_int8 import int8_reference
 from ._packed import (
     export_packed,
     load_packed,
@@ -37,6 +40,11 @@ from ._packed_size import packed_size
 from ._quantizer import FixedBitsQuantizer, RoundSTE, fake_quantize, round_ste
 
 __all__ = [
+    "ActivationRanges",
+    "calibrate_activations",
+    "clipped_fractions",
+    "int8_reference",
+    "widest_ranges",
     "ALLOWED_BITS",
     "BATCH_KEYS",
     "CODES_DTYPE",

@@ -1,0 +1,222 @@
+"""Static activation ranges for integer activations: calibrated, group-balanced, audited per group.
+
+Ranges are estimated by ONNX Runtime's own calibrators (``onnxruntime.quantization``'s min-max,
+percentile and entropy) on a float ONNX graph; the group-balanced rule (METHOD.md section 10) runs
+the estimator on each group's samples alone and keeps, per tensor, the widest range over the groups.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ._batches import unpack_batch
+from ._onnx_base import INPUT_NAME, require
+
+Estimator = Literal["minmax", "percentile", "entropy"]
+ESTIMATORS: tuple[str, ...] = ("minmax", "percentile", "entropy")
+#: Percentile of the percentile estimator (ONNX Runtime's default).
+DEFAULT_PERCENTILE = 99.999
+
+
+@dataclass(frozen=True)
+class ActivationRanges:
+    """Per activation tensor of an ONNX graph, the real range ``(low, high)`` its int8 codes cover.
+
+    ``ranges[name] = (low, high)`` with ``low <= 0 <= high`` after quantization (the runtime widens
+    a range to hold 0); ``estimator``: how they were found; ``group_balanced``: widest over groups.
+    """
+
+    ranges: Mapping[str, tuple[float, float]]
+    estimator: str = "minmax"
+    group_balanced: bool = False
+    groups: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for name, (lo, hi) in self.ranges.items():
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+                raise ValueError(
+                    f"ranges[{name!r}] must be finite with low <= high; got {(lo, hi)}"
+                )
+
+
+def widest_ranges(per_group: Mapping[int, ActivationRanges]) -> ActivationRanges:
+    """Combine per-group ranges by the widest: per tensor, ``(min_g low_g, max_g high_g)``.
+
+    Every group's estimator range lies inside the result, so no group is clipped beyond what its
+    own estimator accepted. Tensors missing from a group are taken from the groups that have them.
+    """
+    if not per_group:
+        raise ValueError("per_group must hold at least one group's ActivationRanges")
+    first = next(iter(per_group.values()))
+    names: dict[str, None] = {}
+    for r in per_group.values():
+        names.update(dict.fromkeys(r.ranges))
+    out = {}
+    for name in names:
+        pairs = [r.ranges[name] for r in per_group.values() if name in r.ranges]
+        out[name] = (min(p[0] for p in pairs), max(p[1] for p in pairs))
+    return ActivationRanges(
+        out, estimator=first.estimator, group_balanced=True, groups=tuple(sorted(per_group))
+    )
+
+
+def _split(batches: Iterable[Any], by_group: bool) -> dict[int, list[np.ndarray]]:
+    """Input arrays ``[B, C, H, W]`` float32, all under key -1 or per group code."""
+    out: dict[int, list[np.ndarray]] = {}
+    for batch in batches:
+        if isinstance(batch, torch.Tensor):
+            if by_group:
+                raise ValueError(
+                    "group_balanced=True needs (image, label, group) batches; got bare tensors"
+                )
+            out.setdefault(-1, []).append(batch.detach().cpu().float().numpy())
+            continue
+        x, _, g = unpack_batch(batch, need_groups=by_group)
+        xs = x.detach().cpu().float().numpy()
+        if not by_group or g is None:
+            out.setdefault(-1, []).append(xs)
+            continue
+        gs = g.cpu().numpy()
+        for code in np.unique(gs):
+            out.setdefault(int(code), []).append(xs[gs == code])
+    if not out:
+        raise ValueError("calibration yielded no batches")
+    return out
+
+
+class _Reader:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over a list of input arrays."""
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self._it: Iterator[np.ndarray] = iter(arrays)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        return None if x is None else {INPUT_NAME: x}
+
+
+def calibration_method(estimator: str) -> Any:
+    cal = require("onnxruntime.quantization.calibrate")
+    return {
+        "minmax": cal.CalibrationMethod.MinMax,
+        "percentile": cal.CalibrationMethod.Percentile,
+        "entropy": cal.CalibrationMethod.Entropy,
+    }[estimator]
+
+
+def _ort_ranges(
+    model: Path, arrays: list[np.ndarray], estimator: str, percentile: float, tmp: str
+) -> dict[str, tuple[float, float]]:
+    """ONNX Runtime's calibrator for ``estimator`` over ``arrays``; ``{tensor: (low, high)}``."""
+    cal = require("onnxruntime.quantization.calibrate")
+    options: dict[str, Any] = {"percentile": percentile} if estimator == "percentile" else {}
+    calibrator = cal.create_calibrator(
+        model,
+        None,
+        augmented_model_path=os.path.join(tmp, "augmented.onnx"),
+        calibrate_method=calibration_method(estimator),
+        extra_options=options,
+    )
+    try:
+        reader = _Reader(arrays)
+        calibrator.collect_data(reader)
+        data = calibrator.compute_data()
+    finally:
+        del calibrator
+    out = {}
+    for name, td in data.data.items():
+        lo, hi = td.range_value
+        out[name] = (float(np.asarray(lo).min()), float(np.asarray(hi).max()))
+    return out
+
+
+def calibrate_activations(
+    model: str | os.PathLike[str],
+    batches: Iterable[Any],
+    *,
+    estimator: Estimator = "minmax",
+    group_balanced: bool = False,
+    percentile: float = DEFAULT_PERCENTILE,
+) -> ActivationRanges:
+    """Ranges of every activation tensor of a float ONNX ``model``, from a few batches of data.
+
+    Args:
+        model: an ONNX file whose input is ``"input"`` ``[batch, C, H, W]`` (a float or
+            weight-only file of :func:`export_onnx`).
+        batches: ``(image, label, group)`` batches (tuples or mappings, e.g. a DataLoader) or bare
+            image tensors ``[B, C, H, W]`` (pooled only). A few hundred images suffice.
+        estimator: ``"minmax"`` (observed extremes), ``"percentile"`` (the central
+            ``percentile`` % of a histogram of ``|x|``), ``"entropy"`` (KL-optimal threshold).
+        group_balanced: run the estimator on each group's images alone and keep, per tensor,
+            the widest range over groups (:func:`widest_ranges`); with ``"minmax"`` this equals
+            the pooled range, with the other estimators it is at least as wide.
+        percentile: for ``"percentile"``, in ``(0, 100]``.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
+    if not 0.0 < float(percentile) <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100]; got {percentile!r}")
+    path = Path(model)
+    if not path.is_file():
+        raise ValueError(f"model must be an existing .onnx file; got {model!r}")
+    arrays = _split(batches, group_balanced)
+    with tempfile.TemporaryDirectory(prefix="fq_calib.") as tmp:
+        per = {
+            code: ActivationRanges(
+                _ort_ranges(path, xs, estimator, percentile, tmp), estimator=estimator
+            )
+            for code, xs in arrays.items()
+        }
+    if group_balanced:
+        return widest_ranges(per)
+    return per[-1]
+
+
+def clipped_fractions(
+    model: str | os.PathLike[str], batches: Iterable[Any], ranges: ActivationRanges
+) -> dict[int, dict[str, float]]:
+    """Per group, per tensor of ``ranges`` found in ``model``: the fraction of values outside it.
+
+    ``model``: a float ONNX file (its activations are the unquantized ones the ranges apply to).
+    Returns ``{group: {tensor: fraction in [0, 1]}}``; bare-tensor batches count under group -1.
+    """
+    onnx = require("onnx")
+    ort = require("onnxruntime")
+    proto = onnx.load(str(model))
+    produced = {o for node in proto.graph.node for o in node.output} | {INPUT_NAME}
+    names = [n for n in ranges.ranges if n in produced]
+    if not names:
+        raise ValueError("none of the tensors in ranges is computed by model")
+    outputs = {o.name for o in proto.graph.output}
+    for n in names:
+        if n not in outputs:
+            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    outside: dict[int, np.ndarray] = {}
+    total: dict[int, np.ndarray] = {}
+    for code, xs in _split(batches, not _bare(batches)).items():
+        o, t = np.zeros(len(names)), np.zeros(len(names))
+        for x in xs:
+            values = sess.run(names, {INPUT_NAME: x})
+            for i, (n, v) in enumerate(zip(names, values, strict=True)):
+                lo, hi = ranges.ranges[n]
+                o[i] += np.count_nonzero((v < lo) | (v > hi))
+                t[i] += v.size
+        outside[code], total[code] = o, t
+    return {
+        code: {n: float(outside[code][i] / max(total[code][i], 1)) for i, n in enumerate(names)}
+        for code in outside
+    }
+
+
+def _bare(batches: Iterable[Any]) -> bool:
+    return isinstance(batches, list | tuple) and all(isinstance(b, torch.Tensor) for b in batches)
