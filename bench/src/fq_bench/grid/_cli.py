@@ -325,8 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--report {args.report}: {exc}")
         return 0
     config = config_from_args(args, parser)
+    from ._cell_run import check_cells
     from ._cells import grid_cells, shard_cells
-    from ._runner import check_cells
 
     try:
         shard = parse_shard(args.shard)
@@ -336,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("results") / (args.run or config.preset)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out}: is a file; give a folder for the results")
-    from ._runner import is_main_process, run_grid
+    from ._processes import is_main_process
+    from ._runner import run_grid
 
     t0 = time.perf_counter()
     summary = run_grid(config, out, shard=shard, fail_fast=args.fail_fast, export=args.export)

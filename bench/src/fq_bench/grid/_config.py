@@ -333,9 +333,13 @@ class GridConfig:
             )
         if len(self.palette_bits) != len(self.palette_props):
             raise _fail("palette_props", self.palette_props, "one proportion per palette bit-width")
-        _check_palette("palette_bits/palette_props", self.palette_bits, self.palette_props)
-        _check_palette("baq_bits", self.baq_bits, None)
-        _check_palette("budget_bits", self.budget_bits, None)
+        # fq_alloc's rules (it loads torch); the defaults are valid (tested) and skip the check
+        if not self._at_defaults(palette_bits=self.palette_bits, palette_props=self.palette_props):
+            _check_palette("palette_bits/palette_props", self.palette_bits, self.palette_props)
+        if not self._at_defaults(baq_bits=self.baq_bits):
+            _check_palette("baq_bits", self.baq_bits, None)
+        if not self._at_defaults(budget_bits=self.budget_bits):
+            _check_palette("budget_bits", self.budget_bits, None)
         _check_pos_int("min_test_per_group", self.min_test_per_group, low=0)
         _check_pos_int("bootstrap_resamples", self.bootstrap_resamples, low=0)
         self._check_frontier()
@@ -395,8 +399,20 @@ class GridConfig:
                     f"(each value would recompute the same cell); allowed: {', '.join(allowed)}"
                 )
 
+    def _at_defaults(self, **values: Any) -> bool:
+        """True when every ``field=value`` given is that field's default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return all(defaults[name] == value for name, value in values.items())
+
     def _check_objective(self, fair_loss: Any, fair_ema: Any, where: str = "") -> None:
-        """fq_baq's own rules for the objective's fields, now rather than in the first cell."""
+        """fq_baq's own rules for the objective's fields, now rather than in the first cell.
+
+        The fields' defaults (fq_baq's own, tested) skip the check, so that building the presets
+        at import does not load fq_baq and torch (``run_grid.py --help`` answers at once)."""
+        if self._at_defaults(
+            fair_loss=fair_loss, fair_tau=self.fair_tau, dro_eta=self.dro_eta, fair_ema=fair_ema
+        ):
+            return
         from fq_baq import BAQConfig
 
         try:
