@@ -18,6 +18,7 @@ import pytest
 import torch
 from fq_bench.grid import DEFAULT, SMOKE, CellKey, CellStore, build_report, grid_cells, run_grid
 from fq_bench.grid._config import CALIBRATION_FIELDS
+from fq_bench.grid._frames import cells_frame
 from fq_bench.grid._frontier import (
     FRONTIER_COLUMNS,
     effects_frame,
@@ -26,7 +27,6 @@ from fq_bench.grid._frontier import (
     resampled_worst,
     verdict,
 )
-from fq_bench.grid._report import cells_frame
 from scipy import stats
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)

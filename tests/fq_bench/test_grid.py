@@ -234,7 +234,7 @@ def test_typos_are_errors_listing_valid_names(capsys: pytest.CaptureFixture[str]
 
 def test_observations_pair_methods_with_fp32_by_seed() -> None:
     import polars as pl
-    from fq_bench.grid._report import observations
+    from fq_bench.grid._tables import observations
 
     def row(method: str, label: str, seed: int, avg: float, worst: float, variant: str = ""):
         return {"dataset": "fitzpatrick17k", "model": "resnet18", "method": method, "seed": seed,

@@ -14,9 +14,10 @@ import torch
 
 from ._cells import CellKey, atomic_write_bytes, read_cell_fingerprints, stable_seed
 from ._checkpoints import CalibrationCache, fresh_model, weights_source, with_weights
-from ._config import DATASET_LABELS, METHOD_LABELS, MODEL_LABELS, GridConfig
+from ._config import GridConfig
 from ._evaluation import evaluate
 from ._methods import METHODS, CellContext
+from ._names import DATASET_LABELS, METHOD_LABELS, MODEL_LABELS
 from ._processes import is_main_process, seed_everything
 
 if TYPE_CHECKING:

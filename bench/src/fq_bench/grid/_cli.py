@@ -12,15 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ._cells import parse_shard
-from ._config import (
-    DATASETS,
-    METHOD_IDS,
-    MIXED_METHODS,
-    PRESETS,
-    SWEEPABLE,
-    GridConfig,
-    parse_swept_value,
-)
+from ._config import GridConfig
+from ._names import DATASETS, METHOD_IDS, MIXED_METHODS, SWEEPABLE, parse_swept_value
+from ._presets import PRESETS
 
 #: Help for every GridConfig field (units in brackets); the CLI flag is ``--field-name``.
 FIELD_HELP: dict[str, str] = {
@@ -288,7 +282,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         if "methods" not in changes:
             # the preset's methods that every swept field changes (Table 1's FP32 or U4 would
             # only recompute the same cell per swept value)
-            from ._config import sweep_methods
+            from ._names import sweep_methods
 
             allowed = sweep_methods(tuple(name for name, _ in sweeps))
             changes["methods"] = tuple(m for m in base.methods if m in allowed) or allowed
