@@ -109,3 +109,7 @@ def same_swept_value(a: float | str, b: float | str) -> bool:
 def sweep_methods(fields: tuple[str, ...]) -> tuple[str, ...]:
     """The methods every one of ``fields`` changes, in Table 1 order."""
     return tuple(m for m in METHOD_IDS if all(m in SWEEP_METHODS[f] for f in fields))
+
+
+#: The scopes of one scale ``bench/ptq_probe.py`` quantizes with (``--granularity``).
+PROBE_GRANULARITIES: tuple[str, ...] = ("channel", "tensor")

@@ -31,7 +31,7 @@ import torch
 from ._checkpoints import RunPaths, fp32_state, fresh_model
 from ._config import GridConfig
 from ._data import DataBundle, load_data
-from ._probe_cli import PROBE_GRANULARITIES
+from ._names import PROBE_GRANULARITIES
 from ._processes import init_processes, run_device
 
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._config import FP32_FIELDS
+from ._names import PROBE_GRANULARITIES
 
-PROBE_GRANULARITIES = ("channel", "tensor")
 #: The grid's fields the probe uses: which references (datasets, models, seeds), what trains them
 #: (the FP32 checkpoint's fields) and how it runs; the fine-tune fields get no flag.
 PROBE_FIELDS: tuple[str, ...] = (*FP32_FIELDS, "datasets", "models", "seeds", "cpu", "progress")
