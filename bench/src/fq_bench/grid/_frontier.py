@@ -41,7 +41,7 @@ from fq_fairmetrics import (
 )
 from fq_fairmetrics import resampled_worst as resampled_worst
 
-from ._config import CONTROL_METHOD, METHOD_LABELS, MIXED_METHODS, UNIFORM_BITS
+from ._names import CONTROL_METHOD, METHOD_LABELS, MIXED_METHODS, UNIFORM_BITS
 from ._order import sort_rows
 from ._series import mean_of
 
@@ -301,7 +301,7 @@ def frontier_markdown(frontier: pl.DataFrame) -> str:
               "Seeds"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |",
              "| " + " | ".join(["---"] * 4 + ["---:"] * 11) + " |"]  # fmt: skip
-    from ._config import DATASET_LABELS, MODEL_LABELS
+    from ._names import DATASET_LABELS, MODEL_LABELS
 
     for r in frontier.iter_rows(named=True):
         budget = "FP32" if r["target_bits"] is None else (
@@ -336,7 +336,7 @@ def effects_markdown(effects: pl.DataFrame) -> str:
               "Seeds"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |",
              "| " + " | ".join(["---"] * 4 + ["---:", "---:", "---", "---:", "---:"]) + " |"]  # fmt: skip
-    from ._config import MODEL_LABELS
+    from ._names import MODEL_LABELS
 
     for r in effects.iter_rows(named=True):
         lines.append("| " + " | ".join([
@@ -357,7 +357,7 @@ def best_lines(cells: pl.DataFrame, frontier: pl.DataFrame) -> list[str]:
     :func:`paired_worst`), each with its verdict; then how many seeds would resolve the largest
     effect of the 2x2 design at that budget (:func:`seeds_needed_sentences`).
     """
-    from ._config import DATASET_LABELS, MODEL_LABELS
+    from ._names import DATASET_LABELS, MODEL_LABELS
 
     lines = []
     mixed = frontier.filter(pl.col("method").is_in(list(MIXED_METHODS)))

@@ -28,7 +28,6 @@ import polars as pl
 from fq_fairmetrics import t_interval
 
 from ._cells import CellKey, atomic_write_bytes
-from ._config import CONTROL_METHOD, FAIR_METHODS, MODEL_LABELS, NAME_SWEEPS
 from ._frontier import (
     COLLAPSE_DROP,
     format_interval,
@@ -37,6 +36,7 @@ from ._frontier import (
     paired_worst,
     verdict_text,
 )
+from ._names import CONTROL_METHOD, FAIR_METHODS, MODEL_LABELS, NAME_SWEEPS
 from ._order import sort_rows
 
 #: Sweep fields whose variants are objectives of L_fair.
