@@ -1,6 +1,6 @@
 """The fairness-compression frontier: every method at matched budgets, against a group-blind control.
 
-From the cell frame (:func:`fq_bench.grid._report.cells_frame`) alone:
+From the cell frame (:func:`fq_bench.grid._frames.cells_frame`) alone:
 
 - :func:`frontier_frame`: one row per (dataset, model, method, budget): cost, WorstAcc / AvgAcc /
   Gap as the mean over seeds with the 95% Student-t interval, and for every mixed method its

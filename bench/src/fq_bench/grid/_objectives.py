@@ -81,7 +81,7 @@ def objective_cells(cells: pl.DataFrame) -> pl.DataFrame:
 def objectives_frame(cells: pl.DataFrame) -> pl.DataFrame:
     """One row per (dataset, model, method, budget, objective): :data:`OBJECTIVES_COLUMNS`.
 
-    ``cells``: :func:`fq_bench.grid._report.cells_frame`. Objectives in ``fq_baq.FAIR_LOSSES``
+    ``cells``: :func:`fq_bench.grid._frames.cells_frame`. Objectives in ``fq_baq.FAIR_LOSSES``
     order (``gap`` first), other objective variants after them; rows without a ``blind`` cell at
     their budget leave the ``*_vs_blind`` columns null.
     """
