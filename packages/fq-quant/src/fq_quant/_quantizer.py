@@ -169,7 +169,7 @@ class FixedBitsQuantizer(torch.nn.Module):
                 f"bits for layer {name!r} have shape {tuple(bits.shape)}; expected scope shape {want}"
             )
         self.register_buffer("bits", check_bits(bits, name=name))
-        self._buffer = WeightBuffer()  # the output's memory, reused across steps when released
+        self._memory = WeightBuffer()  # the output's memory, reused across steps when released
         self._refresh()
 
     def _refresh(self) -> None:
@@ -195,7 +195,7 @@ class FixedBitsQuantizer(torch.nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         q = self._q if self._q.dtype == weight.dtype else self._q.to(weight.dtype)
         return _FixedFakeQuant.apply(
-            weight, q, self._bits_b, self.granularity, self._special, self._groups, self._buffer
+            weight, q, self._bits_b, self.granularity, self._special, self._groups, self._memory
         )
 
     def extra_repr(self) -> str:
