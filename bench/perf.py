@@ -272,13 +272,14 @@ def fig_containers(s: Settings, cache: dict[str, Any]) -> list[Figure]:
     import timm
     import torch
     from fq_alloc import allocate_to_budget
-    from fq_quant import ImportanceMap, ScopeLayout, container_bytes, packed_size
+    from fq_quant import Granularity, ImportanceMap, ScopeLayout, container_bytes, packed_size
 
     model = timm.create_model("resnet18", pretrained=False, num_classes=10)
-    layout = ScopeLayout.from_model(model, "channel")
+    layout = ScopeLayout.from_model(model, Granularity.CHANNEL)
     g = torch.Generator().manual_seed(0)
     imap = ImportanceMap(
-        "channel", {n: torch.rand(sc.scope_shape, generator=g) for n, sc in layout.layers.items()}
+        Granularity.CHANNEL,
+        {n: torch.rand(sc.scope_shape, generator=g) for n, sc in layout.layers.items()},
     )
     out = []
     for cost in ("packed", "container"):
