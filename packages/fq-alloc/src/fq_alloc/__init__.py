@@ -7,11 +7,12 @@ The one way in::
 
 from fq_quant import ImportanceMap
 
-from ._allocate import BUDGET_TOL, WEIGHTINGS, allocate, allocate_to_budget, budget_palette
+from ._allocate import BUDGET_TOL, COSTS, WEIGHTINGS, allocate, allocate_to_budget, budget_palette
 from ._palette import Palette
 
 __all__ = [
     "BUDGET_TOL",
+    "COSTS",
     "WEIGHTINGS",
     "ImportanceMap",
     "Palette",

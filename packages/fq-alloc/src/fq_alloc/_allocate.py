@@ -11,11 +11,14 @@ import torch
 from fq_quant import BitAssignment, ImportanceMap, ScopeLayout
 from torch import nn
 
+from ._containers import allocate_containers
 from ._palette import Palette
 from ._ranking import Ranking
 
 Weighting = Literal["scopes", "params"]
 WEIGHTINGS: tuple[str, ...] = ("scopes", "params")
+Cost = Literal["packed", "container"]
+COSTS: tuple[str, ...] = ("packed", "container")
 #: ``allocate_to_budget`` guarantees the parameter-weighted average within this many bits.
 BUDGET_TOL = 0.05
 
@@ -89,10 +92,23 @@ def allocate_to_budget(
     target_avg_bits: float = 4.3,
     *,
     layout: ScopeLayout | nn.Module,
+    cost: Cost = "packed",
 ) -> BitAssignment:
     """Allocate ``bits`` by importance so the parameter-weighted average is ``target_avg_bits``.
 
-    Rule: proportions come from the exponential-tilt family of :func:`budget_palette`
+    ``cost`` says what the average counts:
+
+    * ``"packed"`` (default): each weight's own bit-width, the size of a sub-byte packed file
+      (:func:`fq_quant.export_packed`, :meth:`~fq_quant.BitAssignment.avg_bits`). Rule below.
+    * ``"container"``: each weight's storage container width in a runtime file such as
+      :func:`fq_quant.export_onnx` (per layer INT4, INT8 or INT16, set by its widest channel:
+      :func:`fq_quant.container_avg_bits`). Each layer gets one container and the widest of
+      ``bits`` that fits it, more important layers (mean importance quantile) the wider ones,
+      chosen exactly so that the container average is at most ``target_avg_bits`` and as close as
+      the layers' sizes allow (details: ``fq_alloc._containers``). ``ValueError`` when the target
+      is below the narrowest container (4 bits with INT4).
+
+    Rule of ``"packed"``: proportions come from the exponential-tilt family of :func:`budget_palette`
     (``p_k ∝ exp(lam * b_k)``), tiered with ``weighting="params"``. Since the realised average
     is nondecreasing in ``lam`` (the tilt shifts every cumulative level down), ``lam`` is found by
     bisection on the *realised* average of the actual scopes, not the nominal one, so the result
@@ -102,10 +118,16 @@ def allocate_to_budget(
     ``TENSOR`` granularity with one dominant layer).
     """
     pal, target = _check_budget(bits, target_avg_bits)
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {COSTS}; got {cost!r}")
     if layout is None:
         raise ValueError("layout is required (the model or its ScopeLayout) for parameter counts")
     imap, _, _ = _check_inputs(importance_map, pal, None)
-    ranking = Ranking(_flat_scores(imap), _sizes(imap, _check_layout(imap, layout)))
+    layout = _check_layout(imap, layout)
+    sizes = _sizes(imap, layout)
+    ranking = Ranking(_flat_scores(imap), sizes)
+    if cost == "container":
+        return allocate_containers(imap, ranking, sizes, layout, pal.bits, target)
 
     def realised(props: tuple[float, ...]) -> float:
         return (

@@ -63,6 +63,19 @@ class Ranking:
             return np.diff(cuts) * self.size
         return np.diff(self._cum[cuts])
 
+    def quantiles(self) -> np.ndarray:
+        """Each scope's midpoint ``m_r / W`` in the weighted ranking, float64 ``[N]`` in (0, 1).
+
+        In input order; depends only on the order of the scores (ties by index, as everywhere).
+        """
+        out = np.empty(self.n, dtype=np.float64)
+        if self._order is not None:
+            out[self._order] = self._mid2 / (2.0 * self.total)
+        else:
+            order = np.argsort(self.scores, kind="stable")
+            out[order] = (np.arange(self.n, dtype=np.float64) + 0.5) / self.n
+        return out
+
     def tiers(self, levels: Sequence[float]) -> np.ndarray:
         """Tier index (``uint8 [N]``, 0 = least important) of every scope, in input order."""
         cuts = self.cuts(levels)

@@ -16,6 +16,7 @@ from fq_quant import (
     BitAssignment,
     Granularity,
     ScopeLayout,
+    WeightBuffer,
     fake_quantize,
     float_weight,
     q_levels,
@@ -69,16 +70,20 @@ class _LearnableFakeQuant(torch.autograd.Function):
     autograd graph of ``s(b) * clamp(round_ste(w / s(b)), -Q_b, Q_b)`` with ``max|w|`` constant:
     ``dL/dw = g`` and ``dL/dQ = sum_scope g * (w - w_hat) / Q`` (the clamp is never active since
     ``|w| <= max|w|``), ``dQ/db = ln2 * (Q + 1)``. It saves only ``w`` and ``w_hat`` (which the
-    conv saves anyway), not the five weight-sized intermediates of the graph.
+    conv saves anyway), not the five weight-sized intermediates of the graph. ``w_hat`` and the
+    backward's ``(w - w_hat) * grad`` are written into :class:`fq_quant.WeightBuffer` memory,
+    reused across steps when released.
     """
 
     @staticmethod
-    def forward(ctx, w, bits_b, granularity):
+    def forward(ctx, w, bits_b, granularity, buffers=None):
         with torch.no_grad():
             q = q_levels(bits_b).to(w.dtype)
             s = scope_scales(w, q, granularity)
-            out = round_codes(w, s).mul_(s)
+            dest = None if buffers is None else buffers[0].take(w.shape, w.dtype, w.device)
+            out = round_codes(w, s, out=dest).mul_(s)
         ctx.save_for_backward(w, out, q)
+        ctx.scratch = None if buffers is None else buffers[1]
         return out
 
     @staticmethod
@@ -87,11 +92,18 @@ class _LearnableFakeQuant(torch.autograd.Function):
         grad_bits = None
         if ctx.needs_input_grad[1]:
             rows = q.numel()  # 1 scope (tensor) or O scopes (channel), each a contiguous block
-            err = torch.sub(w, out).reshape(rows, 1, -1)
-            # one batched dot product per scope: sum_scope grad * (w - w_hat)
-            gq = torch.bmm(err, grad.reshape(rows, -1, 1)).reshape(q.shape)
+            # scratch memory only when backward itself is not recorded (create_graph=True)
+            reuse = ctx.scratch is not None and not torch.is_grad_enabled()
+            dest = ctx.scratch.take(w.shape, w.dtype, w.device) if reuse else None
+            # sum_scope grad * (w - w_hat): product in place in the scratch memory, then one
+            # row sum (a third cheaper on CPU than a batched matmul of 1 x K by K x 1 blocks)
+            if dest is not None:
+                prod = torch.sub(w, out, out=dest).mul_(grad)
+            else:
+                prod = torch.sub(w, out) * grad
+            gq = prod.reshape(rows, -1).sum(dim=1).reshape(q.shape)
             grad_bits = (gq * (_LN2 * (q + 1) / q)).to(torch.float32)
-        return grad, grad_bits, None
+        return grad, grad_bits, None, None
 
 
 class LearnableBitsQuantizer(nn.Module):
@@ -123,6 +135,8 @@ class LearnableBitsQuantizer(nn.Module):
         self.bit_min, self.bit_max = int(bit_min), int(bit_max)
         self.theta = nn.Parameter(theta.detach().clone().to(torch.float32))
         self.register_buffer("theta_init", theta.detach().clone().to(torch.float32))
+        # memory of the output and of backward's w - w_hat, reused across steps when released
+        self._memory = (WeightBuffer(), WeightBuffer())
 
     def continuous_bits(self) -> torch.Tensor:
         """``b_cont`` per scope (float32, scope shape), differentiable in ``theta``."""
@@ -144,7 +158,10 @@ class LearnableBitsQuantizer(nn.Module):
             # Scale per (channel, bit) group: fq_quant's graph path (no fused kernel for PARAM).
             return fake_quantize(weight, bits, self.granularity, check=False)
         return _LearnableFakeQuant.apply(
-            weight, scope_view(bits, weight.shape, self.granularity), self.granularity
+            weight,
+            scope_view(bits, weight.shape, self.granularity),
+            self.granularity,
+            self._memory,
         )
 
     def extra_repr(self) -> str:

@@ -9,6 +9,7 @@ from ._act_ranges import ActivationRanges, calibrate_activations, clipped_fracti
 from ._assignment import ALLOWED_BITS, BitAssignment
 from ._attention import LinearMultiheadAttention, pack_attention, unpack_attention
 from ._batches import BATCH_KEYS, unpack_batch
+from ._buffers import WeightBuffer
 from ._codes import (
     CODES_DTYPE,
     SCALE_FLOOR,
@@ -21,6 +22,12 @@ from ._codes import (
     scope_absmean,
     scope_scales,
     scope_view,
+)
+from ._containers import (
+    CONTAINER_BITS,
+    container_avg_bits,
+    container_bytes,
+    weight_container,
 )
 from ._granularity import Granularity
 from ._importance_map import ImportanceMap
@@ -48,6 +55,9 @@ __all__ = [
     "ALLOWED_BITS",
     "BATCH_KEYS",
     "CODES_DTYPE",
+    "CONTAINER_BITS",
+    "container_avg_bits",
+    "container_bytes",
     "SCALE_FLOOR",
     "BitAssignment",
     "current_assignment",
@@ -84,4 +94,6 @@ __all__ = [
     "tensors_sha256",
     "unpack_attention",
     "unpack_batch",
+    "WeightBuffer",
+    "weight_container",
 ]

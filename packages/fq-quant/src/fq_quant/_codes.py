@@ -161,13 +161,18 @@ def scope_scales(
     return m / levels if levels.requires_grad else m.div_(levels)
 
 
-def round_codes(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``round(w / s)`` (ties to even) as a fresh tensor in ``weight``'s dtype, no gradient.
+def round_codes(
+    weight: torch.Tensor, scales: torch.Tensor, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``round(w / s)`` (ties to even) in ``weight``'s dtype and shape, no gradient.
 
     ``round_codes(w, s).mul_(s)`` is the fake-quantized weight of the ``b >= 2`` scopes, computed
-    with one weight-sized allocation.
+    with one weight-sized allocation; with ``out`` (a tensor of ``weight``'s shape and dtype, e.g.
+    from :class:`WeightBuffer`) it is written there and nothing is allocated.
     """
-    return torch.div(weight.detach(), scales.detach()).round_()
+    if out is None:
+        return torch.div(weight.detach(), scales.detach()).round_()
+    return torch.div(weight.detach(), scales.detach(), out=out).round_()
 
 
 @dataclass(frozen=True)

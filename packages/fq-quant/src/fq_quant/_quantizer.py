@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ._assignment import check_bits
+from ._buffers import WeightBuffer
 from ._codes import (
     NO_SPECIAL,
     SpecialWidths,
@@ -80,11 +81,12 @@ class _FixedFakeQuant(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w, q, bits_b, granularity, special, groups):
+    def forward(ctx, w, q, bits_b, granularity, special, groups, buffer=None):
         with torch.no_grad():
             s = scope_scales(w, q, granularity, groups)
+            dest = None if buffer is None else buffer.take(w.shape, w.dtype, w.device)
             # |w| <= max|w| = s * q, so round(w / s) already lies in [-q, q]: no clamp needed.
-            out = round_codes(w, s).mul_(s)
+            out = round_codes(w, s, out=dest).mul_(s)
             if special.one:
                 a = scope_absmean(w, granularity, groups)
                 out = torch.where(bits_b == 1, a * torch.sign(w), out)
@@ -96,7 +98,7 @@ class _FixedFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 def fake_quantize(
@@ -167,6 +169,7 @@ class FixedBitsQuantizer(torch.nn.Module):
                 f"bits for layer {name!r} have shape {tuple(bits.shape)}; expected scope shape {want}"
             )
         self.register_buffer("bits", check_bits(bits, name=name))
+        self._memory = WeightBuffer()  # the output's memory, reused across steps when released
         self._refresh()
 
     def _refresh(self) -> None:
@@ -192,7 +195,7 @@ class FixedBitsQuantizer(torch.nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         q = self._q if self._q.dtype == weight.dtype else self._q.to(weight.dtype)
         return _FixedFakeQuant.apply(
-            weight, q, self._bits_b, self.granularity, self._special, self._groups
+            weight, q, self._bits_b, self.granularity, self._special, self._groups, self._memory
         )
 
     def extra_repr(self) -> str:
