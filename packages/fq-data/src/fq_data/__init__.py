@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the names below, imported on first use (see __getattr__)
         default_cache_dir,
         is_semisynthetic,
     )
+    from ._constants import DEFAULT_TEST_FRACTION
     from ._custom import MISSING_VALUES, load_dataset
     from ._download import PrepareResult, prepare_fitzpatrick17k
     from ._fingerprint import dataset_fingerprint
@@ -51,7 +52,7 @@ if TYPE_CHECKING:  # the names below, imported on first use (see __getattr__)
         SynthVariant,
         describe_variant,
     )
-    from ._split import DEFAULT_TEST_FRACTION, stratified_split
+    from ._split import stratified_split
     from ._synth import (
         GENERATOR_VERSION,
         SynthName,
@@ -94,7 +95,7 @@ _HOMES: dict[str, str] = {
     "MinorityCue": "_minority_cue",
     "SynthVariant": "_minority_cue",
     "describe_variant": "_minority_cue",
-    "DEFAULT_TEST_FRACTION": "_split",
+    "DEFAULT_TEST_FRACTION": "_constants",
     "stratified_split": "_split",
     "GENERATOR_VERSION": "_synth",
     "SynthName": "_synth",

@@ -13,8 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from fq_data._common import SMALL_GROUP_N
-from fq_data._split import DEFAULT_TEST_FRACTION
+from fq_data._constants import DEFAULT_TEST_FRACTION, SMALL_GROUP_N
 
 
 def _prepare_fitzpatrick17k(args: argparse.Namespace) -> int:

@@ -23,12 +23,6 @@ METADATA_DIR = Path(__file__).resolve().parent / "_metadata"
 """The copied real metadata CSVs (see ``_metadata/README.md`` for provenance and licences)."""
 
 
-SMALL_GROUP_N = 30
-"""``inspect`` flags a group with fewer test images than this; the same threshold as
-``fq_fairmetrics.MIN_GROUP_N`` (fq-data depends on no other toolkit package; a test keeps the two
-equal)."""
-
-
 class DataError(ValueError):
     """Bad input data: a missing column, an unknown value, an empty split, a corrupt image, ..."""
 

@@ -9,11 +9,7 @@ import numpy as np
 import polars as pl
 
 from ._common import DataError, require_columns
-
-#: The test fraction of every loader's stratified split when none is given (``load_dataset``,
-#: ``load_fitzpatrick17k``, ``load_isic2019``, ``python -m fq_data inspect``). The grid's presets
-#: may choose another (its semi-synthetic default uses 0.4): ``inspect --test-fraction`` shows it.
-DEFAULT_TEST_FRACTION = 0.2
+from ._constants import DEFAULT_TEST_FRACTION
 
 
 def stratified_split(
