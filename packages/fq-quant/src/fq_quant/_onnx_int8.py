@@ -181,34 +181,11 @@ def quantize(
         proto = onnx.load(out)
         bad = _unnamed(proto, named)
         if not bad:
-            _round_for_all_readers(proto)
             return proto
         excluded += sorted(bad - set(excluded))
     raise RuntimeError(
         f"could not place activation quantizers on named tensors only; still unnamed at {sorted(bad)[:8]}"
     )
-
-
-def _round_for_all_readers(proto: Any) -> None:
-    """Every reader of a quantized tensor reads its dequantized value.
-
-    ``quantize_static`` keeps the float tensor for readers it does not quantize (a LayerNorm
-    after a quantized residual Add); the toolkit's rule is that a quantized activation *is* its
-    int8 codes, for every reader, which is what the torch reference computes and what an integer
-    runtime stores.
-    """
-    graph = proto.graph
-    q_of = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
-    dq_of = {}
-    for n in graph.node:
-        if n.op_type == "DequantizeLinear" and n.input[0] in q_of:
-            dq_of.setdefault(q_of[n.input[0]], n.output[0])
-    for n in graph.node:
-        if n.op_type == "QuantizeLinear":
-            continue
-        for i, name in enumerate(n.input):
-            if name in dq_of:
-                n.input[i] = dq_of[name]
 
 
 def _unnamed(proto: Any, named: set[str]) -> set[str]:
@@ -225,8 +202,8 @@ def _unnamed(proto: Any, named: set[str]) -> set[str]:
         if t is None or t in inits or t in named:
             continue
         src = producer.get(t)
-        # Conv / MatMul / Gemm never quantize their own output: their consumers asked for it
-        if src is not None and src.op_type not in ("Conv", "MatMul", "Gemm"):
+        # a MatMul never quantizes its own output here (OpTypesToExcludeOutputQuantization)
+        if src is not None and src.op_type != "MatMul":
             bad.add(src.name)
         for dq in by_input[q.output[0]]:
             for user in by_input[dq.output[0]]:
