@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+import onnxruntime as ort  # type: ignore[import-untyped]
 import timm
 import torch
 from fq_quant import (
@@ -31,7 +31,7 @@ from fq_quant import (
 
 def build(name: str, size: int) -> torch.nn.Module:
     """A timm model with 10 classes at ``size`` px (ViTs built at that size), eval mode."""
-    kw = {"img_size": size} if name.startswith(("deit", "vit")) else {}
+    kw: dict[str, Any] = {"img_size": size} if name.startswith(("deit", "vit")) else {}
     torch.manual_seed(0)
     return timm.create_model(name, num_classes=10, **kw).eval()
 
