@@ -98,7 +98,8 @@ def test_resnet18_int8_runs_integer_kernels(
         for t in onnx.load(str(path)).graph.initializer
         if t.name.endswith("weight_quantized")
     }
-    assert len(weights) == 21
+    assert {f"{n}.weight_quantized" for n in ("conv1", "layer4.1.conv2")} <= set(weights)
+    assert len(weights) >= 20  # every conv (the classifier's Gemm may stay float)
     for w in weights.values():  # U4 codes held in int8 containers
         assert w.dtype == np.int8 and np.abs(w).max() <= 7
 
