@@ -143,7 +143,7 @@ def quantize(
     """``quantize_static`` (QDQ, U8 activations, S8 per-channel weights); the quantized proto.
 
     ``named``: activation tensors the torch reference can name; a node whose quantized activation
-    is not among them is excluded and the graph re-quantized (at most 4 rounds).
+    is not among them is excluded and the graph re-quantized (at most 10 rounds).
     """
     onnx = require("onnx")
     quant = require("onnxruntime.quantization")
@@ -156,7 +156,8 @@ def quantize(
     cal.save_tensors_data(cal.TensorsData(calibration_method(ranges.estimator), data), cache)
     excluded = list(exclude)
     out = os.path.join(tmp, "int8.onnx")
-    for _ in range(4):
+    bad: set[str] = set()
+    for _ in range(10):
         quant.quantize_static(
             str(prepared),
             out,
@@ -172,6 +173,9 @@ def quantize(
                 "TensorQuantOverrides": _overrides(meta),
                 "WeightSymmetric": True,
                 "ActivationSymmetric": False,
+                # a MatMul's own output is left float; its consumers quantize it where they can
+                # (ORT then runs MatMulIntegerToFloat, or QLinearMatMul where a Q follows)
+                "OpTypesToExcludeOutputQuantization": ["MatMul"],
             },
         )
         proto = onnx.load(out)
@@ -179,7 +183,9 @@ def quantize(
         if not bad:
             return proto
         excluded += sorted(bad - set(excluded))
-    raise RuntimeError("could not place activation quantizers on named tensors only")
+    raise RuntimeError(
+        f"could not place activation quantizers on named tensors only; still unnamed at {sorted(bad)[:8]}"
+    )
 
 
 def _unnamed(proto: Any, named: set[str]) -> set[str]:
@@ -196,7 +202,8 @@ def _unnamed(proto: Any, named: set[str]) -> set[str]:
         if t is None or t in inits or t in named:
             continue
         src = producer.get(t)
-        if src is not None and src.op_type not in ("DequantizeLinear", "QuantizeLinear"):
+        # a MatMul never quantizes its own output here (OpTypesToExcludeOutputQuantization)
+        if src is not None and src.op_type != "MatMul":
             bad.add(src.name)
         for dq in by_input[q.output[0]]:
             for user in by_input[dq.output[0]]:
