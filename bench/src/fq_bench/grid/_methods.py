@@ -106,10 +106,20 @@ def train_config(
     )
 
 
-#: Methods that allocate bits from a palette (Table 1) or a budget (the frontier).
-_ALLOCATING: frozenset[str] = frozenset(
-    {"blind", "blind-fair", "fq-alloc", "lin", "guo", "fq-qat", "fq-baq"}
-)
+#: The calibration grouping each allocating method asks ``CellContext.calibration`` for: the
+#: methods that allocate bits from a palette (Table 1) or a budget (the frontier).
+METHOD_GROUPINGS: dict[str, str] = {
+    "blind": "pooled",
+    "blind-fair": "pooled",
+    "fq-alloc": "type",
+    "lin": "type",
+    "guo": "binary",
+    "fq-qat": "type",
+    "fq-baq": "type",
+}
+_ALLOCATING: frozenset[str] = frozenset(METHOD_GROUPINGS)
+#: Methods that train (``epochs`` epochs of a fine-tune); the others only quantize, or not at all.
+TRAINING_METHODS: tuple[str, ...] = ("fp32-ft", *METHOD_GROUPINGS)
 
 
 def check_method_config(c: GridConfig, method: str, budget: float | None) -> None:
@@ -176,10 +186,12 @@ def _qat(ctx: CellContext, assignment: BitAssignment, *, lambda_fair: float) -> 
     return MethodOutput(model=res.model, assignment=res.assignment, history=_history(res))
 
 
-def _reduced(ctx: CellContext, grouping: str, reducer: Reducer, **kw: Any) -> Any:
+def _reduced(ctx: CellContext, method: str, reducer: Reducer, **kw: Any) -> Any:
+    """``method``'s importance map: its grouping's calibration (:data:`METHOD_GROUPINGS`)
+    reduced over the groups by ``reducer``."""
     from fq_importance import reduce
 
-    return reduce(ctx.calibration(grouping), reducer, **kw)
+    return reduce(ctx.calibration(METHOD_GROUPINGS[method]), reducer, **kw)
 
 
 def _uniform(bits: int) -> Callable[[CellContext], MethodOutput]:
@@ -214,23 +226,23 @@ def run_fp32_ft(ctx: CellContext) -> MethodOutput:
 def run_blind(ctx: CellContext) -> MethodOutput:
     """Group-blind mixed precision: the same ``grape`` importance on the pooled loss of all
     samples as one group (a standard sensitivity-based allocation), QAT without L_fair."""
-    return _qat(ctx, _allocate(ctx, _reduced(ctx, "pooled", "mean")), lambda_fair=0.0)
+    return _qat(ctx, _allocate(ctx, _reduced(ctx, "blind", "mean")), lambda_fair=0.0)
 
 
 def run_blind_fair(ctx: CellContext) -> MethodOutput:
     """The group-blind allocation, QAT with L_fair: the fairness term alone."""
-    imap = _reduced(ctx, "pooled", "mean")
+    imap = _reduced(ctx, "blind-fair", "mean")
     return _qat(ctx, _allocate(ctx, imap), lambda_fair=ctx.config.lambda_fair)
 
 
 def run_fq_alloc(ctx: CellContext) -> MethodOutput:
     """FairQuant's balanced allocation, QAT without L_fair: the allocation alone."""
-    return _qat(ctx, _allocate(ctx, _reduced(ctx, "type", "balanced")), lambda_fair=0.0)
+    return _qat(ctx, _allocate(ctx, _reduced(ctx, "fq-alloc", "balanced")), lambda_fair=0.0)
 
 
 def run_lin(ctx: CellContext) -> MethodOutput:
     """Lin et al. (FairGRAPE-style): grape + max over groups, fixed palette, QAT without L_fair."""
-    return _qat(ctx, _allocate(ctx, _reduced(ctx, "type", "max")), lambda_fair=0.0)
+    return _qat(ctx, _allocate(ctx, _reduced(ctx, "lin", "max")), lambda_fair=0.0)
 
 
 def run_guo(ctx: CellContext) -> MethodOutput:
@@ -240,13 +252,13 @@ def run_guo(ctx: CellContext) -> MethodOutput:
     (Fitzpatrick 1-3 vs 4-6; ISIC female vs male, unknown sex left out); the privileged group is
     the larger one in the training split.
     """
-    imap = _reduced(ctx, "binary", "subtractive", privileged=ctx.privileged_binary)
+    imap = _reduced(ctx, "guo", "subtractive", privileged=ctx.privileged_binary)
     return _qat(ctx, _allocate(ctx, imap), lambda_fair=0.0)
 
 
 def run_fq_qat(ctx: CellContext) -> MethodOutput:
     """FQ-QAT: grape + balanced, fixed palette (or the budget), QAT with the fairness loss."""
-    imap = _reduced(ctx, "type", "balanced")
+    imap = _reduced(ctx, "fq-qat", "balanced")
     return _qat(ctx, _allocate(ctx, imap), lambda_fair=ctx.config.lambda_fair)
 
 
@@ -261,7 +273,7 @@ def run_fq_baq(ctx: CellContext) -> MethodOutput:
     from fq_baq import BAQTrainer
 
     c = ctx.config
-    imap = _reduced(ctx, "type", "balanced")
+    imap = _reduced(ctx, "fq-baq", "balanced")
     if ctx.budget is None:
         warm = allocate_to_budget(imap, tuple(c.baq_bits), c.baq_warm_avg_bits, layout=ctx.model)
     else:
