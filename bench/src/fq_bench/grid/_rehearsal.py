@@ -247,10 +247,7 @@ def rehearse(
                     runner=(fp32_state, CalibrationCache, run_cell),
                 )  # fmt: skip
                 done += len(todo)
-    flops = {
-        m: model_flops(m, num_classes=max(classes.values(), default=2), image_size=grid.image_size)
-        for m in grid.models
-    }
+    flops = {m: _flops(m, max(classes.values(), default=2), grid.image_size) for m in grid.models}
     rows = dataset_rows or {d: metadata_rows(d) for d in grid.datasets}
     projection = project_grid(
         grid,
@@ -273,6 +270,14 @@ def rehearse(
     if result.failed:
         raise RehearsalError(result.failed)
     return result
+
+
+def _flops(model: str, num_classes: int, image_size: int) -> float:
+    """:func:`model_flops`, NaN for a model that cannot run at ``image_size`` (its cells say why)."""
+    try:
+        return model_flops(model, num_classes=num_classes, image_size=image_size)
+    except Exception:
+        return math.nan
 
 
 def _skipped(cells: list[CellKey], config: GridConfig, why: str) -> list[StageRecord]:
