@@ -18,6 +18,7 @@ import pytest
 import torch
 from fq_bench.grid import DEFAULT, SMOKE, CellKey, CellStore, build_report, grid_cells, run_grid
 from fq_bench.grid._config import CALIBRATION_FIELDS
+from fq_bench.grid._frames import cells_frame
 from fq_bench.grid._frontier import (
     FRONTIER_COLUMNS,
     effects_frame,
@@ -26,7 +27,6 @@ from fq_bench.grid._frontier import (
     resampled_worst,
     verdict,
 )
-from fq_bench.grid._report import cells_frame
 from scipy import stats
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)
@@ -94,13 +94,10 @@ def test_fp32_and_calibrations_are_shared_across_budgets(frontier_run) -> None:
 def test_blind_calibration_equals_calibrate_with_one_group(frontier_run) -> None:
     """The pooled calibration on disk is ``calibrate`` on the same batches with every group 0."""
     from fq_bench.grid._artifacts import load_group_importance
-    from fq_bench.grid._runner import (
-        Batches,
-        fresh_model,
-        load_data,
-        seed_everything,
-        stable_seed,
-    )
+    from fq_bench.grid._cells import stable_seed
+    from fq_bench.grid._checkpoints import fresh_model
+    from fq_bench.grid._data import Batches, load_data
+    from fq_bench.grid._processes import seed_everything
     from fq_importance import calibrate
     from safetensors.torch import load_file
 
@@ -224,7 +221,7 @@ def test_per_seed_values_and_training_histories_are_kept(frontier_run) -> None:
 
 
 def test_paired_methods_share_the_training_seed() -> None:
-    from fq_bench.grid._runner import cell_seed
+    from fq_bench.grid._cell_run import cell_seed
 
     a = CellKey(dataset="fitzpatrick17k", model="resnet18", method="blind", seed=1, budget="3")
     b = CellKey(dataset="fitzpatrick17k", model="resnet18", method="fq-qat", seed=1, budget="2.5")
@@ -458,7 +455,7 @@ def test_sweep_values_are_named_exactly_not_rounded() -> None:
 
 
 def test_the_default_gives_every_group_at_least_150_test_images() -> None:
-    from fq_bench.grid._runner import load_data
+    from fq_bench.grid._data import load_data
 
     data = load_data(DEFAULT, "fitzpatrick17k")
     groups = np.array([int(g) for _, _, gb in data.loaders.test for g in gb])
@@ -471,8 +468,10 @@ def test_the_default_gives_every_group_at_least_150_test_images() -> None:
 def test_cell_size_is_the_size_of_the_packed_export(tmp_path: Path, bits: int | None) -> None:
     """The table's size_bytes is what ``export_packed`` writes (BatchNorm buffers and the header
     included), for a quantized cell and for FP32 (every weight at 32 bits)."""
+    from fq_bench.grid._checkpoints import fresh_model
+    from fq_bench.grid._data import load_data
+    from fq_bench.grid._evaluation import evaluate
     from fq_bench.grid._methods import MethodOutput
-    from fq_bench.grid._runner import evaluate, fresh_model, load_data
     from fq_quant import BitAssignment, Granularity, ScopeLayout, export_packed, quantize_model
 
     config = FRONTIER.replace(bootstrap_resamples=0)

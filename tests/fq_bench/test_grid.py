@@ -234,7 +234,7 @@ def test_typos_are_errors_listing_valid_names(capsys: pytest.CaptureFixture[str]
 
 def test_observations_pair_methods_with_fp32_by_seed() -> None:
     import polars as pl
-    from fq_bench.grid._report import observations
+    from fq_bench.grid._tables import observations
 
     def row(method: str, label: str, seed: int, avg: float, worst: float, variant: str = ""):
         return {"dataset": "fitzpatrick17k", "model": "resnet18", "method": method, "seed": seed,
@@ -342,7 +342,10 @@ def test_fp32_ft_control_is_the_fine_tune_schedule_without_quantization(tmp_path
     import numpy as np
     import torch
     from fq_baq import BAQConfig, FP32Trainer
-    from fq_bench.grid._runner import cell_seed, fresh_model, load_data, seed_everything
+    from fq_bench.grid._cell_run import cell_seed
+    from fq_bench.grid._checkpoints import fresh_model
+    from fq_bench.grid._data import load_data
+    from fq_bench.grid._processes import seed_everything
     from safetensors.torch import load_file
 
     cfg = TINY.replace(methods=("fp32", "fp32-ft"))

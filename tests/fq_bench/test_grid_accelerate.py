@@ -42,8 +42,8 @@ import numpy as np
 import pytest
 import torch
 from fq_bench.grid import CellStore, build_parser, grid_cells
+from fq_bench.grid._cell_run import cell_fingerprint
 from fq_bench.grid._cli import config_from_args
-from fq_bench.grid._runner import cell_fingerprint
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]

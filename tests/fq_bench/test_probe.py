@@ -11,8 +11,10 @@ import polars as pl
 import pytest
 import torch
 from fq_bench.grid import SMOKE, CellStore, run_grid
-from fq_bench.grid._probe import probe_main, probe_markdown, probe_summary, ptq_probe
-from fq_bench.grid._runner import fresh_model, load_data
+from fq_bench.grid._checkpoints import fresh_model
+from fq_bench.grid._data import load_data
+from fq_bench.grid._probe import probe_markdown, probe_summary, ptq_probe
+from fq_bench.grid._probe_cli import probe_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (see conftest)
 

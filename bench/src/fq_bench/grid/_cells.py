@@ -17,7 +17,8 @@ from typing import Any
 
 from fq_data import atomic_write_bytes
 
-from ._config import METHOD_IDS, SWEEP_METHODS, GridConfig, parse_swept_value, same_swept_value
+from ._config import GridConfig
+from ._names import METHOD_IDS, SWEEP_METHODS, parse_swept_value, same_swept_value
 
 logger = logging.getLogger("fq_bench.grid")
 

@@ -12,15 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ._cells import parse_shard
-from ._config import (
-    DATASETS,
-    METHOD_IDS,
-    MIXED_METHODS,
-    PRESETS,
-    SWEEPABLE,
-    GridConfig,
-    parse_swept_value,
-)
+from ._config import GridConfig
+from ._names import DATASETS, METHOD_IDS, MIXED_METHODS, SWEEPABLE, parse_swept_value
+from ._presets import PRESETS
 
 #: Help for every GridConfig field (units in brackets); the CLI flag is ``--field-name``.
 FIELD_HELP: dict[str, str] = {
@@ -288,7 +282,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         if "methods" not in changes:
             # the preset's methods that every swept field changes (Table 1's FP32 or U4 would
             # only recompute the same cell per swept value)
-            from ._config import sweep_methods
+            from ._names import sweep_methods
 
             allowed = sweep_methods(tuple(name for name, _ in sweeps))
             changes["methods"] = tuple(m for m in base.methods if m in allowed) or allowed
@@ -325,8 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--report {args.report}: {exc}")
         return 0
     config = config_from_args(args, parser)
+    from ._cell_run import check_cells
     from ._cells import grid_cells, shard_cells
-    from ._runner import check_cells
 
     try:
         shard = parse_shard(args.shard)
@@ -336,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("results") / (args.run or config.preset)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out}: is a file; give a folder for the results")
-    from ._runner import is_main_process, run_grid
+    from ._processes import is_main_process
+    from ._runner import run_grid
 
     t0 = time.perf_counter()
     summary = run_grid(config, out, shard=shard, fail_fast=args.fail_fast, export=args.export)

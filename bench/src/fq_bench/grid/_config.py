@@ -1,4 +1,7 @@
-"""Typed, frozen grid configurations and the three presets (``default``, ``paper``, ``ablations``)."""
+"""The typed, frozen grid configuration: its fields, their checks, its fingerprints.
+
+The named presets live in :mod:`._presets`, the method and dataset names in :mod:`._names`.
+"""
 
 from __future__ import annotations
 
@@ -9,113 +12,17 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._names import (
+    DATASETS,
+    METHOD_IDS,
+    MIXED_METHODS,
+    SWEEPABLE,
+    TABLE1_METHODS,
+    sweep_methods,
+)
+
 if TYPE_CHECKING:
     from fq_baq import FairLoss, MixedPrecision
-
-#: Method ids in Table 1 order, with the label the table prints.
-#: This is the one place that defines the order of methods in every table, plot and cell list.
-METHOD_LABELS: dict[str, str] = {
-    "fp32": "FP32",
-    "u8": "U8",
-    "u4": "U4",
-    "u3": "U3 (extra)",
-    "u2": "U2 (extra)",
-    "fp32-ft": "FP32 + FT (control)",
-    "blind": "Group-blind MP",
-    "blind-fair": "Group-blind MP + L_fair",
-    "fq-alloc": "FQ alloc. (no L_fair)",
-    "lin": "Lin et al.",
-    "guo": "Guo et al.",
-    "fq-qat": "FQ-QAT",
-    "fq-baq": "FQ-BAQ",
-}
-METHOD_IDS: tuple[str, ...] = tuple(METHOD_LABELS)
-#: Table 1's seven rows (``u3``/``u2`` are extra, lower uniform points; ``fp32-ft`` an extra
-#: control: FP32 trained as long again as the fine-tunes, unquantized, without L_fair; ``blind``,
-#: ``blind-fair`` and ``fq-alloc`` are the frontier's controls, see :data:`MIXED_METHODS`).
-TABLE1_METHODS: tuple[str, ...] = ("fp32", "u8", "u4", "lin", "guo", "fq-qat", "fq-baq")
-#: Uniform post-training rows and their bit-width (per channel, no training).
-UNIFORM_BITS: dict[str, int] = {"u8": 8, "u4": 4, "u3": 3, "u2": 2}
-#: Mixed-precision methods: they take a budget (parameter-weighted average bits per weight) on
-#: the frontier, and Table 1's fixed palette otherwise. ``blind``: importance of the pooled loss
-#: (all samples one group), QAT without L_fair; ``blind-fair``: the same bits, QAT with L_fair;
-#: ``fq-alloc``: FairQuant's balanced allocation, QAT without L_fair; ``fq-qat``: both.
-MIXED_METHODS: tuple[str, ...] = (
-    "blind",
-    "blind-fair",
-    "fq-alloc",
-    "lin",
-    "guo",
-    "fq-qat",
-    "fq-baq",
-)
-#: The 2x2 design that separates FairQuant's two ingredients: (allocation, fairness term).
-TWO_BY_TWO: dict[str, tuple[str, str]] = {
-    "blind": ("blind", "off"),
-    "blind-fair": ("blind", "on"),
-    "fq-alloc": ("balanced", "off"),
-    "fq-qat": ("balanced", "on"),
-}
-#: The frontier's control: every other mixed method is compared with it at the same budget.
-CONTROL_METHOD = "blind"
-
-DATASET_LABELS: dict[str, str] = {"fitzpatrick17k": "FitzP.", "isic2019": "ISIC"}
-DATASETS: tuple[str, ...] = tuple(DATASET_LABELS)
-
-#: The paper's four backbones (timm names) and their table labels; other timm names are allowed.
-MODEL_LABELS: dict[str, str] = {
-    "resnet18": "ResNet18",
-    "resnet50": "ResNet50",
-    "deit_tiny_patch16_224": "DeiT-Tiny",
-    "tiny_vit_5m_224": "TinyViT",
-    "tiny_cnn": "TinyCNN",
-}
-PAPER_MODELS: tuple[str, ...] = ("resnet18", "resnet50", "deit_tiny_patch16_224", "tiny_vit_5m_224")
-
-#: BAQConfig fields an ablation may sweep (CLI name -> meaning).
-SWEEPABLE: dict[str, str] = {
-    "lambda_bits": "weight of the bit-rate regularizer L_bits",
-    "lambda_fair": "weight of the fairness loss L_fair",
-    "lr_bits": "learning rate of the bit logits theta",
-    "fair_loss": "the fairness objective L_fair (gap, gap-up, worst, lse, dro)",
-    "fair_ema": "momentum of the running per-group loss estimate of L_fair",
-}
-#: Sweepable fields whose values are names (the others take numbers).
-NAME_SWEEPS: tuple[str, ...] = ("fair_loss",)
-#: The methods that train with L_fair (lambda_fair > 0), so its objective changes their numbers.
-FAIR_METHODS: tuple[str, ...] = ("blind-fair", "fq-qat", "fq-baq")
-
-#: The methods whose numbers a swept field changes (the others would recompute the same cell
-#: once per swept value): lambda_fair enters FQ-QAT and FQ-BAQ; lambda_bits and lr_bits only BAQ.
-SWEEP_METHODS: dict[str, tuple[str, ...]] = {
-    "lambda_bits": ("fq-baq",),
-    "lambda_fair": ("fq-qat", "fq-baq"),
-    "lr_bits": ("fq-baq",),
-    "fair_loss": FAIR_METHODS,
-    "fair_ema": FAIR_METHODS,
-}
-
-
-def parse_swept_value(field_name: str, text: str) -> float | str:
-    """A swept value as written in a variant or on the command line: the name itself for the
-    fields of :data:`NAME_SWEEPS`, a float otherwise (``ValueError`` when it is none)."""
-    return text if field_name in NAME_SWEEPS else float(text)
-
-
-def same_swept_value(a: float | str, b: float | str) -> bool:
-    """Whether a swept value ``a`` is the run's own value ``b`` (the sweep's reference point).
-
-    One rule for the ablation table's ``(ref)`` mark and for running that point as the plain cell.
-    Names (:data:`NAME_SWEEPS`) are the same when equal.
-    """
-    if isinstance(a, str) or isinstance(b, str):
-        return a == b
-    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-15)
-
-
-def sweep_methods(fields: tuple[str, ...]) -> tuple[str, ...]:
-    """The methods every one of ``fields`` changes, in Table 1 order."""
-    return tuple(m for m in METHOD_IDS if all(m in SWEEP_METHODS[f] for f in fields))
 
 
 #: Fields that do not change any number (the grid's extent, names, UI).
@@ -333,9 +240,13 @@ class GridConfig:
             )
         if len(self.palette_bits) != len(self.palette_props):
             raise _fail("palette_props", self.palette_props, "one proportion per palette bit-width")
-        _check_palette("palette_bits/palette_props", self.palette_bits, self.palette_props)
-        _check_palette("baq_bits", self.baq_bits, None)
-        _check_palette("budget_bits", self.budget_bits, None)
+        # fq_alloc's rules (it loads torch); the defaults are valid (tested) and skip the check
+        if not self._at_defaults(palette_bits=self.palette_bits, palette_props=self.palette_props):
+            _check_palette("palette_bits/palette_props", self.palette_bits, self.palette_props)
+        if not self._at_defaults(baq_bits=self.baq_bits):
+            _check_palette("baq_bits", self.baq_bits, None)
+        if not self._at_defaults(budget_bits=self.budget_bits):
+            _check_palette("budget_bits", self.budget_bits, None)
         _check_pos_int("min_test_per_group", self.min_test_per_group, low=0)
         _check_pos_int("bootstrap_resamples", self.bootstrap_resamples, low=0)
         self._check_frontier()
@@ -395,8 +306,20 @@ class GridConfig:
                     f"(each value would recompute the same cell); allowed: {', '.join(allowed)}"
                 )
 
+    def _at_defaults(self, **values: Any) -> bool:
+        """True when every ``field=value`` given is that field's default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return all(defaults[name] == value for name, value in values.items())
+
     def _check_objective(self, fair_loss: Any, fair_ema: Any, where: str = "") -> None:
-        """fq_baq's own rules for the objective's fields, now rather than in the first cell."""
+        """fq_baq's own rules for the objective's fields, now rather than in the first cell.
+
+        The fields' defaults (fq_baq's own, tested) skip the check, so that building the presets
+        at import does not load fq_baq and torch (``run_grid.py --help`` answers at once)."""
+        if self._at_defaults(
+            fair_loss=fair_loss, fair_tau=self.fair_tau, dro_eta=self.dro_eta, fair_ema=fair_ema
+        ):
+            return
         from fq_baq import BAQConfig
 
         try:
@@ -486,112 +409,3 @@ class GridConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-#: The frontier's methods in the default run: the 2x2 design (``--preset frontier`` adds Lin et
-#: al., Guo et al. and FQ-BAQ; the default must finish in 10 minutes on a 2-core CPU).
-DEFAULT_FRONTIER: tuple[str, ...] = ("blind", "blind-fair", "fq-alloc", "fq-qat")
-
-DEFAULT = GridConfig(
-    calib_batches=10,
-    test_fraction=0.4,
-    min_test_per_group=150,
-    methods=(*TABLE1_METHODS[:3], "u3", "u2", *TABLE1_METHODS[3:]),
-    budgets=(2.5, 3.0, 4.0),
-    frontier_methods=DEFAULT_FRONTIER,
-    notes=(
-        "Default run: semi-synthetic Fitzpatrick17k-like data (real metadata rows, generated "
-        "pixels), timm resnet18 from scratch at 32 px, short schedules; the numbers show the "
-        "method's mechanics on CPU, not the paper's values. U3 and U2 (extra) are lower uniform "
-        "points: per-channel U4 barely hurts this small from-scratch model (`uv run python "
-        "bench/ptq_probe.py` prints the cost of each bit-width per group, and bench/README.md "
-        "why). Every skin type has at least 150 test images (the rarer types are topped up with "
-        "generated images of their own real metadata rows; the training set is unchanged).",
-    ),
-)
-
-PAPER = GridConfig(
-    preset="paper",
-    datasets=DATASETS,
-    models=PAPER_MODELS,
-    seeds=(0, 1, 2),
-    image_size=224,
-    n_images=None,
-    batch_size=128,
-    fp32_epochs=200,
-    epochs=10,
-    lr_fp32=1e-4,
-    lr=3e-5,
-    calib_batches=50,
-    pretrained=True,
-    budgets=(3.0, 4.0, 5.0, 6.0),
-    frontier_methods=("blind", "blind-fair", "fq-alloc", "lin", "guo", "fq-qat", "fq-baq"),
-    notes=(
-        "Paper protocol (METHOD.md section 9): ImageNet-pretrained backbones, 224 px, real images; "
-        "the Weights and Data lines above say what this run actually used. The paper fine-tunes "
-        "the ViTs for 20 FP32 epochs, the ResNets for 200: run the ViTs as a second invocation "
-        "into the same --out with --models deit_tiny_patch16_224 tiny_vit_5m_224 --fp32-epochs 20. "
-        "The frontier (3, 4, 5 and 6 bits) is an addition to the paper's single operating points.",
-    ),
-)
-
-FRONTIER = DEFAULT.replace(
-    preset="frontier",
-    methods=("fp32", "u8", "u4", "u3", "u2", "fp32-ft"),
-    budgets=(2.25, 2.5, 2.75, 3.0, 3.5, 4.0, 5.0, 6.0),
-    frontier_methods=("blind", "blind-fair", "fq-alloc", "lin", "guo", "fq-qat", "fq-baq"),
-    seeds=(0, 1, 2, 3, 4),
-    notes=(
-        "Frontier preset: the default's data and schedules, every mixed method at budgets 2.25 to "
-        "6 bits per weight over 5 seeds, with the uniform rows and the FP32 + FT control (about "
-        "ten times the default's cells).",
-    ),
-)
-
-ABLATIONS = GridConfig(
-    preset="ablations",
-    datasets=DATASETS,
-    models=("resnet18",),
-    methods=("fq-baq",),
-    seeds=(0, 1, 2, 3, 4),
-    calib_batches=10,
-    sweeps=(
-        ("lambda_bits", (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
-        ("lambda_fair", (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)),
-        ("lr_bits", (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
-    ),
-    notes=(
-        "Ablations (Fig. 2): FQ-BAQ with one hyper-parameter swept at a time (lambda_bits, "
-        "lambda_fair, the bit-logit lr), the others at the run's values (the `ref` rows); "
-        "mean, sample std and 95% t-interval over seeds in ablation.md and ablation_<dataset>.png.",
-    ),
-)
-
-SMOKE = DEFAULT.replace(
-    preset="smoke",
-    models=("tiny_cnn",),
-    methods=("fp32", "u4", "fq-qat"),
-    seeds=(0,),
-    image_size=16,
-    n_images=120,
-    batch_size=32,
-    fp32_epochs=1,
-    epochs=1,
-    calib_batches=2,
-    budgets=(),
-    frontier_methods=(),
-    min_test_per_group=0,
-    bootstrap_resamples=100,
-    notes=(
-        "Smoke preset: a two-conv CNN on 120 semi-synthetic images at 16 px, one epoch each; it "
-        "checks that an install runs end to end in seconds. Its numbers mean nothing.",
-    ),
-)
-
-PRESETS: dict[str, GridConfig] = {
-    "default": DEFAULT,
-    "smoke": SMOKE,
-    "paper": PAPER,
-    "frontier": FRONTIER,
-    "ablations": ABLATIONS,
-}

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import polars as pl
 
-from ._config import CONTROL_METHOD, METHOD_LABELS, MIXED_METHODS, UNIFORM_BITS
+from ._names import CONTROL_METHOD, METHOD_LABELS, MIXED_METHODS, UNIFORM_BITS
 from ._order import sort_rows
 from ._series import mean_of
 
@@ -343,7 +343,7 @@ def frontier_markdown(frontier: pl.DataFrame) -> str:
               "Seeds"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |",
              "| " + " | ".join(["---"] * 4 + ["---:"] * 11) + " |"]  # fmt: skip
-    from ._config import DATASET_LABELS, MODEL_LABELS
+    from ._names import DATASET_LABELS, MODEL_LABELS
 
     for r in frontier.iter_rows(named=True):
         budget = "FP32" if r["target_bits"] is None else (
@@ -378,7 +378,7 @@ def effects_markdown(effects: pl.DataFrame) -> str:
               "Seeds"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |",
              "| " + " | ".join(["---"] * 4 + ["---:", "---:", "---", "---:", "---:"]) + " |"]  # fmt: skip
-    from ._config import MODEL_LABELS
+    from ._names import MODEL_LABELS
 
     for r in effects.iter_rows(named=True):
         lines.append("| " + " | ".join([
@@ -398,7 +398,7 @@ def best_lines(cells: pl.DataFrame, frontier: pl.DataFrame) -> list[str]:
     lead over the runner-up and over ``blind`` (95% intervals over seeds and over test images,
     :func:`paired_worst`), each with its verdict.
     """
-    from ._config import DATASET_LABELS, MODEL_LABELS
+    from ._names import DATASET_LABELS, MODEL_LABELS
 
     lines = []
     mixed = frontier.filter(pl.col("method").is_in(list(MIXED_METHODS)))

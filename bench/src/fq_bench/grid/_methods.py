@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from fq_quant import BitAssignment, Granularity, ScopeLayout, quantize_model
 from torch import nn
 
-from ._config import UNIFORM_BITS, GridConfig
+from ._config import GridConfig
+from ._names import UNIFORM_BITS
 
 if TYPE_CHECKING:
     from fq_importance import Reducer

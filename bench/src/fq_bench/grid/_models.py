@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._config import PAPER_MODELS
+from ._names import PAPER_MODELS
 
 logger = logging.getLogger("fq_bench.grid")
 

@@ -27,7 +27,6 @@ import numpy as np
 import polars as pl
 
 from ._cells import CellKey, atomic_write_bytes
-from ._config import CONTROL_METHOD, FAIR_METHODS, MODEL_LABELS, NAME_SWEEPS
 from ._frontier import (
     COLLAPSE_DROP,
     format_interval,
@@ -36,6 +35,7 @@ from ._frontier import (
     paired_worst,
     t_interval,
 )
+from ._names import CONTROL_METHOD, FAIR_METHODS, MODEL_LABELS, NAME_SWEEPS
 from ._order import sort_rows
 
 #: Sweep fields whose variants are objectives of L_fair.

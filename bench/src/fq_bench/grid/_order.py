@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import polars as pl
 
-from ._config import DATASETS, METHOD_IDS, PAPER_MODELS
+from ._names import DATASETS, METHOD_IDS, PAPER_MODELS
 
 _LAST = 10_000
 

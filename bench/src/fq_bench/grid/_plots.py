@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from ._cells import atomic_write_bytes
-from ._config import DATASET_LABELS, METHOD_IDS, MODEL_LABELS, UNIFORM_BITS
+from ._names import DATASET_LABELS, METHOD_IDS, MODEL_LABELS, UNIFORM_BITS
 from ._order import ordered_methods, ordered_pairs
 from ._series import max_of, min_of
 
@@ -93,7 +93,7 @@ def table1_bits(cells: pl.DataFrame, path: Path) -> Path:
 
 def group_bars(groups: pl.DataFrame, path: Path) -> Path:
     """Per-group accuracy of Table 1's rows (mean over seeds), grouped bars per method, one panel
-    per (dataset, model). ``groups``: :func:`fq_bench.grid._report.groups_frame`."""
+    per (dataset, model). ``groups``: :func:`fq_bench.grid._frames.groups_frame`."""
     t1 = groups.filter((pl.col("variant") == "") & (pl.col("budget") == ""))
     pairs = _pairs(t1)
     fig, axes = _panels(max(len(pairs), 1), width=6.0)
@@ -287,7 +287,7 @@ ABLATION_METRICS: tuple[tuple[str, str, float, tuple[float, float]], ...] = (
 def ablation_plots(ablation: pl.DataFrame, root: Path) -> list[Path]:
     """Fig. 2 style, one PNG per dataset (and model, when several): metric rows x swept fields.
 
-    ``ablation``: :func:`fq_bench.grid._report.ablation_frame` (one row per swept value, with
+    ``ablation``: :func:`fq_bench.grid._ablation.ablation_frame` (one row per swept value, with
     mean and 95% t-interval). Each panel draws, per method, the mean over seeds (line and
     markers) and the t-interval as a band; the run's own value of the field is a dashed vertical
     line (``ref``). The y range is clipped to the metric's valid range (a t-interval over few

@@ -11,40 +11,93 @@ command line.
 
 from __future__ import annotations
 
-from ._common import (
-    CANONICAL_COLUMNS,
-    METADATA_DIR,
-    SEMISYNTHETIC_MARKER,
-    DataError,
-    check_canonical,
-    dataset_info,
-    default_cache_dir,
-    is_semisynthetic,
-)
-from ._custom import load_dataset
-from ._download import PrepareResult, prepare_fitzpatrick17k
-from ._fitzpatrick import load_fitzpatrick17k
-from ._io import atomic_write_bytes
-from ._isic import ISIC_CLASSES, load_isic2019
-from ._loaders import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Loaders,
-    LoadingTiming,
-    PaperAugment,
-    SeededBatchSampler,
-    decode_images,
-    make_loaders,
-    measure_loading_time,
-)
-from ._split import stratified_split
-from ._synth import (
-    GENERATOR_VERSION,
-    SynthName,
-    build_semisynthetic,
-    generate_lesion_images,
-    load_semisynthetic,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, imported on first use (see __getattr__)
+    from ._common import (
+        CANONICAL_COLUMNS,
+        METADATA_DIR,
+        SEMISYNTHETIC_MARKER,
+        DataError,
+        check_canonical,
+        dataset_info,
+        default_cache_dir,
+        is_semisynthetic,
+    )
+    from ._custom import load_dataset
+    from ._download import PrepareResult, prepare_fitzpatrick17k
+    from ._fitzpatrick import load_fitzpatrick17k
+    from ._io import atomic_write_bytes
+    from ._isic import ISIC_CLASSES, load_isic2019
+    from ._loaders import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        Loaders,
+        LoadingTiming,
+        PaperAugment,
+        SeededBatchSampler,
+        decode_images,
+        make_loaders,
+        measure_loading_time,
+    )
+    from ._split import stratified_split
+    from ._synth import (
+        GENERATOR_VERSION,
+        SynthName,
+        build_semisynthetic,
+        generate_lesion_images,
+        load_semisynthetic,
+    )
+
+#: Public name -> the submodule that defines it. Nothing heavy (torch, torchvision, datasets) is
+#: imported until a name that needs it is used, so ``python -m fq_data --help`` starts at once.
+_HOMES: dict[str, str] = {
+    "CANONICAL_COLUMNS": "_common",
+    "METADATA_DIR": "_common",
+    "SEMISYNTHETIC_MARKER": "_common",
+    "DataError": "_common",
+    "check_canonical": "_common",
+    "dataset_info": "_common",
+    "default_cache_dir": "_common",
+    "is_semisynthetic": "_common",
+    "load_dataset": "_custom",
+    "PrepareResult": "_download",
+    "prepare_fitzpatrick17k": "_download",
+    "load_fitzpatrick17k": "_fitzpatrick",
+    "atomic_write_bytes": "_io",
+    "ISIC_CLASSES": "_isic",
+    "load_isic2019": "_isic",
+    "IMAGENET_MEAN": "_loaders",
+    "IMAGENET_STD": "_loaders",
+    "Loaders": "_loaders",
+    "LoadingTiming": "_loaders",
+    "PaperAugment": "_loaders",
+    "SeededBatchSampler": "_loaders",
+    "decode_images": "_loaders",
+    "make_loaders": "_loaders",
+    "measure_loading_time": "_loaders",
+    "stratified_split": "_split",
+    "GENERATOR_VERSION": "_synth",
+    "SynthName": "_synth",
+    "build_semisynthetic": "_synth",
+    "generate_lesion_images": "_synth",
+    "load_semisynthetic": "_synth",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'fq_data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
+
 
 __all__ = [
     "SynthName",
