@@ -8,6 +8,7 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fq_bench.grid import PAPER, TinyCNN
@@ -15,7 +16,7 @@ from fq_bench.grid import _methods as grid_methods
 from fq_bench.grid import _models as grid_models
 from fq_bench.grid._cells import grid_cells
 from fq_bench.grid._measure import PeakMemory, StepClock
-from fq_bench.grid._methods import METHOD_GROUPINGS, TRAINING_METHODS
+from fq_bench.grid._names import METHOD_GROUPINGS, TRAINING_METHODS
 from fq_bench.grid._projection import (
     Throughput,
     metadata_rows,
@@ -268,3 +269,59 @@ def test_a_failing_method_fails_loudly_and_fail_fast_stops_at_it(
         )
     assert [c for c, _ in info.value.failed] == ["fitzpatrick17k__tiny_cnn__guo__s0"]
     assert not (tmp_path / "b" / "rehearsal.md").exists()  # stopped before any table
+
+
+# ------------------------------------------------------------------------------------ data cut
+def test_spread_rows_alternates_the_binary_sides_then_takes_turns() -> None:
+    from fq_bench.grid._data import spread_rows
+
+    # Fitzpatrick types 1-6 as ids 0-5: 0-2 one side, 3-5 the other; ids 2 and 4 absent here
+    groups = np.array([0, 0, 0, 3, 3, 1, 5])
+    # sides: [0, 1] and [3, 5] -> group order 0, 3, 1, 5; rows in turns: 0, 3, 5, 6, 1, 4, 2
+    assert spread_rows(groups, [0, 0, 0, 1, 1, 1], 5).tolist() == [0, 3, 5, 6, 1]
+    # ISIC: female 0, male 1, unknown -1 last
+    assert spread_rows(np.array([2, 2, 0, 0, 1]), [0, 1, -1], 5).tolist() == [2, 4, 0, 3, 1]
+    # no binary grouping: the groups in id order
+    assert spread_rows(np.array([1, 0, 1]), None, 2).tolist() == [1, 0]
+
+
+# ------------------------------------------------------------------------------------ command line
+CLI_TINY = [
+    "--rehearsal", "--preset", "paper", "--models", "tiny_cnn", "--image-size", "16",
+    "--no-pretrained", "--datasets", "isic2019", "--methods", "fp32", "guo",
+    "--frontier-methods", "blind", "--budgets", "3", "--rehearsal-batch-size", "4",
+    "--no-progress", "--gpu", "h100-bf16", "--utilisation", "0.5",
+]  # fmt: skip
+
+
+def test_the_command_line_rehearses_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fq_bench.grid import main
+
+    assert main([*CLI_TINY, "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "rehearsal passed" in text and "H100 SXM BF16" in text and "50% assumed" in text
+    with open(tmp_path / "rehearsal_cells.csv", newline="") as fh:
+        names = {r["name"] for r in csv.DictReader(fh)}
+    assert {"isic2019__tiny_cnn__guo__s0", "isic2019__tiny_cnn__blind__s0__b3"} <= names
+
+
+def test_preset_rehearsal_is_the_paper_grid_and_bad_flags_are_named(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fq_bench.grid import main
+    from fq_bench.grid._cli import build_parser, config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["--preset", "rehearsal"])
+    # the paper's grid, from random weights (no hub, no --weights needed)
+    assert config_from_args(args, parser) == PAPER.replace(pretrained=False)
+    for flags, named in (
+        (["--shard", "1/2"], "--shard"),
+        (["--rehearsal-batches", "0"], "--rehearsal-batches"),
+        (["--utilisation", "2"], "utilisation"),
+    ):
+        with pytest.raises(SystemExit):
+            main([*CLI_TINY, *flags])
+        assert named in capsys.readouterr().err

@@ -15,6 +15,7 @@ from ._cells import parse_shard
 from ._config import GridConfig
 from ._names import DATASETS, METHOD_IDS, MIXED_METHODS, SWEEPABLE, parse_swept_value
 from ._presets import PRESETS
+from ._projection import GPU_NAMES
 
 #: Help for every GridConfig field (units in brackets); the CLI flag is ``--field-name``.
 FIELD_HELP: dict[str, str] = {
@@ -120,17 +121,29 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: A
         )
 
 
-def add_config_arguments(p: argparse.ArgumentParser, fields: Collection[str] | None = None) -> None:
+#: ``--preset rehearsal``: ``--preset paper --rehearsal``.
+REHEARSAL_PRESET = "rehearsal"
+
+
+def add_config_arguments(
+    p: argparse.ArgumentParser,
+    fields: Collection[str] | None = None,
+    *,
+    rehearsal: bool = False,
+) -> None:
     """Add ``--preset``, one flag per :class:`GridConfig` field, ``--data-source``,
     ``--dataset``, ``--image-column``, ``--label-column``, ``--group-column``, ``--threads`` and
     ``-v`` to ``p`` (shared by every bench entry point that builds a grid config;
     :func:`config_from_args` reads them back). ``fields``: only these fields get a flag (an entry
     point that uses a few of them lists only those in its ``--help``); the others keep the
-    preset's value."""
-    p.add_argument("--preset", choices=tuple(PRESETS), default="default",
+    preset's value. ``rehearsal``: ``--preset`` also takes ``rehearsal`` (the paper's grid,
+    rehearsed)."""
+    presets = (*PRESETS, REHEARSAL_PRESET) if rehearsal else tuple(PRESETS)
+    p.add_argument("--preset", choices=presets, default="default",
                    help="default: CPU demo on semi-synthetic data (Table 1 and a 3-budget frontier); "
                    "paper: the paper's grid (+ a 3-6 bit frontier); frontier: a denser frontier "
-                   "on the default's data; ablations: Fig. 2 sweeps")  # fmt: skip
+                   "on the default's data; ablations: Fig. 2 sweeps"
+                   + ("; rehearsal: --preset paper --rehearsal" if rehearsal else ""))  # fmt: skip
     p.add_argument("--data-source", action="append", default=None, metavar="DATASET=SOURCE",
                    help="real data for a dataset (folder, hub id, parquet); otherwise semi-synthetic")  # fmt: skip
     p.add_argument("--dataset", action="append", default=None, metavar="NAME=SOURCE",
@@ -176,7 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "without --methods, runs only the methods the swept fields change; with budgets, "
                    "the frontier's methods that use the field run once per value at every budget), "
                    "e.g. fair_loss=gap,gap-up,worst,lse,dro or lambda_fair=0.1,0.5")  # fmt: skip
-    add_config_arguments(p)
+    r = p.add_argument_group(
+        "rehearsal",
+        "run every cell of the grid at its shapes, cut to a batch per stage, before "
+        "booking GPUs (bench/README.md, 'The rehearsal')",
+    )
+    r.add_argument("--rehearsal", action="store_true",
+                   help="rehearse the grid instead of running it: one seed, one epoch of "
+                   "--rehearsal-batches batches per stage, random init unless --weights; writes "
+                   "rehearsal.md, rehearsal_cells.csv and projection.md to --out; exit 1 naming "
+                   "every cell that cannot run")  # fmt: skip
+    r.add_argument("--rehearsal-batch-size", type=int, default=None, metavar="N",
+                   help="images per batch (default: the grid's --batch-size on a GPU, 2 on the "
+                   "CPU; GPU memory at the grid's batch needs a GPU rehearsal)")  # fmt: skip
+    r.add_argument("--rehearsal-batches", type=int, default=1, metavar="N",
+                   help="batches per stage (default 1)")  # fmt: skip
+    r.add_argument("--gpu", choices=GPU_NAMES, default=GPU_NAMES[0],
+                   help="the GPU the GPU-hour projection assumes (datasheet dense peak)")  # fmt: skip
+    r.add_argument("--utilisation", type=float, default=None, metavar="U",
+                   help="share of the GPU's peak assumed sustained, in (0, 1] (default 0.3)")  # fmt: skip
+    add_config_arguments(p, rehearsal=True)
     return p
 
 
@@ -226,7 +258,7 @@ def _plausible_source(source: str) -> bool:
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> GridConfig:
     """The preset with every given flag applied; errors name the flag and the valid values."""
-    base = PRESETS[args.preset]
+    base = PRESETS["paper" if args.preset == REHEARSAL_PRESET else args.preset]
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(GridConfig):
         if f.name in _SPECIAL:
@@ -288,6 +320,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             changes["methods"] = tuple(m for m in base.methods if m in allowed) or allowed
     if changes.get("weights_dir") is not None and "pretrained" not in changes:
         changes["pretrained"] = True  # --weights DIR means "start from these ImageNet weights"
+    if getattr(args, "rehearsal", False) or args.preset == REHEARSAL_PRESET:
+        changes.setdefault("pretrained", False)  # a rehearsal starts from random weights
     try:
         config = base.replace(**changes)
         from ._models import check_model_names, check_pretrained_sources
@@ -319,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--report {args.report}: {exc}")
         return 0
     config = config_from_args(args, parser)
+    if getattr(args, "rehearsal", False) or args.preset == REHEARSAL_PRESET:
+        return _rehearse(args, parser, config)
     from ._cell_run import check_cells
     from ._cells import grid_cells, shard_cells
 
@@ -361,6 +397,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, error in summary.failed:
             print(f"  {key.id}: {error}")
         return 1
+    return 0
+
+
+def _rehearse(args: argparse.Namespace, parser: argparse.ArgumentParser, config: GridConfig) -> int:
+    """``--rehearsal``: rehearse ``config``; 0 when every cell ran, 1 naming those that did not."""
+    if args.shard != "0/1":
+        parser.error("--shard: a rehearsal runs every cell in one process; leave --shard out")
+    from ._projection import GPUS
+    from ._rehearsal import RehearsalError, rehearse
+
+    gpu = GPUS[args.gpu]
+    try:
+        if args.utilisation is not None:
+            gpu = dataclasses.replace(gpu, utilisation=args.utilisation)
+        if args.rehearsal_batches < 1:
+            raise ValueError(f"--rehearsal-batches {args.rehearsal_batches}: allowed: an int >= 1")
+        if args.rehearsal_batch_size is not None and args.rehearsal_batch_size < 1:
+            raise ValueError(
+                f"--rehearsal-batch-size {args.rehearsal_batch_size}: allowed: an int >= 1"
+            )
+    except ValueError as exc:
+        parser.error(str(exc))
+    out = (
+        Path(args.out) if args.out else Path("results") / (args.run or f"{config.preset}-rehearsal")
+    )
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: is a file; give a folder for the results")
+    try:
+        rehearse(
+            config,
+            out,
+            batch_size=args.rehearsal_batch_size,
+            batches=args.rehearsal_batches,
+            throughput=gpu,
+            fail_fast=args.fail_fast,
+            progress=config.progress,
+        )
+    except RehearsalError as exc:
+        print(f"REHEARSAL FAILED: {exc}")
+        return 1
+    print(f"rehearsal passed: every cell ran; tables in {out}/")
     return 0
 
 

@@ -16,7 +16,7 @@ from fq_quant import BitAssignment, Granularity, ScopeLayout, quantize_model
 from torch import nn
 
 from ._config import GridConfig
-from ._names import UNIFORM_BITS
+from ._names import METHOD_GROUPINGS, UNIFORM_BITS
 
 if TYPE_CHECKING:
     from fq_importance import Reducer
@@ -107,20 +107,8 @@ def train_config(
     )
 
 
-#: The calibration grouping each allocating method asks ``CellContext.calibration`` for: the
-#: methods that allocate bits from a palette (Table 1) or a budget (the frontier).
-METHOD_GROUPINGS: dict[str, str] = {
-    "blind": "pooled",
-    "blind-fair": "pooled",
-    "fq-alloc": "type",
-    "lin": "type",
-    "guo": "binary",
-    "fq-qat": "type",
-    "fq-baq": "type",
-}
+#: Methods that allocate bits from a palette (Table 1) or a budget (the frontier).
 _ALLOCATING: frozenset[str] = frozenset(METHOD_GROUPINGS)
-#: Methods that train (``epochs`` epochs of a fine-tune); the others only quantize, or not at all.
-TRAINING_METHODS: tuple[str, ...] = ("fp32-ft", *METHOD_GROUPINGS)
 
 
 def check_method_config(c: GridConfig, method: str, budget: float | None) -> None:

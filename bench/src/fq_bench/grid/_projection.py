@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from ._cells import grid_cells
 from ._config import GridConfig
-from ._methods import METHOD_GROUPINGS, TRAINING_METHODS
+from ._names import METHOD_GROUPINGS, TRAINING_METHODS
 
 #: The paper fine-tunes the ViTs' FP32 reference for 20 epochs, the ResNets' for the preset's
 #: ``fp32_epochs`` (200); see the notes of the ``paper`` preset.
@@ -68,6 +68,8 @@ GPUS: dict[str, Throughput] = {
     "h100-bf16": Throughput(name="H100 SXM BF16", peak_tflops=989.4, utilisation=0.3),
 }
 DEFAULT_GPU = "a100-tf32"
+#: The names of :data:`GPUS`, the default first (the CLI's ``--gpu`` choices).
+GPU_NAMES: tuple[str, ...] = (DEFAULT_GPU, *(g for g in GPUS if g != DEFAULT_GPU))
 
 
 def metadata_rows(dataset: str) -> int:

@@ -29,7 +29,7 @@ import torch
 from ._cells import CellKey, grid_cells
 from ._config import GridConfig
 from ._measure import PeakMemory, StepClock
-from ._methods import METHOD_GROUPINGS, TRAINING_METHODS
+from ._names import METHOD_GROUPINGS, TRAINING_METHODS
 from ._projection import (
     DEFAULT_GPU,
     GPUS,
@@ -120,14 +120,6 @@ def rehearsal_config(
     )
 
 
-def cut_stages(loaders: Any, batches: int) -> None:
-    """Cut every epoch of ``loaders`` (``fq_data.Loaders``) to its first ``batches`` batches:
-    the train and test samplers draw from the first ``batches x batch_size`` images only."""
-    for loader in (loaders.train, loaders.test):
-        sampler = loader.batch_sampler
-        sampler.n = min(sampler.n, batches * sampler.batch_size)
-
-
 def _kind(method: str) -> str:
     if method == "fp32":
         return "fp32 (as trained)"
@@ -195,17 +187,11 @@ def rehearse(
         fail_fast: raise at the first cell that fails instead of running the others.
         progress: one line per stage on stderr.
     """
+    from ._cell_run import check_cells, run_cell
+    from ._checkpoints import CalibrationCache, RunPaths, fp32_state
+    from ._data import load_data
     from ._models import check_pretrained_sources
-    from ._runner import (
-        CalibrationCache,
-        RunPaths,
-        check_cells,
-        fp32_state,
-        init_processes,
-        load_data,
-        run_cell,
-        run_device,
-    )
+    from ._processes import init_processes, run_device
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -233,12 +219,16 @@ def rehearse(
             load = StageRecord(
                 name=f"{dataset}: data", dataset=dataset, model="", stage="data", batch_size=0
             )
-            data = _measured(load, device, partial(load_data, config, dataset), fail_fast)
+            data = _measured(
+                load,
+                device,
+                partial(load_data, config, dataset, rows_per_split=batches * batch_size),
+                fail_fast,
+            )
             records.append(load)
             if data is None:
                 records += _skipped(mine, config, f"data failed: {load.error}")
                 continue
-            cut_stages(data.loaders, batches)
             classes.setdefault(dataset, data.loaders.num_classes)
             for model in config.models:
                 todo = [c for c in mine if c.model == model]
