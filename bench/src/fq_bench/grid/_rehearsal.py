@@ -88,6 +88,7 @@ class Rehearsal:
     flops_per_image: dict[str, float]
     projection: Projection
     seconds: float
+    cpu_seconds: float
     out: Path
 
     @property
@@ -193,7 +194,7 @@ def rehearse(
     from ._models import check_pretrained_sources
     from ._processes import init_processes, run_device
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out)
     init_processes(grid)
     device = run_device(grid)
@@ -254,6 +255,7 @@ def rehearse(
         flops_per_image=flops,
         projection=projection,
         seconds=time.perf_counter() - t_start,
+        cpu_seconds=time.process_time() - cpu_start,
         out=out,
     )
     write_rehearsal(result)

@@ -134,7 +134,8 @@ def summary_text(result: Rehearsal) -> str:
         f"{len([r for r in result.records if ':' not in r.name])} cells on {result.device}, "
         f"{c.image_size} px, batch {c.batch_size}, {c.calib_batches} batch(es) per stage, seed "
         f"{c.seeds[0]}, {'weights from ' + str(c.weights_dir) if c.pretrained else 'random init'}"
-        f"; wall {result.seconds:.0f} s; load average at the end {load} "
+        f"; wall {result.seconds:.0f} s, CPU {result.cpu_seconds:.0f} s (this process, all "
+        f"threads); load average at the end {load} "
         f"({os.cpu_count()} CPUs). Memory: {mem} of the stage [MiB].",
         "",
         models_markdown(result),
