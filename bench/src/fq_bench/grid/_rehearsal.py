@@ -188,8 +188,8 @@ def rehearse(
         fail_fast: raise at the first cell that fails instead of running the others.
         progress: one line per stage on stderr.
     """
-    from ._cell_run import check_cells, run_cell
-    from ._checkpoints import CalibrationCache, RunPaths, fp32_state
+    from ._cell_run import check_cells
+    from ._checkpoints import RunPaths
     from ._data import load_data
     from ._models import check_pretrained_sources
     from ._processes import init_processes, run_device
@@ -206,6 +206,8 @@ def rehearse(
     )
     cells = grid_cells(config)
     check_cells(config, cells)
+    # before anything runs: a dataset the projection cannot size (a custom one) fails now
+    rows = dataset_rows or {d: metadata_rows(d) for d in grid.datasets}
     records: list[StageRecord] = []
     classes: dict[str, int] = {}
     done = 0
@@ -234,12 +236,10 @@ def rehearse(
             for model in config.models:
                 todo = [c for c in mine if c.model == model]
                 records += _rehearse_model(
-                    todo, config, data, paths, device, fail_fast, progress, done, len(cells),
-                    runner=(fp32_state, CalibrationCache, run_cell),
+                    todo, config, data, paths, device, fail_fast, progress, done, len(cells)
                 )  # fmt: skip
                 done += len(todo)
     flops = {m: _flops(m, max(classes.values(), default=2), grid.image_size) for m in grid.models}
-    rows = dataset_rows or {d: metadata_rows(d) for d in grid.datasets}
     projection = project_grid(
         grid,
         flops_per_image=flops,
@@ -296,11 +296,11 @@ def _rehearse_model(
     progress: bool,
     done: int,
     total: int,
-    *,
-    runner: tuple[Any, Any, Any],
 ) -> list[StageRecord]:
     """FP32 training, each calibration grouping and every cell of one (dataset, model)."""
-    fp32_state, calibration_cache, run_cell = runner
+    from ._cell_run import run_cell
+    from ._checkpoints import CalibrationCache, fp32_state
+
     if not cells:
         return []
     dataset, model, seed = cells[0].dataset, cells[0].model, cells[0].seed
@@ -314,7 +314,7 @@ def _rehearse_model(
     _say(f"{fp32.name}: {_line(fp32)}", progress)
     if fp32.error:
         return out + _skipped(cells, config, f"FP32 training failed: {fp32.error}")
-    cache = calibration_cache(config, paths, data, model, seed, state, device)
+    cache = CalibrationCache(config, paths, data, model, seed, state, device)
     broken: dict[str, str] = {}
     for grouping in dict.fromkeys(
         METHOD_GROUPINGS[c.method] for c in cells if c.method in METHOD_GROUPINGS
