@@ -122,6 +122,12 @@ def test_step_clock_times_each_optimizer_step_and_eval_forward() -> None:
         model.eval()
         with torch.no_grad():
             model(torch.randn(6, 4))
+        # a quantized weight computed outside the forward (a parametrization), a lone layer
+        from torch.nn.utils import parametrize
+
+        parametrize.register_parametrization(model[0], "weight", nn.Identity())
+        _ = model[0].weight
+        model[2](torch.randn(3, 8))
     assert len(clock.steps) == 3 and all(s > 0 for s in clock.steps)
     assert len(clock.eval_per_image) == 1 and clock.eval_median > 0
     # hooks removed: nothing more is recorded

@@ -90,11 +90,20 @@ class PeakMemory:
         self.exact = self.exact and hwm is not None
 
 
+def _not_a_model(module: torch.nn.Module) -> bool:
+    """A top-level call that is not a model's forward: a parametrization computing a weight
+    (``module.weight`` of a quantized layer outside the model's forward), or a lone layer."""
+    from torch.nn.utils.parametrize import ParametrizationList
+
+    return isinstance(module, ParametrizationList) or next(module.children(), None) is None
+
+
 class StepClock:
     """Wall seconds of each training step and each evaluation forward inside the block.
 
-    A training step runs from the first top-level forward in training mode with gradients on
-    after the previous step to the end of an optimizer's ``step`` (forward, loss, backward and
+    A training step runs from the first top-level forward of a model (a module with submodules;
+    a parametrization computing a quantized weight outside the forward is not one) in training
+    mode with gradients on after the previous step to the end of an optimizer's ``step`` (forward, loss, backward and
     update; loading the batch is not included). An evaluation forward is a top-level forward in
     eval mode without gradients; ``eval_per_image`` divides it by its batch size (the first
     input's first dimension). On CUDA the clock synchronizes the device at each mark, so the
@@ -122,6 +131,9 @@ class StepClock:
     def _pre(self, module: torch.nn.Module, args: Any) -> None:
         self._depth += 1
         if self._depth != 1:
+            return
+        if _not_a_model(module):
+            self._fwd = None
             return
         training = module.training and torch.is_grad_enabled()
         first = args[0] if isinstance(args, tuple) and args else None
