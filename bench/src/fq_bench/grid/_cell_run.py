@@ -43,6 +43,7 @@ def cell_fingerprint(config: GridConfig, model_name: str) -> str:
 
 
 def apply_override(config: GridConfig, key: CellKey) -> GridConfig:
+    """``config`` with ``key``'s ablation override (``(field, value)``) applied, if it has one."""
     ov = key.override
     return config if ov is None else config.replace(**{ov[0]: ov[1]})
 

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, kw_only=True)
 class RunPaths:
+    """Where a results folder ``root`` keeps its FP32 checkpoints and calibrations."""
+
     root: Path
 
     def checkpoint(self, dataset: str, model: str, seed: int) -> Path:
@@ -43,6 +45,8 @@ class RunPaths:
 def fresh_model(
     config: GridConfig, name: str, data: DataBundle, *, pretrained: bool
 ) -> torch.nn.Module:
+    """A new ``name`` model for ``data``'s classes at the config's image size (random init, or
+    ImageNet weights when ``pretrained``)."""
     return build_model(
         name,
         num_classes=data.loaders.num_classes,
