@@ -15,6 +15,7 @@ from ._cells import parse_shard
 from ._config import GridConfig
 from ._names import DATASETS, METHOD_IDS, MIXED_METHODS, SWEEPABLE, parse_swept_value
 from ._presets import PRESETS
+from ._rehearsal_cli import REHEARSAL_PRESET, add_rehearsal_arguments, rehearse_main
 
 #: Help for every GridConfig field (units in brackets); the CLI flag is ``--field-name``.
 FIELD_HELP: dict[str, str] = {
@@ -120,17 +121,25 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, default: A
         )
 
 
-def add_config_arguments(p: argparse.ArgumentParser, fields: Collection[str] | None = None) -> None:
+def add_config_arguments(
+    p: argparse.ArgumentParser,
+    fields: Collection[str] | None = None,
+    *,
+    rehearsal: bool = False,
+) -> None:
     """Add ``--preset``, one flag per :class:`GridConfig` field, ``--data-source``,
     ``--dataset``, ``--image-column``, ``--label-column``, ``--group-column``, ``--threads`` and
     ``-v`` to ``p`` (shared by every bench entry point that builds a grid config;
     :func:`config_from_args` reads them back). ``fields``: only these fields get a flag (an entry
     point that uses a few of them lists only those in its ``--help``); the others keep the
-    preset's value."""
-    p.add_argument("--preset", choices=tuple(PRESETS), default="default",
+    preset's value. ``rehearsal``: ``--preset`` also takes ``rehearsal`` (the paper's grid,
+    rehearsed)."""
+    presets = (*PRESETS, REHEARSAL_PRESET) if rehearsal else tuple(PRESETS)
+    p.add_argument("--preset", choices=presets, default="default",
                    help="default: CPU demo on semi-synthetic data (Table 1 and a 3-budget frontier); "
                    "paper: the paper's grid (+ a 3-6 bit frontier); frontier: a denser frontier "
-                   "on the default's data; ablations: Fig. 2 sweeps")  # fmt: skip
+                   "on the default's data; ablations: Fig. 2 sweeps"
+                   + ("; rehearsal: --preset paper --rehearsal" if rehearsal else ""))  # fmt: skip
     p.add_argument("--data-source", action="append", default=None, metavar="DATASET=SOURCE",
                    help="real data for a dataset (folder, hub id, parquet); otherwise semi-synthetic")  # fmt: skip
     p.add_argument("--dataset", action="append", default=None, metavar="NAME=SOURCE",
@@ -176,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "without --methods, runs only the methods the swept fields change; with budgets, "
                    "the frontier's methods that use the field run once per value at every budget), "
                    "e.g. fair_loss=gap,gap-up,worst,lse,dro or lambda_fair=0.1,0.5")  # fmt: skip
-    add_config_arguments(p)
+    add_rehearsal_arguments(p)
+    add_config_arguments(p, rehearsal=True)
     return p
 
 
@@ -226,7 +236,7 @@ def _plausible_source(source: str) -> bool:
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> GridConfig:
     """The preset with every given flag applied; errors name the flag and the valid values."""
-    base = PRESETS[args.preset]
+    base = PRESETS["paper" if args.preset == REHEARSAL_PRESET else args.preset]
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(GridConfig):
         if f.name in _SPECIAL:
@@ -288,6 +298,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             changes["methods"] = tuple(m for m in base.methods if m in allowed) or allowed
     if changes.get("weights_dir") is not None and "pretrained" not in changes:
         changes["pretrained"] = True  # --weights DIR means "start from these ImageNet weights"
+    if getattr(args, "rehearsal", False) or args.preset == REHEARSAL_PRESET:
+        changes.setdefault("pretrained", False)  # a rehearsal starts from random weights
     try:
         config = base.replace(**changes)
         from ._models import check_model_names, check_pretrained_sources
@@ -319,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--report {args.report}: {exc}")
         return 0
     config = config_from_args(args, parser)
+    if getattr(args, "rehearsal", False) or args.preset == REHEARSAL_PRESET:
+        return rehearse_main(args, parser, config)
     from ._cell_run import check_cells
     from ._cells import grid_cells, shard_cells
 

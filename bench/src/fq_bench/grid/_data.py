@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -104,8 +105,45 @@ class DataBundle:
         return self.loaders.train
 
 
-def load_data(config: GridConfig, dataset: str) -> DataBundle:
-    """Load ``dataset`` (semi-synthetic unless a source is configured) and build its loaders."""
+def spread_rows(groups: np.ndarray, binary_map: list[int] | None, n: int) -> np.ndarray:
+    """The indices of ``n`` rows of a split (``groups``: its group ids, ``[N]``) taken in turn
+    from each group, in their order within the group; the groups take turns so that consecutive
+    ones alternate between the two sides of ``binary_map`` (group id -> 0, 1, or -1: neither),
+    the sides' groups first. Any two consecutive rows then span both sides where the split has
+    both (a rehearsal's batch of two calibrates Guo et al.'s binary grouping)."""
+    ids = sorted({int(g) for g in groups})
+    if binary_map is None:
+        order = ids
+    else:
+        side = {k: [g for g in ids if binary_map[g] == k] for k in (0, 1, -1)}
+        pairs = [g for pair in itertools.zip_longest(side[0], side[1]) for g in pair]
+        order = [g for g in pairs if g is not None] + side[-1]
+    rows = [list(np.flatnonzero(groups == g)) for g in order]
+    turns = [i for turn in itertools.zip_longest(*rows) for i in turn if i is not None]
+    return np.asarray(turns[:n], dtype=np.int64)
+
+
+def _cut(dd: Any, rows: int) -> Any:
+    """``dd`` with at most ``rows`` rows per split (:func:`spread_rows`)."""
+    from fq_data import dataset_info
+
+    _, group_names = dataset_info(dd)
+    try:
+        binary: list[int] | None = binary_grouping(group_names)[0]
+    except ValueError:
+        binary = None
+    for split in ("train", "test"):
+        groups = np.asarray(dd[split]["group"], dtype=np.int64)
+        dd[split] = dd[split].select(spread_rows(groups, binary, rows).tolist())
+    return dd
+
+
+def load_data(config: GridConfig, dataset: str, *, rows_per_split: int | None = None) -> DataBundle:
+    """Load ``dataset`` (semi-synthetic unless a source is configured) and build its loaders.
+
+    ``rows_per_split``: keep at most that many rows of the train and the test split, taken in
+    turn from each group (:func:`spread_rows`; the rehearsal's stages of a batch or two).
+    """
     from fq_data import is_semisynthetic, make_loaders
 
     source = config.data_source(dataset)
@@ -144,6 +182,8 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
         from fq_data import load_isic2019
 
         dd = load_isic2019(source, seed=0, test_fraction=config.test_fraction, label_col=label_col)
+    if rows_per_split is not None:
+        dd = _cut(dd, rows_per_split)
     loaders = make_loaders(
         dd, image_size=config.image_size, batch_size=config.batch_size, train=True, seed=0
     )

@@ -16,7 +16,7 @@ from fq_quant import BitAssignment, Granularity, ScopeLayout, quantize_model
 from torch import nn
 
 from ._config import GridConfig
-from ._names import UNIFORM_BITS
+from ._names import METHOD_GROUPINGS, UNIFORM_BITS
 
 if TYPE_CHECKING:
     from fq_importance import Reducer
@@ -108,9 +108,7 @@ def train_config(
 
 
 #: Methods that allocate bits from a palette (Table 1) or a budget (the frontier).
-_ALLOCATING: frozenset[str] = frozenset(
-    {"blind", "blind-fair", "fq-alloc", "lin", "guo", "fq-qat", "fq-baq"}
-)
+_ALLOCATING: frozenset[str] = frozenset(METHOD_GROUPINGS)
 
 
 def check_method_config(c: GridConfig, method: str, budget: float | None) -> None:
@@ -177,10 +175,12 @@ def _qat(ctx: CellContext, assignment: BitAssignment, *, lambda_fair: float) -> 
     return MethodOutput(model=res.model, assignment=res.assignment, history=_history(res))
 
 
-def _reduced(ctx: CellContext, grouping: str, reducer: Reducer, **kw: Any) -> Any:
+def _reduced(ctx: CellContext, method: str, reducer: Reducer, **kw: Any) -> Any:
+    """``method``'s importance map: its grouping's calibration (:data:`METHOD_GROUPINGS`)
+    reduced over the groups by ``reducer``."""
     from fq_importance import reduce
 
-    return reduce(ctx.calibration(grouping), reducer, **kw)
+    return reduce(ctx.calibration(METHOD_GROUPINGS[method]), reducer, **kw)
 
 
 def _uniform(bits: int) -> Callable[[CellContext], MethodOutput]:
@@ -215,23 +215,23 @@ def run_fp32_ft(ctx: CellContext) -> MethodOutput:
 def run_blind(ctx: CellContext) -> MethodOutput:
     """Group-blind mixed precision: the same ``grape`` importance on the pooled loss of all
     samples as one group (a standard sensitivity-based allocation), QAT without L_fair."""
-    return _qat(ctx, _allocate(ctx, _reduced(ctx, "pooled", "mean")), lambda_fair=0.0)
+    return _qat(ctx, _allocate(ctx, _reduced(ctx, "blind", "mean")), lambda_fair=0.0)
 
 
 def run_blind_fair(ctx: CellContext) -> MethodOutput:
     """The group-blind allocation, QAT with L_fair: the fairness term alone."""
-    imap = _reduced(ctx, "pooled", "mean")
+    imap = _reduced(ctx, "blind-fair", "mean")
     return _qat(ctx, _allocate(ctx, imap), lambda_fair=ctx.config.lambda_fair)
 
 
 def run_fq_alloc(ctx: CellContext) -> MethodOutput:
     """FairQuant's balanced allocation, QAT without L_fair: the allocation alone."""
-    return _qat(ctx, _allocate(ctx, _reduced(ctx, "type", "balanced")), lambda_fair=0.0)
+    return _qat(ctx, _allocate(ctx, _reduced(ctx, "fq-alloc", "balanced")), lambda_fair=0.0)
 
 
 def run_lin(ctx: CellContext) -> MethodOutput:
     """Lin et al. (FairGRAPE-style): grape + max over groups, fixed palette, QAT without L_fair."""
-    return _qat(ctx, _allocate(ctx, _reduced(ctx, "type", "max")), lambda_fair=0.0)
+    return _qat(ctx, _allocate(ctx, _reduced(ctx, "lin", "max")), lambda_fair=0.0)
 
 
 def run_guo(ctx: CellContext) -> MethodOutput:
@@ -241,13 +241,13 @@ def run_guo(ctx: CellContext) -> MethodOutput:
     (Fitzpatrick 1-3 vs 4-6; ISIC female vs male, unknown sex left out); the privileged group is
     the larger one in the training split.
     """
-    imap = _reduced(ctx, "binary", "subtractive", privileged=ctx.privileged_binary)
+    imap = _reduced(ctx, "guo", "subtractive", privileged=ctx.privileged_binary)
     return _qat(ctx, _allocate(ctx, imap), lambda_fair=0.0)
 
 
 def run_fq_qat(ctx: CellContext) -> MethodOutput:
     """FQ-QAT: grape + balanced, fixed palette (or the budget), QAT with the fairness loss."""
-    imap = _reduced(ctx, "type", "balanced")
+    imap = _reduced(ctx, "fq-qat", "balanced")
     return _qat(ctx, _allocate(ctx, imap), lambda_fair=ctx.config.lambda_fair)
 
 
@@ -262,7 +262,7 @@ def run_fq_baq(ctx: CellContext) -> MethodOutput:
     from fq_baq import BAQTrainer
 
     c = ctx.config
-    imap = _reduced(ctx, "type", "balanced")
+    imap = _reduced(ctx, "fq-baq", "balanced")
     if ctx.budget is None:
         warm = allocate_to_budget(imap, tuple(c.baq_bits), c.baq_warm_avg_bits, layout=ctx.model)
     else:

@@ -113,3 +113,17 @@ def sweep_methods(fields: tuple[str, ...]) -> tuple[str, ...]:
 
 #: The scopes of one scale ``bench/ptq_probe.py`` quantizes with (``--granularity``).
 PROBE_GRANULARITIES: tuple[str, ...] = ("channel", "tensor")
+
+#: The calibration grouping each allocating method asks ``CellContext.calibration`` for: the
+#: methods that allocate bits from a palette (Table 1) or a budget (the frontier).
+METHOD_GROUPINGS: dict[str, str] = {
+    "blind": "pooled",
+    "blind-fair": "pooled",
+    "fq-alloc": "type",
+    "lin": "type",
+    "guo": "binary",
+    "fq-qat": "type",
+    "fq-baq": "type",
+}
+#: Methods that train (``epochs`` epochs of a fine-tune); the others only quantize, or not at all.
+TRAINING_METHODS: tuple[str, ...] = ("fp32-ft", *METHOD_GROUPINGS)
