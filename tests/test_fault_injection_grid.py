@@ -58,3 +58,69 @@ def test_an_unwritable_out_fails_before_any_work(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"--out {out}: {says}" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- 1. results follow the data
+
+
+def _change(src: Path) -> int:
+    """The probe's edit of a user's folder: every label flipped and 40 rows removed; returns the
+    rows left."""
+    import polars as pl
+
+    table = pl.read_csv(src / "labels.csv")
+    flip = pl.when(pl.col("dx") == "nevus").then(pl.lit("melanoma")).otherwise(pl.lit("nevus"))
+    table = table.with_columns(flip.alias("dx"))[40:]
+    table.write_csv(src / "labels.csv")
+    return table.height
+
+
+def test_a_changed_folder_is_recomputed_never_mixed(tmp_path: Path, own_folder, capsys) -> None:
+    import json
+
+    from fq_bench.grid import CellStore, build_report
+    from safetensors import safe_open
+
+    src, out = own_folder(tmp_path / "mine"), tmp_path / "out"
+    ckpt = out / "checkpoints" / "mine__tiny_cnn__s0.safetensors"
+
+    def checkpoint_fp() -> str:
+        with safe_open(str(ckpt), "pt") as f:
+            return f.metadata()["fingerprint"]
+
+    assert main(_args(src, out)) == 0
+    assert "2 cell(s) computed, 0 reused" in capsys.readouterr().out
+    before, old_config = checkpoint_fp(), json.loads((out / "config.json").read_text())
+    assert main(_args(src, out)) == 0  # the same data: every result reused
+    assert "0 cell(s) computed, 2 reused" in capsys.readouterr().out
+
+    rows = _change(src)
+    # and a method added, as in the probe: it must not be evaluated beside old cells
+    assert main([*_args(src, out), "--methods", "fp32", "u4", "u8"]) == 0
+    assert "3 cell(s) computed, 0 reused" in capsys.readouterr().out
+    assert checkpoint_fp() != before  # the FP32 reference retrained on the new labels
+    content = old_config["data"]["mine"]["content_sha256"]
+    assert len(content) == 64
+    cells = CellStore(out).all()
+    assert len(cells) == 3
+    for _, res in cells:
+        assert res["data"]["n_train"] + res["data"]["n_test"] == rows
+        assert res["data"]["content_sha256"] not in (None, content)
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["data"]["mine"]["content_sha256"] == cells[0][1]["data"]["content_sha256"]
+    rep = build_report(out, plots=False)
+    assert len(rep.ignored) == 0 and rep.cells.height == 3
+
+
+def test_the_default_data_keeps_its_cell_fingerprints() -> None:
+    """Semi-synthetic data adds nothing to the fingerprints (the config determines it), so the
+    default run's old cell files stay valid; data read from a source adds its content."""
+    from fq_bench.grid import DEFAULT
+    from fq_bench.grid._cell_run import cell_fingerprint, fingerprint_key
+
+    plain = cell_fingerprint(DEFAULT, "resnet18")
+    assert cell_fingerprint(DEFAULT, "resnet18", None) == plain
+    assert fingerprint_key("fitzpatrick17k", "resnet18", None) == "resnet18"
+    a, b = (cell_fingerprint(DEFAULT, "resnet18", c * 64) for c in "ab")
+    assert len({plain, a, b}) == 3
+    assert fingerprint_key("mine", "resnet18", "a" * 64) == "mine/resnet18"

@@ -95,6 +95,10 @@ class DataBundle:
     binary_map: list[int]
     binary_names: tuple[str, str]
     privileged_binary: int
+    #: ``fq_data.dataset_fingerprint(dd, images="content")`` of a dataset read from a source
+    #: (custom, Hub, a real folder): its labels, groups, rows, split and image bytes. ``None`` for
+    #: semi-synthetic data, which the config's fields (and the generator's cache key) determine.
+    content: str | None = None
 
     def reseed(self, seed: int) -> Any:
         """The train loader, its shuffling and augmentation reset to ``seed`` at epoch 0."""
@@ -105,7 +109,8 @@ class DataBundle:
 
 
 def load_data(config: GridConfig, dataset: str) -> DataBundle:
-    """Load ``dataset`` (semi-synthetic unless a source is configured) and build its loaders."""
+    """Load ``dataset`` (semi-synthetic unless a source is configured) and build its loaders;
+    data read from a source also gets its content fingerprint (``DataBundle.content``)."""
     from fq_data import is_semisynthetic, make_loaders
 
     source = config.data_source(dataset)
@@ -155,6 +160,11 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
         top = int(sizes.argmax())
         mapping = [1 if k == top else 0 for k in range(len(loaders.group_names))]
         names = ("rest", str(loaders.group_names[top]))
+    content = None
+    if source != "semisynthetic":
+        from fq_data import dataset_fingerprint
+
+        content = dataset_fingerprint(dd, images="content")
     binary = torch.tensor(mapping)[train_groups]
     counts = [int((binary == k).sum()) for k in (0, 1)]
     return DataBundle(
@@ -167,4 +177,5 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
         binary_map=mapping,
         binary_names=names,
         privileged_binary=int(counts[1] > counts[0]),
+        content=content,
     )

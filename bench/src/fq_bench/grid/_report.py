@@ -153,8 +153,9 @@ class Report:
         out = []
         if self.ignored:
             out.append(
-                f"{len(self.ignored)} cell(s) of another config ignored (kept on disk in cells/; "
-                "the tables hold one config per model, the one config.json names)"
+                f"{len(self.ignored)} cell(s) of another config or data ignored (kept on disk in "
+                "cells/; the tables hold one config and one version of the data per dataset and "
+                "model, the one config.json names)"
             )
         if self.failed:
             out.append(f"{len(self.failed)} cell(s) failed (details in failed/):")
