@@ -124,3 +124,56 @@ def test_the_default_data_keeps_its_cell_fingerprints() -> None:
     a, b = (cell_fingerprint(DEFAULT, "resnet18", c * 64) for c in "ab")
     assert len({plain, a, b}) == 3
     assert fingerprint_key("mine", "resnet18", "a" * 64) == "mine/resnet18"
+
+
+# ---------------------------------------------------------------- 5 and 12. notes from the run
+
+
+def test_notes_describe_the_run_and_show_its_split(tmp_path: Path, own_folder, capsys) -> None:
+    import json
+    import re
+    import shlex
+
+    from fq_bench.grid import DEFAULT, CellStore
+    from fq_data.__main__ import main as data_main
+
+    src, out = own_folder(tmp_path / "mine"), tmp_path / "out"
+    assert main(_args(src, out)) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())["config"]["notes"]
+    for text in (printed, "\n".join(saved)):
+        # the default preset's note is false here: not semi-synthetic, not resnet18, not 150
+        assert "semi-synthetic" not in text.lower() and "resnet18" not in text
+        assert "150 test images" not in text and DEFAULT.notes[0] not in text
+        assert f"This run: your data 'mine' from {src}; tiny_cnn from random initialization " in (
+            text
+        )
+        assert "at 16 px; 1 FP32 and 1 fine-tune epoch(s); seed(s) 0; 0.4 of each" in text
+    # 12: the inspect command printed shows the split the grid's cells were computed on
+    cmd = re.search(r"`(python -m fq_data inspect [^`]*)`", printed)
+    assert cmd is not None and "--test-fraction 0.4" in cmd.group(1)
+    n_test = CellStore(out).all()[0][1]["data"]["n_test"]
+    assert data_main(shlex.split(cmd.group(1))[3:]) == 0
+    assert f"  test: {n_test} rows" in capsys.readouterr().out
+
+
+def test_preset_notes_only_while_they_hold() -> None:
+    import inspect
+
+    from fq_bench.grid import DEFAULT, PRESETS
+    from fq_bench.grid._notes import run_notes
+    from fq_data import DEFAULT_TEST_FRACTION, build_semisynthetic, load_semisynthetic
+
+    for preset in PRESETS.values():  # a preset as it is keeps its notes
+        assert run_notes(preset) == preset.notes
+    assert run_notes(DEFAULT.replace(progress=False, cpu=True)) == DEFAULT.notes
+    for change in ({"models": ("resnet50",)}, {"image_size": 64}, {"min_test_per_group": 0}):
+        (line,) = run_notes(DEFAULT.replace(**change))
+        assert line.startswith("This run: semi-synthetic FitzP. data") and line != DEFAULT.notes[0]
+    line = run_notes(DEFAULT.replace(min_test_per_group=0))[0]
+    assert "resnet18 from random initialization at 32 px" in line and "test images" not in line
+    mine = DEFAULT.replace(notes=("my own note",))
+    assert run_notes(mine.replace(models=("resnet50",))) == ("my own note",)
+    # the semi-synthetic loaders share fq_data's one default test fraction
+    for fn in (load_semisynthetic, build_semisynthetic):
+        assert inspect.signature(fn).parameters["test_fraction"].default is DEFAULT_TEST_FRACTION

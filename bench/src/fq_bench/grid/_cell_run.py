@@ -188,8 +188,11 @@ def write_run_config(
             for m in config.models
         }
     )
+    from ._notes import run_notes
+
     meta = {
-        "config": config.to_dict(),
+        # the notes derived from this run (a preset's notes only while they describe it)
+        "config": {**config.to_dict(), "notes": list(run_notes(config))},
         "fingerprint": config.fingerprint(),
         "cell_fingerprints": dict(sorted(merged.items())),
         "data": {

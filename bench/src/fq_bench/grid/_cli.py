@@ -386,7 +386,9 @@ def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"no table: {exc}")
     if report is not None:
         print(report.text())
-    for note in config.notes:
+    from ._notes import run_notes
+
+    for note in run_notes(config):
         print(note)
     if shard[1] > 1:
         print(f"shard {shard[0]}/{shard[1]}: the table holds every cell finished so far in {out}")
