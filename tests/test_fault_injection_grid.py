@@ -177,3 +177,46 @@ def test_preset_notes_only_while_they_hold() -> None:
     # the semi-synthetic loaders share fq_data's one default test fraction
     for fn in (load_semisynthetic, build_semisynthetic):
         assert inspect.signature(fn).parameters["test_fraction"].default is DEFAULT_TEST_FRACTION
+
+
+# ---------------------------------------------------------------- 4. small and empty groups
+
+
+def test_small_and_empty_groups_are_recorded_and_shown(tmp_path: Path, own_folder) -> None:
+    import warnings
+
+    import numpy as np
+    import polars as pl
+    from fq_bench.grid import CellStore, build_report
+    from fq_fairmetrics import MIN_GROUP_N, SmallGroupWarning, margin_sample_size
+    from PIL import Image
+
+    src = own_folder(tmp_path / "mine")
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(src / "pics" / "rare.png")
+    table = pl.read_csv(src / "labels.csv")
+    rare = pl.DataFrame({"file": ["pics/rare.png"], "dx": ["nevus"], "skin": ["rare"]})
+    pl.concat([table, rare]).write_csv(src / "labels.csv")  # one image: no test image
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(_args(src, out)) == 0
+    assert not [w for w in seen if issubclass(w.category, SmallGroupWarning)]
+    cells = dict(CellStore(out).all())
+    res = next(iter(cells.values()))
+    sizes = dict(zip(res["group_names"], res["group_n"], strict=True))
+    assert res["empty_groups"] == ["rare"] and sizes["rare"] == 0
+    small = sorted(n for n, k in sizes.items() if 0 < k < MIN_GROUP_N)
+    assert small and sorted(res["small_groups"]) == small
+    text = build_report(out, plots=False).text()
+    assert "Groups: mine: no test image in 'rare'" in text
+    listed = ", ".join(f"{n!r} ({sizes[n]})" for n in res["small_groups"])
+    assert f"Groups: mine: fewer than {MIN_GROUP_N} test images in {listed}" in text
+    # the margin line: margin_sample_size at the FP32 vs U4 disagreement, every group below it
+    fp32, u4 = (
+        np.asarray(r["test"]["predictions"]) for k, r in sorted(cells.items()) if not k.budget
+    )
+    needed = margin_sample_size(1.0, discordance=float((fp32 != u4).mean()))
+    assert f"needs about {needed} test images per group" in text
+    below = ", ".join(f"{n!r} ({k})" for n, k in sizes.items() if 0 < k < needed)
+    assert f"fewer in {below}." in text
+    assert "Groups: mine: fewer than" in (out / "table.md").read_text()
