@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -86,8 +86,8 @@ def evaluate(
         "group_n": [int(n) for n in rep.group_n],
         # groups without test images (left out of every metric) and with 1 .. MIN_GROUP_N - 1
         # (metrics too uncertain to rank groups by), by name
-        "empty_groups": [names[int(k)] for k in rep.empty_groups],
-        "small_groups": [names[int(k)] for k in rep.small_groups],
+        "empty_groups": [names[cast(int, k)] for k in rep.empty_groups],
+        "small_groups": [names[cast(int, k)] for k in rep.small_groups],
         "min_group_n": MIN_GROUP_N,
         "cost": {
             "avg_bits": cost.avg_bits,
