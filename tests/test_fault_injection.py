@@ -80,7 +80,7 @@ def test_two_configs_in_one_folder_are_never_averaged(tmp_path: Path) -> None:
     assert rep.summary["n_seeds"].to_list() == [1]
     # a's seed-1 cell stays on disk, named, and the table is b's alone, byte for byte
     assert [k.seed for k in rep.ignored] == [1] and len(CellStore(mixed).all()) == 2
-    assert "1 cell(s) of another config ignored" in rep.text()
+    assert "1 cell(s) of another config or data ignored" in rep.text()
     build_report(alone, plots=False)
     assert (mixed / "table.csv").read_text() == (alone / "table.csv").read_text()
 
@@ -91,7 +91,7 @@ def test_report_flag_follows_the_same_rule(tmp_path: Path, capsys) -> None:
     run_grid(a.replace(seeds=(0,), fp32_epochs=2), tmp_path / "r")
     assert main(["--report", str(tmp_path / "r"), "--no-plots"]) == 0
     out = capsys.readouterr().out
-    assert "1 cell(s) of another config ignored" in out
+    assert "1 cell(s) of another config or data ignored" in out
     # without config.json each model keeps the fingerprint most of its cells carry
     (tmp_path / "r" / "config.json").unlink()
     rep = build_report(tmp_path / "r", plots=False)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._cells import CellKey, atomic_write_bytes, read_cell_fingerprints, stable_seed
-from ._checkpoints import CalibrationCache, fresh_model, weights_source, with_weights
+from ._checkpoints import CalibrationCache, fresh_model, weights_source, with_data, with_weights
 from ._config import GridConfig
 from ._evaluation import evaluate
 from ._methods import METHODS, CellContext
@@ -36,10 +36,19 @@ def cell_seed(key: CellKey) -> int:
     return stable_seed("cell", key.dataset, key.model, key.seed)
 
 
-def cell_fingerprint(config: GridConfig, model_name: str) -> str:
-    """What a cell file of ``model_name`` under ``config`` must carry to be reused."""
+def cell_fingerprint(config: GridConfig, model_name: str, content: str | None = None) -> str:
+    """What a cell file of ``model_name`` under ``config`` must carry to be reused, on a dataset
+    whose content fingerprint is ``content`` (``DataBundle.content``; ``None``: semi-synthetic
+    data, whose cells keep the fingerprint of the config alone)."""
     fp = hashlib.sha256(f"{config.fingerprint()}:cell-v{CELL_VERSION}".encode()).hexdigest()[:16]
-    return with_weights(fp, config, model_name)
+    return with_data(with_weights(fp, config, model_name), content)
+
+
+def fingerprint_key(dataset: str, model_name: str, content: str | None) -> str:
+    """The key of a cell fingerprint in ``config.json``'s ``cell_fingerprints``: the model for
+    semi-synthetic data (as before the data's content counted), ``"<dataset>/<model>"`` for data
+    read from a source (each dataset's content gives its own fingerprint)."""
+    return model_name if content is None else f"{dataset}/{model_name}"
 
 
 def apply_override(config: GridConfig, key: CellKey) -> GridConfig:
@@ -126,6 +135,7 @@ def run_cell(
                 "semisynthetic": data.semisynthetic,
                 "n_train": data.n_train,
                 "n_test": data.n_test,
+                "content_sha256": data.content,
                 "image_size": cfg.image_size,
             },
             # where the FP32 model started: None = random init (or timm's hub weights when
@@ -155,20 +165,42 @@ def check_cells(config: GridConfig, cells: Iterable[CellKey]) -> None:
             raise ValueError(f"cell {key.id}: {exc}") from None
 
 
-def write_run_config(out: Path, config: GridConfig) -> dict[str, str]:
-    """Write ``out/config.json`` and return its ``cell_fingerprints`` (model -> the cell
-    fingerprint the report uses for that model's cells).
+def write_run_config(
+    out: Path, config: GridConfig, content: dict[str, str | None] | None = None
+) -> dict[str, str]:
+    """Write ``out/config.json`` and return its ``cell_fingerprints`` (model, or
+    ``"<dataset>/<model>"`` for data read from a source, -> the cell fingerprint the report uses
+    for those cells; :func:`fingerprint_key`).
 
-    The models of ``config`` take this config's fingerprint; other models keep the one an
-    earlier run recorded (the paper's ViTs run as a second invocation with other FP32 epochs).
-    A table only ever holds cells of one config per model (see :func:`select_config`).
+    ``content``: dataset -> its content fingerprint (``DataBundle.content``), also recorded under
+    ``data``. The models of ``config`` take this config's (and data's) fingerprint; other models
+    and datasets keep the one an earlier run recorded (the paper's ViTs run as a second invocation
+    with other FP32 epochs). A table only ever holds cells of one config and one version of the
+    data per (dataset, model) (see :func:`select_config`).
     """
+    content = content or {}
     merged = dict(read_cell_fingerprints(out) or {})
     merged.update({m: cell_fingerprint(config, m) for m in config.models})
+    merged.update(
+        {
+            fingerprint_key(d, m, fp): cell_fingerprint(config, m, fp)
+            for d, fp in content.items()
+            if fp is not None
+            for m in config.models
+        }
+    )
+    from ._notes import run_notes
+
     meta = {
-        "config": config.to_dict(),
+        # the notes derived from this run (a preset's notes only while they describe it)
+        "config": {**config.to_dict(), "notes": list(run_notes(config))},
         "fingerprint": config.fingerprint(),
         "cell_fingerprints": dict(sorted(merged.items())),
+        "data": {
+            d: {"source": config.data_source(d), "content_sha256": fp, "images": "content"}
+            for d, fp in sorted(content.items())
+            if fp is not None
+        },
     }
     atomic_write_bytes(out / "config.json", json.dumps(meta, indent=1, default=str).encode())
     return merged

@@ -251,7 +251,7 @@ class CellStore:
         if body is None or CellKey.from_dict(body["key"]) != key:
             return None
         if fingerprint is not None and body["fingerprint"] != fingerprint:
-            logger.warning("cell %s was computed under another config; recomputing", key.id)
+            logger.warning("cell %s was computed under another config or data; recomputing", key.id)
             return None
         return body["result"]
 
@@ -386,8 +386,9 @@ def _claim_stale(holder: tuple[str, int, float]) -> bool:
 
 
 def read_cell_fingerprints(root: str | os.PathLike[str]) -> dict[str, str] | None:
-    """``cell_fingerprints`` of ``root/config.json`` (model -> the cell fingerprint of the config
-    the run recorded), or ``None`` when there is no readable one (a folder from before)."""
+    """``cell_fingerprints`` of ``root/config.json`` (model, or ``"<dataset>/<model>"`` for data
+    read from a source, -> the cell fingerprint the run recorded), or ``None`` when there is no
+    readable one (a folder from before)."""
     try:
         fps = json.loads((Path(root) / "config.json").read_text())["cell_fingerprints"]
         return {str(m): str(f) for m, f in fps.items()}
@@ -398,21 +399,24 @@ def read_cell_fingerprints(root: str | os.PathLike[str]) -> dict[str, str] | Non
 def select_config(
     entries: list[tuple[CellKey, str, dict[str, Any]]], fingerprints: dict[str, str] | None
 ) -> tuple[list[tuple[CellKey, dict[str, Any]]], list[CellKey]]:
-    """The cells of one config per model, and the keys of the others (kept on disk, not used).
+    """The cells of one config (and one version of the data) per (dataset, model), and the keys
+    of the others (kept on disk, not used).
 
-    ``fingerprints``: model -> the cell fingerprint of the config whose cells a table holds (the
-    run's ``config.json``). Without it, each model keeps the fingerprint most of its cells carry
-    (ties: the lexically smallest), so two configs are never averaged into one row.
+    ``fingerprints``: ``"<dataset>/<model>"`` or, for every dataset without its own entry, the
+    model -> the cell fingerprint whose cells a table holds (the run's ``config.json``). Without
+    it, each (dataset, model) keeps the fingerprint most of its cells carry (ties: the lexically
+    smallest), so two configs are never averaged into one row.
     """
     if fingerprints is None:
         counts: dict[str, dict[str, int]] = {}
         for key, fp, _ in entries:
-            per = counts.setdefault(key.model, {})
+            per = counts.setdefault(f"{key.dataset}/{key.model}", {})
             per[fp] = per.get(fp, 0) + 1
         fingerprints = {m: min(per, key=lambda f: (-per[f], f)) for m, per in counts.items()}
     kept, ignored = [], []
     for key, fp, result in entries:
-        if fingerprints.get(key.model) == fp:
+        wanted = fingerprints.get(f"{key.dataset}/{key.model}", fingerprints.get(key.model))
+        if wanted == fp:
             kept.append((key, result))
         else:
             ignored.append(key)

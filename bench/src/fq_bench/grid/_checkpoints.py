@@ -1,7 +1,8 @@
 """What a run keeps between cells and runs: FP32 checkpoints, calibrations, the weights' digest.
 
-Each artifact carries the fingerprint of the config fields it depends on (extended by the
-``--weights`` file's digest), so a stale one is recomputed, never mixed in.
+Each artifact carries the fingerprint of the config fields it depends on, extended by the
+``--weights`` file's digest and, for data read from a source, the dataset's content fingerprint,
+so a stale one (another config, weights file or version of the data) is recomputed, never mixed in.
 """
 
 from __future__ import annotations
@@ -89,13 +90,22 @@ def with_weights(fingerprint: str, config: GridConfig, model_name: str) -> str:
     return hashlib.sha256(f"{fingerprint}:{src['sha256']}".encode()).hexdigest()[:16]
 
 
+def with_data(fingerprint: str, content: str | None) -> str:
+    """``fingerprint`` extended by a dataset's content fingerprint (``DataBundle.content``);
+    unchanged for semi-synthetic data (``None``), whose content the config's fields determine, so
+    the default run's checkpoints, calibrations and cells keep their fingerprints."""
+    if content is None:
+        return fingerprint
+    return hashlib.sha256(f"{fingerprint}:data:{content}".encode()).hexdigest()[:16]
+
+
 def fp32_state(
     config: GridConfig, paths: RunPaths, data: DataBundle, model_name: str, seed: int
 ) -> dict[str, torch.Tensor]:
     """The FP32 reference weights for (dataset, model, seed): loaded, or trained and saved."""
     from fq_baq import BAQConfig, FP32Trainer
 
-    fp = with_weights(config.fingerprint(FP32_FIELDS), config, model_name)
+    fp = with_data(with_weights(config.fingerprint(FP32_FIELDS), config, model_name), data.content)
     path = paths.checkpoint(data.name, model_name, seed)
     got = load_tensors(path, fingerprint=fp) if is_main_process() else None
     got = broadcast(got)
@@ -131,6 +141,7 @@ def fp32_state(
             "seconds": time.perf_counter() - t0,
             "final_task_loss": res.history[-1].task_loss,
             "weights": weights_source(config, model_name),
+            "data_content": data.content,
         }
         save_checkpoint(path, res.model, fingerprint=fp, info=info)
     barrier()
@@ -159,7 +170,10 @@ class CalibrationCache:
             return self.memory[grouping]
         grouping_map(self.data, grouping)  # an unknown grouping fails before any work
 
-        fp = with_weights(self.config.fingerprint(CALIBRATION_FIELDS), self.config, self.model_name)
+        fp = with_data(
+            with_weights(self.config.fingerprint(CALIBRATION_FIELDS), self.config, self.model_name),
+            self.data.content,
+        )
         path = self.paths.calibration(self.data.name, self.model_name, self.seed, grouping)
         gi = load_group_importance(path, fingerprint=fp) if is_main_process() else None
         gi = broadcast(gi)

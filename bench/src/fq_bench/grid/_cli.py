@@ -315,11 +315,51 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     return config
 
 
+#: Pseudo file systems a results folder must not be under (writes there reach the kernel, or fail
+#: only after the FP32 training).
+PSEUDO_ROOTS: tuple[str, ...] = ("/proc", "/sys", "/dev")
+
+
+def check_out_folder(out: Path) -> None:
+    """Raise ``OSError`` naming ``--out`` unless it is (or can be made) a folder this process can
+    write: not under a pseudo file system (:data:`PSEUDO_ROOTS`), not a file, and a file can be
+    created in it (tried, then removed). Creates the folder. Runs before any data is loaded."""
+    import os
+    import tempfile
+
+    resolved = out.expanduser().resolve()
+    for root in PSEUDO_ROOTS:
+        if resolved == Path(root) or resolved.is_relative_to(root):
+            raise OSError(
+                f"--out {out}: is under {root}, not a results folder; give a folder on disk"
+            )
+    if resolved.exists() and not resolved.is_dir():
+        raise OSError(f"--out {out}: is a file; give a folder for the results")
+    try:
+        resolved.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=resolved)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(f"--out {out}: not writable ({exc.strerror or exc})") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the grid (or only ``--report``); 0 when every cell finished, 1 when some failed."""
+    """Run the grid (or only ``--report``); 0 when every cell finished, 1 when some failed, 2 on
+    bad input: a command-line error, or a data, value or file error, printed as one
+    ``error: ...`` line (the traceback too with ``-v``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     set_up_process(args, parser)
+    try:
+        return _main(args, parser)
+    except (ValueError, OSError) as exc:  # fq_data.DataError is a ValueError
+        logging.getLogger("fq_bench.grid").info("traceback of the error below", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ._report import build_report
 
     if args.report is not None:
@@ -342,8 +382,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     out = Path(args.out) if args.out else Path("results") / (args.run or config.preset)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {out}: is a file; give a folder for the results")
+    try:
+        check_out_folder(out)
+    except OSError as exc:
+        parser.error(str(exc))
     from ._processes import is_main_process
     from ._runner import run_grid
 
@@ -358,7 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no table: {exc}")
     if report is not None:
         print(report.text())
-    for note in config.notes:
+    from ._notes import run_notes
+
+    for note in run_notes(config):
         print(note)
     if shard[1] > 1:
         print(f"shard {shard[0]}/{shard[1]}: the table holds every cell finished so far in {out}")

@@ -96,6 +96,10 @@ class DataBundle:
     binary_map: list[int]
     binary_names: tuple[str, str]
     privileged_binary: int
+    #: ``fq_data.dataset_fingerprint(dd, images="content")`` of a dataset read from a source
+    #: (custom, Hub, a real folder): its labels, groups, rows, split and image bytes. ``None`` for
+    #: semi-synthetic data, which the config's fields (and the generator's cache key) determine.
+    content: str | None = None
 
     def reseed(self, seed: int) -> Any:
         """The train loader, its shuffling and augmentation reset to ``seed`` at epoch 0."""
@@ -142,7 +146,8 @@ def load_data(config: GridConfig, dataset: str, *, rows_per_split: int | None = 
     """Load ``dataset`` (semi-synthetic unless a source is configured) and build its loaders.
 
     ``rows_per_split``: keep at most that many rows of the train and the test split, taken in
-    turn from each group (:func:`spread_rows`; the rehearsal's stages of a batch or two).
+    turn from each group (:func:`spread_rows`; the rehearsal's stages of a batch or two). Data
+    read from a source also gets its content fingerprint (``DataBundle.content``).
     """
     from fq_data import is_semisynthetic, make_loaders
 
@@ -195,6 +200,11 @@ def load_data(config: GridConfig, dataset: str, *, rows_per_split: int | None = 
         top = int(sizes.argmax())
         mapping = [1 if k == top else 0 for k in range(len(loaders.group_names))]
         names = ("rest", str(loaders.group_names[top]))
+    content = None
+    if source != "semisynthetic":
+        from fq_data import dataset_fingerprint
+
+        content = dataset_fingerprint(dd, images="content")
     binary = torch.tensor(mapping)[train_groups]
     counts = [int((binary == k).sum()) for k in (0, 1)]
     return DataBundle(
@@ -207,4 +217,5 @@ def load_data(config: GridConfig, dataset: str, *, rows_per_split: int | None = 
         binary_map=mapping,
         binary_names=names,
         privileged_binary=int(counts[1] > counts[0]),
+        content=content,
     )

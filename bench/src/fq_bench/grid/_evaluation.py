@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import warnings
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ def evaluate(
     out: MethodOutput, data: DataBundle, config: GridConfig, device: torch.device
 ) -> dict[str, Any]:
     """Fairness and cost of ``out.model`` on the test split (METHOD.md sections 7 and 8)."""
-    from fq_fairmetrics import cost_report, group_report
+    from fq_fairmetrics import MIN_GROUP_N, SmallGroupWarning, cost_report, group_report
     from fq_fairmetrics.torch import layer_costs
     from fq_quant import BitAssignment, Granularity, ScopeLayout, packed_size
 
@@ -51,13 +52,18 @@ def evaluate(
         "n_classes": data.loaders.num_classes,
         "group_names": list(range(n_groups)),
     }
-    rep = group_report(y, p, **kw)
-    bootstrap: dict[str, list[float]] = {}
-    if config.bootstrap_resamples > 0:
-        from fq_fairmetrics import bootstrap_ci
+    # empty and small groups are recorded in the cell ("empty_groups", "small_groups") and shown
+    # under the report's tables, once per dataset, rather than warned once per cell
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallGroupWarning)
+        rep = group_report(y, p, **kw)
+        bootstrap: dict[str, list[float]] = {}
+        if config.bootstrap_resamples > 0:
+            from fq_fairmetrics import bootstrap_ci
 
-        ci = bootstrap_ci(y, p, n_resamples=config.bootstrap_resamples, seed=0, **kw)
-        bootstrap = {m: [ci.low[m], ci.high[m]] for m in BOOTSTRAP_METRICS}
+            ci = bootstrap_ci(y, p, n_resamples=config.bootstrap_resamples, seed=0, **kw)
+            bootstrap = {m: [ci.low[m], ci.high[m]] for m in BOOTSTRAP_METRICS}
+    names = [str(n) for n in data.loaders.group_names]
     x = torch.zeros(1, 3, config.image_size, config.image_size, device=device)
     layers = layer_costs(model, x, out.assignment)
     cost = cost_report(layers)
@@ -75,9 +81,14 @@ def evaluate(
     return {
         "metrics": rep.metrics(),
         "overall_acc": rep.overall_acc,
-        "group_names": [str(n) for n in data.loaders.group_names],
+        "group_names": names,
         "group_acc": [float(a) for a in rep.group_acc],
         "group_n": [int(n) for n in rep.group_n],
+        # groups without test images (left out of every metric) and with 1 .. MIN_GROUP_N - 1
+        # (metrics too uncertain to rank groups by), by name
+        "empty_groups": [names[cast(int, k)] for k in rep.empty_groups],
+        "small_groups": [names[cast(int, k)] for k in rep.small_groups],
+        "min_group_n": MIN_GROUP_N,
         "cost": {
             "avg_bits": cost.avg_bits,
             "gbops": cost.gbops,

@@ -47,11 +47,11 @@ CLAIM_POLL_SECONDS = 5.0
 
 
 def _finished_twin(
-    store: CellStore, twins: Iterable[CellKey], fingerprints: dict[str, str]
+    store: CellStore, twins: Iterable[CellKey], fingerprints: dict[tuple[str, str], str]
 ) -> dict[str, Any] | None:
     """The stored result of a finished cell that computes the same thing, if one is readable."""
     for twin in twins:
-        got = store.read(twin, fingerprint=fingerprints[twin.model])
+        got = store.read(twin, fingerprint=fingerprints[twin.dataset, twin.model])
         if got is not None:
             return got
     return None
@@ -99,7 +99,18 @@ class GridRun:
     ):
         self.config, self.out, self.fail_fast, self.export_dir = config, out, fail_fast, export_dir
         self.store, self.paths = CellStore(out), RunPaths(root=out)
-        self.cell_fp = {m: cell_fingerprint(config, m) for m in config.models}
+        # data read from a source is loaded now: its content is part of what a finished cell,
+        # checkpoint or calibration must match (a changed folder is recomputed, never mixed in)
+        self.bundles: dict[str, DataBundle] = {}
+        self.content: dict[str, str | None] = {
+            d: None if config.data_source(d) == "semisynthetic" else self._data(d).content
+            for d in dict.fromkeys(c.dataset for c in cells)
+        }
+        self.cell_fp = {
+            (d, m): cell_fingerprint(config, m, fp)
+            for d, fp in self.content.items()
+            for m in config.models
+        }
         done = [c for c in cells if self._stored(c) is not None] if is_main_process() else None
         done_ids = {c.id for c in broadcast(done)}
         self.canon = {c.id: canonical_key(c, config).id for c in cells}
@@ -116,7 +127,7 @@ class GridRun:
         self.bar: Any = None
 
     def _stored(self, key: CellKey) -> dict[str, Any] | None:
-        return self.store.read(key, fingerprint=self.cell_fp[key.model])
+        return self.store.read(key, fingerprint=self.cell_fp[key.dataset, key.model])
 
     def execute(self) -> RunSummary:
         """Compute every cell to do, then wait for those another live run had claimed."""
@@ -140,7 +151,7 @@ class GridRun:
         live run holds come back."""
         waiting: list[CellKey] = []
         for dataset in dict.fromkeys(c.dataset for c in pending):
-            data = _Lazy(lambda dataset=dataset: self._load(dataset))
+            data = _Lazy(lambda dataset=dataset: self._data(dataset))
             for model_name, seed in dict.fromkeys(
                 (c.model, c.seed) for c in pending if c.dataset == dataset
             ):
@@ -180,10 +191,13 @@ class GridRun:
             result = self.memo.get(self.canon[key.id], {})
             say(cell_line(n, len(self.todo), key, result, how))
 
-    def _load(self, dataset: str) -> DataBundle:
-        # the main process first fills the on-disk data caches; the others then read them
-        with main_process_first():
-            return load_data(self.config, dataset)
+    def _data(self, dataset: str) -> DataBundle:
+        """``dataset`` loaded once per run (the main process first fills the on-disk data caches;
+        the others then read them)."""
+        if dataset not in self.bundles:
+            with main_process_first():
+                self.bundles[dataset] = load_data(self.config, dataset)
+        return self.bundles[dataset]
 
     def _fp32(self, data: _Lazy, model_name: str, seed: int) -> Any:
         self.bar.set_postfix_str(f"FP32 {model_name} seed {seed}")
@@ -207,7 +221,7 @@ class GridRun:
         if broadcast(result is not None):
             self.memo[canon] = result or {}
             if is_main_process():
-                store.write(key, result or {}, fingerprint=self.cell_fp[key.model])
+                store.write(key, result or {}, fingerprint=self.cell_fp[key.dataset, key.model])
             barrier()
             return "reused a finished twin"
         got = store.claim(key) if is_main_process() else None
@@ -230,7 +244,7 @@ class GridRun:
             )
             self.memo[canon] = result
             if is_main_process():
-                store.write(key, result, fingerprint=self.cell_fp[key.model])
+                store.write(key, result, fingerprint=self.cell_fp[key.dataset, key.model])
                 store.clear_failure(key)
             barrier()
             return "computed"
@@ -239,7 +253,7 @@ class GridRun:
             if self.fail_fast or exc is data.error:
                 raise
             logger.error("cell %s failed: %s: %s", key.id, type(exc).__name__, exc)
-            store.write_failure(key, exc, fingerprint=self.cell_fp[key.model])
+            store.write_failure(key, exc, fingerprint=self.cell_fp[key.dataset, key.model])
             self.summary.failed.append((key, f"{type(exc).__name__}: {exc}"))
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

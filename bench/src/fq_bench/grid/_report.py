@@ -33,6 +33,7 @@ from ._frontier import (
     has_frontier,
     seeds_frame,
 )
+from ._group_notes import group_notes
 from ._names import DATASET_LABELS, DATASETS
 from ._tables import observations, to_csv, to_latex, to_markdown
 
@@ -75,6 +76,8 @@ def provenance(
 class Report:
     """The rebuilt report: the frames and the text written to ``table.*`` and ``ablation.*``.
 
+    ``group_notes``: per dataset, its empty and small test groups and those too small for a
+    per-group margin (:func:`~._group_notes.group_notes`).
     ``summary``/``markdown``/``csv``/``latex`` hold Table 1's rows (variant ``""``; empty text
     when the run has none); ``ablation`` and ``ablation_*`` the swept FQ-BAQ rows (``None``/empty
     without sweeps). ``provenance``: the Data and Weights lines; ``tables``: the files written.
@@ -102,6 +105,7 @@ class Report:
     objectives: pl.DataFrame | None = None
     ignored: tuple[CellKey, ...] = ()
     failed: tuple[tuple[CellKey, str], ...] = ()
+    group_notes: tuple[str, ...] = ()
 
     def text(self) -> str:
         """What the CLI prints: the data caveat, provenance, the tables, and the observations."""
@@ -112,6 +116,7 @@ class Report:
                 "pixels, not the paper's images; numbers are not comparable with the paper."
             )
         lines += list(self.provenance)
+        lines += list(self.group_notes)
         if self.markdown:
             lines += [
                 "",
@@ -153,8 +158,9 @@ class Report:
         out = []
         if self.ignored:
             out.append(
-                f"{len(self.ignored)} cell(s) of another config ignored (kept on disk in cells/; "
-                "the tables hold one config per model, the one config.json names)"
+                f"{len(self.ignored)} cell(s) of another config or data ignored (kept on disk in "
+                "cells/; the tables hold one config and one version of the data per dataset and "
+                "model, the one config.json names)"
             )
         if self.failed:
             out.append(f"{len(self.failed)} cell(s) failed (details in failed/):")
@@ -183,7 +189,8 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
     config = run_config(root)
     semi = bool(cells["semisynthetic"].any())
     prov = provenance(raw, config)
-    head = "".join(f"{line}  \n" for line in prov) + "\n"
+    notes = group_notes(raw)
+    head = "".join(f"{line}  \n" for line in (*prov, *notes)) + "\n"
     written: list[str] = []
     t1 = table1_cells(summary)
     md = csv = tex = ""
@@ -264,4 +271,5 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
         objectives=objectives,
         ignored=tuple(ignored),
         failed=failed,
+        group_notes=notes,
     )

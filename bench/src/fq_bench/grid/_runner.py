@@ -64,7 +64,7 @@ def run_grid(
     export_dir = out / "onnx" if export == "onnx" else None
     run = GridRun(config, out, cells, fail_fast=fail_fast or distributed(), export_dir=export_dir)
     if is_main_process():
-        write_run_config(out, config)
+        write_run_config(out, config, run.content)
     # 3. claim and compute each cell to do; wait for those another live run holds
     summary = run.execute()
     # 4. what was done (the tables: build_report)

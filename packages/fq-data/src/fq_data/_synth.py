@@ -32,7 +32,7 @@ from ._fitzpatrick import GROUP_NAMES, Grouping, canonical_fitzpatrick_meta
 from ._isic import GT_NAME, META_NAME, UnknownSex, canonical_isic_meta, read_isic_metadata
 from ._lesions import FST_TONE, generate_lesion_images
 from ._minority_cue import SynthVariant, describe_variant, variant_cue
-from ._split import stratified_split
+from ._split import DEFAULT_TEST_FRACTION, stratified_split
 
 logger = logging.getLogger("fq_data")
 
@@ -169,7 +169,7 @@ def build_semisynthetic(
     label_col: str | None = None,
     grouping: Grouping = "type",
     unknown_sex: UnknownSex = "group",
-    test_fraction: float = 0.2,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     min_test_per_group: int = 0,
     variant: SynthVariant = "shared-cues",
 ) -> datasets.DatasetDict:
@@ -272,7 +272,7 @@ def load_semisynthetic(
     label_col: str | None = None,
     grouping: Grouping = "type",
     unknown_sex: UnknownSex = "group",
-    test_fraction: float = 0.2,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
     min_test_per_group: int = 0,
     variant: SynthVariant = "shared-cues",
 ) -> datasets.DatasetDict:
