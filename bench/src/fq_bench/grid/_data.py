@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from fq_data import SynthName
+    from fq_data import SynthName, SynthVariant
 
     from ._config import GridConfig
 
@@ -121,6 +121,7 @@ def load_data(config: GridConfig, dataset: str) -> DataBundle:
             test_fraction=config.test_fraction,
             label_col=label_col,
             min_test_per_group=config.min_test_per_group,
+            variant=cast("SynthVariant", config.variant),  # checked by GridConfig
         )
     elif config.is_custom(dataset):
         from fq_data import load_dataset
