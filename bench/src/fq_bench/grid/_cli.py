@@ -65,6 +65,8 @@ FIELD_HELP: dict[str, str] = {
     "pretrained": "start from ImageNet weights (timm hub, or --weights DIR)",
     "weights_dir": "folder of <model>.safetensors ImageNet weights (offline; implies --pretrained)",
     "mixed_precision": "accelerate mixed precision: no, fp16, bf16",
+    "variant": "semi-synthetic data variant: shared-cues (the default data) or minority-cue "
+    "(Fitzpatrick types 5-6 carry class-coded rings the other types lack; docs/METHOD.md 11)",
     "cpu": "force the CPU even when a GPU is present",
     "progress": "progress bars",
 }

@@ -56,6 +56,7 @@ FP32_FIELDS: tuple[str, ...] = (
     "custom_datasets",
     "image_columns",
     "group_columns",
+    "variant",
 )
 #: Fields a calibration depends on.
 CALIBRATION_FIELDS: tuple[str, ...] = (*FP32_FIELDS, "calib_batches")
@@ -131,6 +132,11 @@ class GridConfig:
     ``((name, column), ...)`` for those datasets (defaults ``image`` and ``group``); any group
     values work (Guo et al.'s two groups: the largest training group against the rest unless the
     groups are Fitzpatrick types, sexes, or two).
+    ``variant``: the semi-synthetic variant (``fq_data.SYNTH_VARIANTS``): ``"shared-cues"`` (the
+    default data) or ``"minority-cue"`` (Fitzpatrick types 5-6 carry class-coded rings; only
+    semi-synthetic fitzpatrick17k). Part of the data's identity: the FP32, calibration and cell
+    fingerprints include it unless it is the default, so cells computed before it existed are
+    reused.
     """
 
     preset: str = "default"
@@ -175,6 +181,7 @@ class GridConfig:
     min_test_per_group: int = 0
     bootstrap_resamples: int = 1000
     mixed_precision: MixedPrecision = "no"
+    variant: str = "shared-cues"
     cpu: bool = False
     progress: bool = True
     notes: tuple[str, ...] = field(default=())
@@ -248,6 +255,7 @@ class GridConfig:
         if not self._at_defaults(budget_bits=self.budget_bits):
             _check_palette("budget_bits", self.budget_bits, None)
         _check_pos_int("min_test_per_group", self.min_test_per_group, low=0)
+        self._check_variant()
         _check_pos_int("bootstrap_resamples", self.bootstrap_resamples, low=0)
         self._check_frontier()
         if not (isinstance(self.test_fraction, float) and 0.05 <= self.test_fraction <= 0.6):
@@ -305,6 +313,26 @@ class GridConfig:
                     f"{[name for name, _ in self.sweeps]}: {idle} do not use every swept field "
                     f"(each value would recompute the same cell); allowed: {', '.join(allowed)}"
                 )
+
+    def _check_variant(self) -> None:
+        """The variant's name, and (not the default) that every dataset is semi-synthetic
+        fitzpatrick17k: the planted cue lives on Fitzpatrick skin types, in generated pixels."""
+        if self._at_defaults(variant=self.variant):
+            return  # the default needs no fq_data import (``--help`` answers at once)
+        from fq_data import SYNTH_VARIANTS
+
+        if self.variant not in SYNTH_VARIANTS:
+            raise _fail("variant", self.variant, ", ".join(repr(v) for v in SYNTH_VARIANTS))
+        bad = [
+            d
+            for d in self.datasets
+            if d != "fitzpatrick17k" or self.data_source(d) != "semisynthetic"
+        ]
+        if bad:
+            raise ValueError(
+                f"variant={self.variant!r} plants a cue in semi-synthetic fitzpatrick17k pixels; "
+                f"datasets {bad} are not (run them with variant='shared-cues')"
+            )
 
     def _at_defaults(self, **values: Any) -> bool:
         """True when every ``field=value`` given is that field's default."""
@@ -405,6 +433,8 @@ class GridConfig:
         for k in ("custom_datasets", "image_columns", "group_columns"):
             if not d.get(k):
                 d.pop(k, None)
+        if d.get("variant", defaults["variant"]) == defaults["variant"]:
+            d.pop("variant", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:

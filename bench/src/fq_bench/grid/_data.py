@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from fq_data import SynthName
+    from fq_data import SynthName, SynthVariant
 
     from ._config import GridConfig
 
@@ -164,6 +164,7 @@ def load_data(config: GridConfig, dataset: str, *, rows_per_split: int | None = 
             test_fraction=config.test_fraction,
             label_col=label_col,
             min_test_per_group=config.min_test_per_group,
+            variant=cast("SynthVariant", config.variant),  # checked by GridConfig
         )
     elif config.is_custom(dataset):
         from fq_data import load_dataset

@@ -1,4 +1,5 @@
-"""The named configurations: ``default``, ``smoke``, ``paper``, ``frontier``, ``ablations``."""
+"""The named configurations: ``default``, ``smoke``, ``paper``, ``frontier``, ``ablations``,
+``positive-control``."""
 
 from __future__ import annotations
 
@@ -105,10 +106,37 @@ SMOKE = DEFAULT.replace(
     ),
 )
 
+#: The positive control (issue 24): the 2x2 design and the uniform rows on the minority-cue
+#: variant. Sizes chosen once, before any quantized cell ran (bench/README.md says why): twice the
+#: default's training images (1920: about 260 of types 5-6 carry the rings) and 8 FP32 epochs, so
+#: that FP32 has the most ring images the 20-minute CPU budget allows; 3 seeds and 300 test
+#: images per group, the most that budget allows (the MDE it gives is printed, not assumed).
+POSITIVE_CONTROL = DEFAULT.replace(
+    preset="positive-control",
+    variant="minority-cue",
+    methods=("fp32", "u8", "u4", "u3", "u2"),
+    budgets=(2.5, 3.0),
+    frontier_methods=DEFAULT_FRONTIER,
+    seeds=(0, 1, 2),
+    n_images=2400,
+    test_fraction=0.2,
+    min_test_per_group=300,
+    fp32_epochs=8,
+    epochs=1,
+    calib_batches=8,
+    notes=(
+        "Positive control (issue 24): semi-synthetic Fitzpatrick17k, variant minority-cue (types "
+        "5-6 carry class-coded rings; docs/METHOD.md section 11). positive_control.md: the "
+        "PRECONDITION (does FP32 read the rings?), the 2x2 per budget on the worst group and on "
+        "types 5, 6 and 5-6, uniform low bits per group against FP32.",
+    ),
+)
+
 PRESETS: dict[str, GridConfig] = {
     "default": DEFAULT,
     "smoke": SMOKE,
     "paper": PAPER,
     "frontier": FRONTIER,
     "ablations": ABLATIONS,
+    "positive-control": POSITIVE_CONTROL,
 }

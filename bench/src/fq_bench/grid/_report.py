@@ -103,6 +103,7 @@ class Report:
     effects_markdown: str = ""
     frontier_summary: tuple[str, ...] = ()
     objectives: pl.DataFrame | None = None
+    positive_control_markdown: str = ""
     ignored: tuple[CellKey, ...] = ()
     failed: tuple[tuple[CellKey, str], ...] = ()
     group_notes: tuple[str, ...] = ()
@@ -110,6 +111,8 @@ class Report:
     def text(self) -> str:
         """What the CLI prints: the data caveat, provenance, the tables, and the observations."""
         lines: list[str] = list(self.warnings())
+        if self.positive_control_markdown:  # its PRECONDITION line first (issue 24)
+            lines += ["Positive control (positive_control.md)", "", self.positive_control_markdown]
         if self.semisynthetic:
             lines.append(
                 "DATA IS SEMI-SYNTHETIC: real metadata rows (labels, groups) with generated "
@@ -234,6 +237,11 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
 
     objectives, obj_files, obj_plots = write_objectives(root, cells, raw, head=head, plots=plots)
     written += obj_files
+    from ._positive_control import write_positive_control
+
+    names = [str(n) for n in raw[0][1].get("group_names", [])] if raw else []
+    pc_md = write_positive_control(root, cells, config, names)
+    written += ["positive_control.md"] if pc_md else []
     made: tuple[Path, ...] = ()
     if plots:
         from ._plots import make_plots
@@ -269,6 +277,7 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
         effects_markdown=eff_md,
         frontier_summary=fr_lines,
         objectives=objectives,
+        positive_control_markdown=pc_md,
         ignored=tuple(ignored),
         failed=failed,
         group_notes=notes,

@@ -65,8 +65,14 @@ def run_grid(
     run = GridRun(config, out, cells, fail_fast=fail_fast or distributed(), export_dir=export_dir)
     if is_main_process():
         write_run_config(out, config, run.content)
-    # 3. claim and compute each cell to do; wait for those another live run holds
+    # 3. a positive control (non-default variant) first checks, on FP32 alone, that the model
+    # reads the planted cue (the FP32 checkpoints it trains are the cells' own)
+    if config.variant != "shared-cues" and is_main_process() and not distributed():
+        from ._positive_control import measure_precondition
+
+        measure_precondition(config, out)
+    # 4. claim and compute each cell to do; wait for those another live run holds
     summary = run.execute()
-    # 4. what was done (the tables: build_report)
+    # 5. what was done (the tables: build_report)
     summary.seconds = time.perf_counter() - t_start
     return summary
