@@ -164,10 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", default=None,
                    help="only rebuild tables and plots of DIR from its cell files")  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="tables only")
-    p.add_argument("--export", choices=("onnx",), default=None,
+    p.add_argument("--export", choices=("onnx", "onnx-int8"), default=None,
                    help="also write each quantized cell computed in this run as ONNX with integer "
                    "weights to <out>/onnx/<cell>.onnx (fq_quant.export_onnx; a file already there "
-                   "is kept, so a re-run resumes)")  # fmt: skip
+                   "is kept, so a re-run resumes), its packed file and sizes; onnx-int8: also "
+                   "<cell>.int8.onnx with int8 activations and its per-group audit against FP32 "
+                   "and the weight-only file (<cell>.audit.md/.json; summary in exports.md)")  # fmt: skip
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first failing cell (default: record it under failed/, run the "
                    "others, exit 1 listing the failures)")  # fmt: skip
