@@ -59,6 +59,8 @@ FIELD_HELP: dict[str, str] = {
     "importance, QAT without L_fair; blind-fair: the same bits with L_fair; fq-alloc: balanced "
     "bits without L_fair; fq-qat: both)",
     "budget_bits": "bit-widths the frontier's allocations may use",
+    "alloc_cost": "what a frontier budget counts: packed (each weight's bits) or container "
+    "(each layer's INT4/INT8 storage in the ONNX file)",
     "min_test_per_group": "semi-synthetic data: test images every group gets at least",
     "bootstrap_resamples": "resamples of each cell's stratified bootstrap interval (0: none)",
     "pretrained": "start from ImageNet weights (timm hub, or --weights DIR)",
