@@ -159,7 +159,12 @@ def _calibration_batches(
     dataset_dict: Any, config: CompressConfig
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Up to ``config.calib_batches`` ``(image, label, group)`` batches of the train split with
-    the eval transforms (no augmentation), for the integer activations' ranges."""
+    the eval transforms (no augmentation), for the integer activations' ranges.
+
+    For the histogram estimators the images go one per batch: ONNX Runtime's percentile and
+    entropy calibrators stack every batch's values into one array and fail on batches of
+    different sizes, which a short last batch or a per-group split (``group_balanced``) makes.
+    """
     from fq_data import make_loaders
 
     loader = make_loaders(
@@ -170,10 +175,13 @@ def _calibration_batches(
         seed=config.seed,
     ).train
     out = []
-    for i, batch in enumerate(loader):
+    for i, (x, y, g) in enumerate(loader):
         if i >= config.calib_batches:
             break
-        out.append(batch)
+        if config.estimator == "minmax":
+            out.append((x, y, g))
+        else:
+            out.extend((x[j : j + 1], y[j : j + 1], g[j : j + 1]) for j in range(len(x)))
     return out
 
 
