@@ -54,7 +54,10 @@ def main() -> int:
         default=192,
         help="training images the int8 variants calibrate on (one per batch)",
     )
+    p.add_argument("--no-clipped", action="store_true", help="skip the clipped-share columns")
+    p.add_argument("--reuse", action="store_true", help="keep int8 files already in --out")
     args = p.parse_args()
+    import dataclasses
 
     from fq_bench.compress import INT8, PREDICTIONS, CompressConfig, compress, load_weights
     from fq_bench.grid import build_model
@@ -115,29 +118,32 @@ def main() -> int:
         for balanced in (False, True):
             name = f"{est}-{'balanced' if balanced else 'pooled'}"
             path = out / f"{name}.onnx"
-            export_onnx(
-                plain,
-                torch.zeros(1, 3, 32, 32),
-                path,
-                assignment=assignment,
-                activations="int8",
-                calibration=calib,
-                estimator=est,
-                group_balanced=balanced,
-                class_names=[str(c) for c in class_names],
-                normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-                packed=res.packed,
-            )
+            if not (args.reuse and path.is_file()):
+                export_onnx(
+                    plain,
+                    torch.zeros(1, 3, 32, 32),
+                    path,
+                    assignment=assignment,
+                    activations="int8",
+                    calibration=calib,
+                    estimator=est,
+                    group_balanced=balanced,
+                    class_names=[str(c) for c in class_names],
+                    normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+                    packed=res.packed,
+                )
             pr = predict(
                 ort_session(path, exact=False, threads=1),
                 test,
                 class_names=class_names,
                 group_names=group_names,
             )
-            tables[name] = pr
+            tables[name] = dataclasses.replace(pr, sample_id=ids)
             files[name] = path
             sizes[name] = path.stat().st_size
             # share of each group's (test) activation values outside this calibration's ranges
+            if args.no_clipped:
+                continue
             ranges = calibrate_activations(res.onnx, calib, estimator=est, group_balanced=balanced)
             per = clipped_fractions(res.onnx, test, ranges)
             clipped[name] = {
@@ -220,7 +226,7 @@ def main() -> int:
             clip = (
                 f"{100 * clipped[pooled].get(str(g[1]), float('nan')):.3f}% | "
                 f"{100 * clipped[bal].get(str(g[1]), float('nan')):.3f}%"
-                if r["kind"] == "group"
+                if r["kind"] == "group" and clipped
                 else "- | -"
             )
             label = {"worst": f"worst ({g[1]})", "average": "mean of groups"}.get(g[0], str(g[1]))
