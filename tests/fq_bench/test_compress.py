@@ -282,3 +282,55 @@ def test_an_unknown_architecture_is_refused_naming_the_fix(tmp_path: Path, capsy
         main(argv)
     assert exc.value.code == 2
     assert "--model 'resnet19' is not a timm architecture" in capsys.readouterr().err
+
+
+def _recount(pred: list[dict[str, str]], g: str) -> float:
+    right = [r["label"] == r["prediction"] for r in pred if r["group"] == g]
+    return 100 * float(np.mean(right))
+
+
+def test_int8_activations_and_container_cost_end_to_end(run, monkeypatch, capsys) -> None:
+    """``--activations int8 --group-balanced --estimator percentile --cost container``: the
+    integer-activation file is audited per group against FP32 and against the weight-only file
+    (rows equal a recount of the prediction files), and the budget holds in container bits
+    (each layer's widest channel sets its INT4/INT8 container, recounted here from the packed
+    file's bits and the model's parameter counts)."""
+    import timm
+    from fq_bench.compress import main
+    from fq_quant import load_packed
+
+    monkeypatch.setenv("FQ_CACHE_DIR", str(run["root"] / "cache"))
+    out = run["root"] / "int8"
+    argv = [a if a != str(run["out"]) else str(out) for a in run["argv"]]
+    argv += ["--activations", "int8", "--estimator", "percentile", "--group-balanced",
+             "--cost", "container", "--calib-batches", "1"]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # too few test images for a 1-point margin
+        assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert (out / "model.int8.onnx").is_file()
+    audit = json.loads((out / "audit.json").read_text())
+    fp32, onnx, int8 = (
+        _predictions(out / f"predictions/{k}.csv") for k in ("fp32", "onnx", "int8")
+    )
+    for key, ref, cand in (("int8", fp32, int8), ("int8_vs_onnx", onnx, int8)):
+        rows = {r["group"]: r for r in audit["comparisons"][key]["rows"] if r["kind"] == "group"}
+        assert set(rows) == set(GROUPS)
+        for g in GROUPS:
+            assert rows[g]["reference_acc"] == pytest.approx(_recount(ref, g))
+            assert rows[g]["candidate_acc"] == pytest.approx(_recount(cand, g))
+    # the budget in container bits, recounted from the packed file
+    _, assignment = load_packed(out / "model.packed.safetensors")  # type: ignore[misc]
+    model = timm.create_model("resnet18", num_classes=2)
+    params = dict(model.named_parameters())
+    total = stored = 0
+    for name, bits in assignment.bits.items():
+        n = params[f"{name}.weight"].numel()
+        widest = int(bits.max())
+        stored += n * (4 if widest <= 4 else 8 if widest <= 8 else 16)
+        total += n
+    assert stored / total <= 4.0 + 1e-9
+    card = (out / "README.md").read_text()
+    assert "container" in card and "model.int8.onnx" in card
+    size = (out / "model.int8.onnx").stat().st_size
+    assert f"{size / 2**20:.2f} MiB" in card and "int8" in printed

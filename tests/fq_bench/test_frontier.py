@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -563,3 +564,48 @@ def test_export_onnx_writes_each_quantized_cell_once(tmp_path: Path, monkeypatch
         cell.unlink()  # recompute one cell: its existing file is kept, not rewritten
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "onnx").glob("*.onnx")} == mtimes
+
+
+def test_export_onnx_int8_audits_each_cell_per_group_beside_it(tmp_path: Path, monkeypatch) -> None:
+    """``--export onnx-int8``: beside each quantized cell, the int8-activation file and its
+    audit against FP32 and against the weight-only file, one row per group, whose accuracies
+    are those of the FP32 cell's own evaluation; the report gathers sizes in exports.md."""
+    import json
+
+    from fq_bench.grid import main
+
+    monkeypatch.setenv("FQ_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["--models", "tiny_cnn", "--methods", "fp32", "u4", "--seeds", "0", "--image-size",
+            "16", "--n-images", "120", "--batch-size", "32", "--fp32-epochs", "1", "--epochs", "1",
+            "--calib-batches", "2", "--no-progress", "--min-test-per-group", "0",
+            "--bootstrap-resamples", "0", "--threads", "1",
+            "--export", "onnx-int8", "--no-plots", "--out", str(out)]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # too few test images per group for a 1-point margin
+        assert main(args) == 0
+    cell = "fitzpatrick17k__tiny_cnn__u4__s0"
+    for suffix in (".onnx", ".int8.onnx", ".packed.safetensors", ".audit.json", ".audit.md"):
+        assert (out / "onnx" / f"{cell}{suffix}").is_file(), suffix
+    audit = json.loads((out / "onnx" / f"{cell}.audit.json").read_text())
+    fp32 = json.loads(next((out / "cells").glob("*__fp32__*.json")).read_text())
+    fp32 = fp32.get("result", fp32)
+    rows = {k: audit["comparisons"][k]["rows"] for k in ("int8", "int8_vs_onnx")}
+    groups = [r for r in rows["int8"] if r["kind"] == "group"]
+    assert len(groups) >= 2
+    assert sum(r["n"] for r in groups) == fp32["data"]["n_test"]
+    # the FP32 side of the audit is the FP32 cell's own per-group accuracy
+    acc = {str(g): 100 * a for g, a in zip(fp32["group_names"], fp32["group_acc"], strict=True)}
+    for r in groups:
+        assert r["reference_acc"] == pytest.approx(acc[r["group"]], abs=1e-6)
+    # the weight-only side against the int8 file: the same images, the int8 file's accuracy
+    int8_acc = {r["group"]: r["candidate_acc"] for r in groups}
+    for r in rows["int8_vs_onnx"]:
+        if r["kind"] == "group":
+            assert r["candidate_acc"] == pytest.approx(int8_acc[r["group"]])
+    md = (out / "exports.md").read_text()
+    assert cell in md and "int8" in md
+    sizes = json.loads((out / "onnx" / f"{cell}.sizes.json").read_text())
+    assert sizes["packed_bytes"] == (out / "onnx" / f"{cell}.packed.safetensors").stat().st_size
+    assert sizes["int8_bytes"] == (out / "onnx" / f"{cell}.int8.onnx").stat().st_size
+    assert sizes["avg_bits"] == pytest.approx(4.0)

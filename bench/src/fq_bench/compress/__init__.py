@@ -9,15 +9,17 @@ The one way in::
 
 from __future__ import annotations
 
-from ._audit import CANDIDATES, Audit, run_audit
+from ._audit import CANDIDATES, CROSS, Audit, run_audit
 from ._cli import build_parser, main
 from ._config import COMPRESS_METHODS, CompressConfig
-from ._pipeline import ONNX, PACKED, PREDICTIONS, CompressResult, compress
+from ._pipeline import INT8, ONNX, PACKED, PREDICTIONS, CompressResult, compress
 from ._weights import check_fits, load_weights, read_state_dict
 
 __all__ = [
     "CANDIDATES",
     "COMPRESS_METHODS",
+    "CROSS",
+    "INT8",
     "ONNX",
     "PACKED",
     "PREDICTIONS",

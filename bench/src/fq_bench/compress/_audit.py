@@ -23,11 +23,19 @@ from ._store import write_json, write_text
 if TYPE_CHECKING:
     from fq_fairmetrics import Predictions
 
-#: The audited pairs: (candidate key, what it is), each against the FP32 predictions.
+#: The audited candidates: key -> what it is, each against the FP32 predictions (the key names
+#: the candidate's predictions too).
 CANDIDATES: dict[str, str] = {
     "fake_quant": "fake-quantized model (torch, weights from the packed file)",
     "onnx": "model.onnx in ONNX Runtime",
+    "int8": "model.int8.onnx (integer activations) in ONNX Runtime",
 }
+#: Audits of one shipped file against another: key -> (reference key, candidate key). Run where
+#: both predictions are given: the integer-activation file against the weight-only one isolates
+#: what quantizing the activations changed.
+CROSS: dict[str, tuple[str, str]] = {"int8_vs_onnx": ("onnx", "int8")}
+#: The names the comparisons give each set of predictions.
+_NAMES = {"fp32": "FP32", "fake_quant": "fake-quant", "onnx": "onnx", "int8": "int8"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,8 +44,8 @@ class Audit:
 
     Attributes:
         margin: non-inferiority margin in accuracy points. confidence: level of the intervals.
-        comparisons: candidate key (:data:`CANDIDATES`) -> ``{"candidate", "rows",
-            "warnings", "markdown"}``; each row has the fields of ``fq_fairmetrics.ComparisonRow``
+        comparisons: candidate key (:data:`CANDIDATES`, :data:`CROSS`) -> ``{"candidate",
+            "reference", "rows", "warnings", "markdown"}``; each row has the fields of ``fq_fairmetrics.ComparisonRow``
             (``group`` as text, ``kind`` ``group``/``worst``/``average``, ``n``,
             ``reference_acc``/``candidate_acc`` in %, ``change`` and its interval ``low``/``high``
             in points, ``margin_low``/``margin_high`` (the interval the margin verdict reads),
@@ -50,7 +58,8 @@ class Audit:
     comparisons: dict[str, dict[str, Any]]
 
     def rows(self, key: str) -> list[dict[str, Any]]:
-        """The rows of candidate ``key`` (``"fake_quant"`` or ``"onnx"``)."""
+        """The rows of candidate ``key`` (``"fake_quant"``, ``"onnx"``, ``"int8"``,
+        ``"int8_vs_onnx"``)."""
         return list(self.comparisons[key]["rows"])
 
     def to_json(self) -> dict[str, Any]:
@@ -73,7 +82,7 @@ class Audit:
             "(fq_fairmetrics.compare).\n",
         ]
         for c in self.comparisons.values():
-            parts.append(f"## FP32 vs {c['candidate']}\n")
+            parts.append(f"## {c.get('reference', 'FP32')} vs {c['candidate']}\n")
             parts.append(c["markdown"].strip() + "\n")
             parts.extend(f"- warning: {w}\n" for w in c["warnings"])
         return "\n".join(parts)
@@ -111,7 +120,7 @@ def _plot(comparisons: Mapping[str, Any], path: Path) -> None:
     )
     for ax, (key, comparison) in zip(axes[0], comparisons.items(), strict=True):
         comparison.plot(ax=ax)
-        ax.set_title(f"FP32 vs {key.replace('_', '-')}")
+        ax.set_title(key.replace("_", " ") if key in CROSS else f"FP32 vs {_NAMES[key]}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
@@ -128,16 +137,17 @@ def run_audit(
     group_names: Sequence[str],
     plot_path: Path | None = None,
 ) -> Audit:
-    """``fq_fairmetrics.compare`` of ``tables["fp32"]`` against each of :data:`CANDIDATES`.
+    """``fq_fairmetrics.compare`` of ``tables["fp32"]`` against each of :data:`CANDIDATES` in
+    ``tables``, and each pair of :data:`CROSS` whose two tables are given.
 
-    ``tables``: ``"fp32"`` and each candidate's ``fq_fairmetrics.Predictions`` of the same test
-    images in the same order (``ValueError`` otherwise). Warnings
+    ``tables``: ``"fp32"``, ``"fake_quant"``, ``"onnx"`` and optionally ``"int8"``: each model's
+    ``fq_fairmetrics.Predictions`` of the same test images in the same order (``ValueError``
+    otherwise). Warnings
     ``compare`` raises (a group with too few test images for the margin to be decidable, with
     the number it would need) are re-raised and kept in the audit.
     """
     from fq_fairmetrics import compare
 
-    ref = tables["fp32"]
     comparisons: dict[str, dict[str, Any]] = {}
     objects: dict[str, Any] = {}
 
@@ -145,13 +155,15 @@ def run_audit(
         # a CSV of numeric names ("1".."6") loads as ints, which compare would read as codes
         return np.asarray(a).astype(str)
 
-    for key, what in CANDIDATES.items():
-        cand = tables[key]
+    pairs = {k: ("fp32", k) for k in CANDIDATES if k in tables}
+    pairs |= {k: rc for k, rc in CROSS.items() if all(t in tables for t in rc)}
+    for key, (ref_key, cand_key) in pairs.items():
+        ref, cand = tables[ref_key], tables[cand_key]
         same = (
             cand.n_samples == ref.n_samples and (text(cand.sample_id) == text(ref.sample_id)).all()
         )
         if not same or (text(cand.label) != text(ref.label)).any():
-            raise ValueError(f"predictions of {key} are not of the FP32 test images in order")
+            raise ValueError(f"predictions of {key} are not of the {ref_key} test images in order")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             comparison = compare(
@@ -163,14 +175,15 @@ def run_audit(
                 confidence=confidence,
                 class_names=[str(c) for c in class_names],
                 group_names=[str(g) for g in group_names],
-                reference_name="FP32",
-                candidate_name=key.replace("_", "-"),
+                reference_name=_NAMES[ref_key],
+                candidate_name=_NAMES[cand_key],
             )
         objects[key] = comparison
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         comparisons[key] = {
-            "candidate": what,
+            "candidate": CANDIDATES[cand_key],
+            "reference": "FP32" if ref_key == "fp32" else CANDIDATES[ref_key],
             "rows": _rows(comparison),
             "warnings": sorted({str(w.message) for w in caught}),
             "markdown": comparison.to_markdown(),

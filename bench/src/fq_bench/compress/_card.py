@@ -38,6 +38,8 @@ class CardFacts:
     onnx_bytes: int
     gbops: float
     fp32_gbops: float
+    container_bits: float | None = None
+    int8_bytes: int | None = None
 
 
 def _q(text: str) -> str:
@@ -88,9 +90,12 @@ def _name(row: dict[str, Any]) -> str:
 
 
 def _table(audit: Audit, key: str) -> list[str]:
-    what = {"onnx": "model.onnx", "fake_quant": "fake-quant"}.get(key, key)
+    what = {"onnx": "model.onnx", "fake_quant": "fake-quant", "int8": "model.int8.onnx"}.get(
+        key, "model.int8.onnx"
+    )
+    ref = "model.onnx" if key == "int8_vs_onnx" else "FP32"
     out = [
-        f"| group | test images | FP32 | {what} | change (points) | change interval | change "
+        f"| group | test images | {ref} | {what} | change (points) | change interval | change "
         "| margin interval | margin verdict | lost / gained |",
         "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: |",
     ]
@@ -150,6 +155,66 @@ def _verdict_words(audit: Audit, key: str) -> str:
     return text
 
 
+def _sizes(facts: CardFacts) -> list[str]:
+    """Budget, reached bits and the files' sizes side by side (the size lines of the card)."""
+    c = facts.config
+    counts = {"packed": "each weight's own bits", "container": "each layer's storage container"}
+    lines = [
+        f"- Budget: {c.budget:g} bits per weight, counting {counts[c.cost]} "
+        f"(`--cost {c.cost}`); reached: {facts.avg_bits:.2f} bits per weight on average over "
+        "the quantized layers (mixed precision, bits per output channel)"
+        + (
+            f", {facts.container_bits:.2f} as stored in per-layer INT4/INT8 containers."
+            if facts.container_bits is not None
+            else "."
+        ),
+        f"- Packed low-bit file `model.packed.safetensors`: {facts.size_bytes / 2**20:.2f} MiB; "
+        f"`model.onnx` (integer weights): {facts.onnx_bytes / 2**20:.2f} MiB"
+        + (
+            f"; `model.int8.onnx` (integer weights and activations): "
+            f"{facts.int8_bytes / 2**20:.2f} MiB."
+            if facts.int8_bytes is not None
+            else "."
+        ),
+        "",
+        "| budget (bits/weight) | reached (packed) | reached (containers) | packed file | "
+        "model.onnx | model.int8.onnx |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {c.budget:g} | {facts.avg_bits:.2f} | "
+        + (f"{facts.container_bits:.2f}" if facts.container_bits is not None else "-")
+        + f" | {facts.size_bytes / 2**20:.2f} MiB | {facts.onnx_bytes / 2**20:.2f} MiB | "
+        + (f"{facts.int8_bytes / 2**20:.2f} MiB" if facts.int8_bytes is not None else "not made")
+        + " |",
+        "",
+    ]
+    return lines
+
+
+def _int8_section(audit: Audit, facts: CardFacts) -> list[str]:
+    """The integer-activation file's audit: against FP32 and against ``model.onnx``."""
+    if "int8" not in audit.comparisons:
+        return []
+    c = facts.config
+    how = "per group, widest range kept" if c.group_balanced else "pooled over all images"
+    return [
+        "## Integer activations (`model.int8.onnx`)",
+        "",
+        f"Activations quantized to int8 with ranges calibrated on training images ({how}, "
+        f"estimator `{c.estimator}`). Against the original:",
+        "",
+        *_table(audit, "int8"),
+        "",
+        *[f"- Warning: {w}" for w in audit.comparisons["int8"]["warnings"]],
+        "",
+        "Against the weight-only file `model.onnx` (what quantizing the activations changed):",
+        "",
+        *_table(audit, "int8_vs_onnx"),
+        "",
+        _verdict_words(audit, "int8"),
+        "",
+    ]
+
+
 def write_card(path: Path, facts: CardFacts, audit: Audit) -> None:
     """Write the model card for the run ``facts`` with the audit ``audit`` (atomically)."""
     c, about = facts.config, facts.about
@@ -197,10 +262,7 @@ def write_card(path: Path, facts: CardFacts, audit: Audit) -> None:
         "",
         "## Size and cost",
         "",
-        f"- Budget: {c.budget:g} bits per weight; reached: {facts.avg_bits:.2f} bits per weight "
-        "on average over the quantized layers (mixed precision, bits per output channel).",
-        f"- Packed low-bit file `model.packed.safetensors`: {facts.size_bytes / 2**20:.2f} MiB; "
-        f"`model.onnx` (integer weights): {facts.onnx_bytes / 2**20:.2f} MiB.",
+        *_sizes(facts),
         f"- Compute: {facts.gbops:.3f} GBOPs per image (weight bits x 32-bit activations), "
         f"against {facts.fp32_gbops:.3f} for the float original.",
         "",
@@ -227,6 +289,7 @@ def write_card(path: Path, facts: CardFacts, audit: Audit) -> None:
         "",
         *_table(audit, "fake_quant"),
         "",
+        *_int8_section(audit, facts),
         "## What was not measured",
         "",
         "- Populations, cameras or sites other than this test split; groups not listed above.",

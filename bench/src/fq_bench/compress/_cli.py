@@ -62,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=d.confidence)
     p.add_argument("--test-fraction", type=float, default=d.test_fraction,
                    help="held-out share when the data has no split of its own")  # fmt: skip
+    p.add_argument("--activations", choices=("float", "int8"), default=d.activations,
+                   help="int8: also write model.int8.onnx with integer activations, calibrated "
+                   "on your train split, and audit it (default: float, weight-only)")  # fmt: skip
+    p.add_argument("--estimator", choices=("minmax", "percentile", "entropy"),
+                   default=d.estimator, help="activation range estimator (--activations int8)")  # fmt: skip
+    p.add_argument("--group-balanced", action="store_true",
+                   help="--activations int8: ranges per group, widest kept, so no group's "
+                   "activations are clipped much more than the others'")  # fmt: skip
+    p.add_argument("--cost", choices=("packed", "container"), default=d.cost,
+                   help="what --budget counts: packed (each weight's bits, default) or container "
+                   "(each layer's INT4/INT8 storage in the ONNX file)")  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--cpu", action="store_true", help="stay on the CPU where CUDA is present")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -132,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         cpu=args.cpu,
         progress=not args.no_progress,
+        activations=args.activations,
+        estimator=args.estimator,
+        group_balanced=args.group_balanced,
+        cost=args.cost,
     )
     import timm
 
@@ -159,8 +174,11 @@ def run(args: argparse.Namespace) -> int:
     }
     result = compress(model, dd, args.out, config, about=about)
     print(result.audit.to_markdown())
+    int8 = f", int8 {result.int8.stat().st_size / 2**20:.2f} MiB" if result.int8 else ""
     print(
-        f"avg bits {result.avg_bits:.2f}, packed {result.size_bytes / 2**20:.2f} MiB, "
+        f"budget {config.budget:g} ({config.cost}), avg bits {result.avg_bits:.2f} "
+        f"(containers {result.container_bits:.2f}), packed {result.size_bytes / 2**20:.2f} MiB, "
+        f"onnx {result.onnx.stat().st_size / 2**20:.2f} MiB{int8}, "
         f"GBOPs {result.gbops:.3f}; {result.seconds:.0f} s; wrote {result.out}"
     )
     return 0

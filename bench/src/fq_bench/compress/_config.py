@@ -17,6 +17,19 @@ if TYPE_CHECKING:
 #: ``fq-alloc``: FairQuant's balanced allocation, QAT without L_fair; ``fq-qat``: the balanced
 #: allocation, QAT with L_fair; ``fq-baq``: bits learned from that allocation, ending at the budget.
 COMPRESS_METHODS: tuple[str, ...] = ("blind", "fq-alloc", "fq-qat", "fq-baq")
+#: ``activations``: ``float`` (weight-only ONNX file) or ``int8`` (also an integer-activation one).
+ACTIVATIONS: tuple[str, ...] = ("float", "int8")
+#: ``estimator`` of the activation ranges (``fq_quant.calibrate_activations``).
+ESTIMATORS: tuple[str, ...] = ("minmax", "percentile", "entropy")
+#: ``cost``: what the budget counts (``fq_alloc.allocate_to_budget``).
+COSTS: tuple[str, ...] = ("packed", "container")
+#: Fields added later; at their default they stay out of the fingerprint, so earlier runs resume.
+_LATER_DEFAULTS: dict[str, Any] = {
+    "activations": "float",
+    "estimator": "minmax",
+    "group_balanced": False,
+    "cost": "packed",
+}
 
 
 def _fail(name: str, value: Any, allowed: str) -> ValueError:
@@ -45,6 +58,14 @@ class CompressConfig:
         seed: seed of the split, the loaders' shuffling and the fine-tune.
         cpu: run on the CPU even where CUDA is present.
         progress: progress bars for the fine-tune and the evaluation passes.
+        activations: ``"float"``: the ONNX file keeps float32 activations (weight-only);
+            ``"int8"``: also ``model.int8.onnx`` with static int8 activations, its ranges
+            calibrated on up to ``calib_batches`` batches of the train split (eval transforms).
+        estimator: range estimator of ``"int8"``: ``"minmax"``, ``"percentile"``, ``"entropy"``.
+        group_balanced: ``"int8"`` ranges estimated per group and combined by the widest
+            (``fq_quant.calibrate_activations``), so no group is clipped much more than others.
+        cost: what ``budget`` counts: ``"packed"`` (each weight's bits, the packed file) or
+            ``"container"`` (each layer's INT4/INT8 storage width in the ONNX file).
     """
 
     budget: float = 4.0
@@ -63,6 +84,10 @@ class CompressConfig:
     seed: int = 0
     cpu: bool = False
     progress: bool = True
+    activations: str = "float"
+    estimator: str = "minmax"
+    group_balanced: bool = False
+    cost: str = "packed"
 
     def __post_init__(self) -> None:
         if self.method not in COMPRESS_METHODS:
@@ -87,6 +112,25 @@ class CompressConfig:
             raise _fail("confidence", self.confidence, "a float in [0.5, 1), e.g. 0.95")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise _fail("seed", self.seed, "an int >= 0")
+        for name, allowed in (
+            ("activations", ACTIVATIONS),
+            ("estimator", ESTIMATORS),
+            ("cost", COSTS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise _fail(name, getattr(self, name), ", ".join(allowed))
+        if not isinstance(self.group_balanced, bool):
+            raise _fail("group_balanced", self.group_balanced, "True or False")
+        if self.activations == "float" and (self.estimator != "minmax" or self.group_balanced):
+            raise ValueError(
+                "estimator= and group_balanced= calibrate integer activations; they need "
+                "activations='int8'"
+            )
+        if self.cost == "container" and self.method == "fq-baq":
+            raise ValueError(
+                "cost='container' is for the allocating methods (blind, fq-alloc, fq-qat): "
+                "fq-baq learns its bits after the allocation, against packed bits"
+            )
         self.grid_config()  # the fine-tune's own rules (lr, fair_loss, bit-widths), now
 
     def grid_config(self) -> GridConfig:
@@ -107,6 +151,7 @@ class CompressConfig:
             test_fraction=self.test_fraction,
             cpu=self.cpu,
             progress=self.progress,
+            alloc_cost=self.cost,
         )
 
     def fingerprint_fields(self) -> dict[str, Any]:
@@ -115,4 +160,7 @@ class CompressConfig:
         for key in ("progress", "cpu"):
             d.pop(key)
         d["budget_bits"] = list(self.budget_bits)
+        for key, default in _LATER_DEFAULTS.items():
+            if d[key] == default:
+                d.pop(key)
         return d

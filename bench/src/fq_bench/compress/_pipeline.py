@@ -30,11 +30,15 @@ logger = logging.getLogger("fq_bench.compress")
 
 PACKED = "model.packed.safetensors"
 ONNX = "model.onnx"
-#: The three prediction files of the test split, by the model they come from.
+#: The integer-activation file (``activations="int8"`` only).
+INT8 = "model.int8.onnx"
+#: The prediction files of the test split, by the model they come from (``int8``: only with
+#: ``activations="int8"``).
 PREDICTIONS = {
     "fp32": "predictions/fp32.csv",
     "fake_quant": "predictions/fake_quant.csv",
     "onnx": "predictions/onnx.csv",
+    "int8": "predictions/int8.csv",
 }
 
 
@@ -45,8 +49,13 @@ class CompressResult:
     Attributes:
         out: the output folder. packed / onnx / card: paths of ``model.packed.safetensors``,
             ``model.onnx`` and ``README.md`` in it.
-        audit: the audit (FP32 against the fake-quantized model and against the ONNX file).
+        audit: the audit (FP32 against the fake-quantized model and against the ONNX file; with
+            ``activations="int8"`` also against ``model.int8.onnx``, and that file against
+            ``model.onnx``).
         avg_bits: parameter-weighted average bits per weight of the quantized layers.
+        container_bits: the same average over the weights' storage containers in ``model.onnx``
+            (``fq_quant.container_avg_bits``: INT4/INT8 per layer).
+        int8: path of ``model.int8.onnx``, or ``None`` (``activations="float"``).
         size_bytes: size of the packed file on disk in bytes. gbops: giga bit-operations of one
             image at weight bits x 32-bit activations (``fq_fairmetrics.torch.model_cost``).
         seconds: wall time of this call (steps found finished take no time).
@@ -61,6 +70,8 @@ class CompressResult:
     size_bytes: int
     gbops: float
     seconds: float
+    container_bits: float | None = None
+    int8: Path | None = None
 
 
 class _PooledGroups:
@@ -144,6 +155,36 @@ def _predict(model: Any, loader: Any, ids: np.ndarray, path: Path, **names: Any)
     dataclasses.replace(p, sample_id=ids).save(path)
 
 
+def _calibration_batches(
+    dataset_dict: Any, config: CompressConfig
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Up to ``config.calib_batches`` ``(image, label, group)`` batches of the train split with
+    the eval transforms (no augmentation), for the integer activations' ranges.
+
+    For the histogram estimators the images go one per batch: ONNX Runtime's percentile and
+    entropy calibrators stack every batch's values into one array and fail on batches of
+    different sizes, which a short last batch or a per-group split (``group_balanced``) makes.
+    """
+    from fq_data import make_loaders
+
+    loader = make_loaders(
+        dataset_dict,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        train=False,
+        seed=config.seed,
+    ).train
+    out = []
+    for i, (x, y, g) in enumerate(loader):
+        if i >= config.calib_batches:
+            break
+        if config.estimator == "minmax":
+            out.append((x, y, g))
+        else:
+            out.extend((x[j : j + 1], y[j : j + 1], g[j : j + 1]) for j in range(len(x)))
+    return out
+
+
 def _device(config: CompressConfig) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
 
@@ -172,7 +213,8 @@ def compress(
 
     Returns:
         :class:`CompressResult`. Files in ``out``: ``model.packed.safetensors``, ``model.onnx``,
-        ``predictions/{fp32,fake_quant,onnx}.csv``, ``audit.{md,json,png}``, ``README.md`` (the
+        ``predictions/{fp32,fake_quant,onnx}.csv`` (with ``activations="int8"`` also
+        ``model.int8.onnx`` and ``predictions/int8.csv``), ``audit.{md,json,png}``, ``README.md`` (the
         model card), ``run.json``.
 
     Raises:
@@ -181,7 +223,14 @@ def compress(
     from fq_data import IMAGENET_MEAN, IMAGENET_STD, dataset_info, is_semisynthetic, make_loaders
     from fq_fairmetrics import Predictions
     from fq_fairmetrics.torch import model_cost
-    from fq_quant import export_onnx, export_packed, ort_session
+    from fq_quant import (
+        ScopeLayout,
+        container_avg_bits,
+        current_assignment,
+        export_onnx,
+        export_packed,
+        ort_session,
+    )
 
     t0 = time.perf_counter()
     config = config or CompressConfig()
@@ -207,7 +256,8 @@ def compress(
     )
     ids = np.asarray([str(i) for i in dataset_dict["test"]["id"]])
     names = {"class_names": class_names, "group_names": group_names}
-    steps = 7
+    int8 = config.activations == "int8"
+    steps = 9 if int8 else 7
     redo = False  # a step redone makes every later one stale
 
     def todo(i: int, step: str, what: str) -> bool:
@@ -253,8 +303,32 @@ def compress(
         _predict(session, loaders.test, ids, folder.path(PREDICTIONS["onnx"]), **names)
         folder.finish("onnx_predictions", files=[PREDICTIONS["onnx"]])
 
-    tables = {k: Predictions.load(folder.path(v)) for k, v in PREDICTIONS.items()}
-    if todo(6, "audit", f"audit at a margin of {config.margin} points"):
+    int8_path = folder.path(INT8) if int8 else None
+    if int8_path is not None:
+        balanced = "group-balanced " if config.group_balanced else ""
+        if todo(6, "int8", f"ONNX export with int8 activations ({balanced}{config.estimator})"):
+            export_onnx(
+                quantized,
+                torch.zeros(1, 3, config.image_size, config.image_size),
+                int8_path,
+                activations="int8",
+                calibration=_calibration_batches(dataset_dict, config),
+                estimator=config.estimator,  # type: ignore[arg-type]
+                group_balanced=config.group_balanced,
+                class_names=[str(c) for c in class_names],
+                normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+                packed=packed,
+            )
+            folder.finish("int8", files=[INT8])
+        if todo(7, "int8_predictions", "ONNX Runtime predictions of model.int8.onnx"):
+            session = ort_session(int8_path, threads=torch.get_num_threads(), exact=False)
+            _predict(session, loaders.test, ids, folder.path(PREDICTIONS["int8"]), **names)
+            folder.finish("int8_predictions", files=[PREDICTIONS["int8"]])
+
+    tables = {
+        k: Predictions.load(folder.path(v)) for k, v in PREDICTIONS.items() if k != "int8" or int8
+    }
+    if todo(steps - 1, "audit", f"audit at a margin of {config.margin} points"):
         audit = run_audit(
             tables,
             margin=config.margin,
@@ -269,13 +343,19 @@ def compress(
         audit = Audit.read(folder.out)
 
     card = folder.path("README.md")
-    if todo(7, "card", "model card README.md"):
+    assignment = current_assignment(quantized)
+    container_bits = container_avg_bits(
+        assignment, ScopeLayout.from_model(quantized, assignment.granularity)
+    )
+    if todo(steps, "card", "model card README.md"):
         facts = CardFacts(
             config=config,
             about=about,
             avg_bits=cost.avg_bits,
+            container_bits=container_bits,
             size_bytes=packed.stat().st_size,
             onnx_bytes=onnx.stat().st_size,
+            int8_bytes=int8_path.stat().st_size if int8_path is not None else None,
             gbops=cost.gbops,
             fp32_gbops=model_cost(
                 model, torch.zeros(1, 3, config.image_size, config.image_size)
@@ -295,4 +375,6 @@ def compress(
         size_bytes=packed.stat().st_size,
         gbops=cost.gbops,
         seconds=seconds,
+        container_bits=container_bits,
+        int8=int8_path,
     )

@@ -87,11 +87,13 @@ def run_cell(
     *,
     progress: bool = False,
     export_dir: Path | None = None,
+    export_int8: bool = False,
 ) -> dict[str, Any]:
     """Run one cell from the FP32 state; returns the JSON-able result.
 
     With ``export_dir``, a quantized cell's model is also written there as ONNX with integer
-    weights (:func:`export_cell_onnx`).
+    weights (:func:`export_cell_onnx`), with its packed file and sizes; ``export_int8`` adds the
+    integer-activation file and its per-group audit (``fq_bench.grid._exports``).
 
     Under several processes every process trains (the trainers split each batch over them), but
     only the main process evaluates, on the whole test split, and the others return ``{}``.
@@ -119,7 +121,11 @@ def run_cell(
         return {}
     result = evaluate(out, data, cfg, device)
     if export_dir is not None and out.assignment is not None:
-        export_cell_onnx(out.model, key, cfg, export_dir)
+        from ._exports import export_cell_files
+
+        fp32 = fresh_model(cfg, key.model, data, pretrained=False)
+        fp32.load_state_dict(state)
+        export_cell_files(out.model, fp32, key, cfg, data, export_dir, int8=export_int8)
     result.update(
         {
             "labels": {

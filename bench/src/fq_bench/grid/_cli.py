@@ -60,6 +60,8 @@ FIELD_HELP: dict[str, str] = {
     "importance, QAT without L_fair; blind-fair: the same bits with L_fair; fq-alloc: balanced "
     "bits without L_fair; fq-qat: both)",
     "budget_bits": "bit-widths the frontier's allocations may use",
+    "alloc_cost": "what a frontier budget counts: packed (each weight's bits) or container "
+    "(each layer's INT4/INT8 storage in the ONNX file)",
     "min_test_per_group": "semi-synthetic data: test images every group gets at least",
     "bootstrap_resamples": "resamples of each cell's stratified bootstrap interval (0: none)",
     "pretrained": "start from ImageNet weights (timm hub, or --weights DIR)",
@@ -175,10 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", default=None,
                    help="only rebuild tables and plots of DIR from its cell files")  # fmt: skip
     p.add_argument("--no-plots", action="store_true", help="tables only")
-    p.add_argument("--export", choices=("onnx",), default=None,
+    p.add_argument("--export", choices=("onnx", "onnx-int8"), default=None,
                    help="also write each quantized cell computed in this run as ONNX with integer "
                    "weights to <out>/onnx/<cell>.onnx (fq_quant.export_onnx; a file already there "
-                   "is kept, so a re-run resumes)")  # fmt: skip
+                   "is kept, so a re-run resumes), its packed file and sizes; onnx-int8: also "
+                   "<cell>.int8.onnx with int8 activations and its per-group audit against FP32 "
+                   "and the weight-only file (<cell>.audit.md/.json; summary in exports.md)")  # fmt: skip
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first failing cell (default: record it under failed/, run the "
                    "others, exit 1 listing the failures)")  # fmt: skip

@@ -117,7 +117,9 @@ class GridConfig:
     ``budgets``: the frontier's budgets in parameter-weighted average bits per weight; each method
     of ``frontier_methods`` (a subset of :data:`MIXED_METHODS`) runs once per budget, allocated
     with ``allocate_to_budget`` over ``budget_bits`` (FQ-BAQ: warm start there and
-    ``target_avg_bits``). ``min_test_per_group``: semi-synthetic data only, every group gets at
+    ``target_avg_bits``). ``alloc_cost``: what that budget counts, ``"packed"`` (each weight's
+    bits) or ``"container"`` (each layer's INT4/INT8 storage width; ``fq_alloc.allocate_to_budget``'s
+    ``cost``). ``min_test_per_group``: semi-synthetic data only, every group gets at
     least this many test images (train rows unchanged). ``bootstrap_resamples``: resamples of each
     cell's stratified bootstrap interval (0 = none).
     ``data_sources``: ``((dataset, source), ...)``; a dataset not listed uses semi-synthetic data.
@@ -178,6 +180,7 @@ class GridConfig:
     budgets: tuple[float, ...] = ()
     frontier_methods: tuple[str, ...] = ()
     budget_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    alloc_cost: str = "packed"
     min_test_per_group: int = 0
     bootstrap_resamples: int = 1000
     mixed_precision: MixedPrecision = "no"
@@ -241,6 +244,8 @@ class GridConfig:
         for name in ("lr_bits", "weight_decay", "lambda_bits", "lambda_fair"):
             _check_pos_float(name, getattr(self, name), zero_ok=True)
         self._check_objective(self.fair_loss, self.fair_ema)
+        if self.alloc_cost not in ("packed", "container"):
+            raise _fail("alloc_cost", self.alloc_cost, "'packed' or 'container'")
         if not 2 <= self.bit_min <= self.bit_max <= 16:
             raise _fail(
                 "bit_min/bit_max", (self.bit_min, self.bit_max), "2 <= bit_min <= bit_max <= 16"
@@ -426,6 +431,8 @@ class GridConfig:
             d.pop("label_columns", None)
         if not d.get("min_test_per_group"):
             d.pop("min_test_per_group", None)
+        if d.get("alloc_cost", "packed") == "packed":
+            d.pop("alloc_cost", None)
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in ("fair_loss", "fair_tau", "dro_eta", "fair_ema"):
             if d.get(name, defaults[name]) == defaults[name]:

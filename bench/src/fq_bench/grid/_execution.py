@@ -85,7 +85,8 @@ class GridRun:
 
     A cell that raises is recorded under ``out/failed/`` and in ``RunSummary.failed`` and the
     other cells still run, unless ``fail_fast`` (or several processes, which must stay in step),
-    where the error propagates. ``export_dir``: where quantized cells are also written as ONNX.
+    where the error propagates. ``export_dir``: where quantized cells are also written as ONNX
+    (``export_int8``: also with int8 activations, audited per group).
     """
 
     def __init__(
@@ -96,8 +97,10 @@ class GridRun:
         *,
         fail_fast: bool,
         export_dir: Path | None,
+        export_int8: bool = False,
     ):
         self.config, self.out, self.fail_fast, self.export_dir = config, out, fail_fast, export_dir
+        self.export_int8 = export_int8
         self.store, self.paths = CellStore(out), RunPaths(root=out)
         # data read from a source is loaded now: its content is part of what a finished cell,
         # checkpoint or calibration must match (a changed folder is recomputed, never mixed in)
@@ -241,6 +244,7 @@ class GridRun:
                 self.device,
                 progress=self.mode == "bars",
                 export_dir=self.export_dir,
+                export_int8=self.export_int8,
             )
             self.memo[canon] = result
             if is_main_process():

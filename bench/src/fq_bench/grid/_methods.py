@@ -164,7 +164,13 @@ def _allocate(ctx: CellContext, importance: Any) -> BitAssignment:
     c = ctx.config
     if ctx.budget is None:
         return allocate(importance, Palette(tuple(c.palette_bits), tuple(c.palette_props)))
-    return allocate_to_budget(importance, tuple(c.budget_bits), ctx.budget, layout=ctx.model)
+    return allocate_to_budget(
+        importance,
+        tuple(c.budget_bits),
+        ctx.budget,
+        layout=ctx.model,
+        cost=c.alloc_cost,  # type: ignore[arg-type]
+    )
 
 
 def _qat(ctx: CellContext, assignment: BitAssignment, *, lambda_fair: float) -> MethodOutput:

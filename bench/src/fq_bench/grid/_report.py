@@ -233,6 +233,9 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
         )
         atomic_write_bytes(root / "frontier_effects.csv", eff.write_csv(float_precision=6).encode())
         written += ["frontier.md", "frontier.csv", "frontier_seeds.csv", "frontier_effects.csv"]
+    from ._exports import write_exports_table
+
+    written += write_exports_table(root)
     from ._objectives import write_objectives
 
     objectives, obj_files, obj_plots = write_objectives(root, cells, raw, head=head, plots=plots)

@@ -43,13 +43,15 @@ def run_grid(
     cell another live run holds is waited for at the end. A cell that raises is recorded under
     ``out/failed/`` and in ``RunSummary.failed`` and the other cells still run, unless
     ``fail_fast`` (or several processes, which must stay in step), where the error propagates.
-    ``export="onnx"`` also writes each quantized cell to ``out/onnx/<cell id>.onnx``.
+    ``export="onnx"`` also writes each quantized cell to ``out/onnx/<cell id>.onnx`` (with its
+    packed file and sizes); ``"onnx-int8"`` also with int8 activations, audited per group against
+    FP32 and the weight-only file (``<cell id>.audit.json``/``.md``, ``fq_bench.grid._exports``).
     Does not build the report (see ``build_report``).
     """
     t_start = time.perf_counter()
     out = Path(out)
-    if export not in (None, "onnx"):
-        raise ValueError(f"export={export!r} is invalid; allowed: None, 'onnx'")
+    if export not in (None, "onnx", "onnx-int8"):
+        raise ValueError(f"export={export!r} is invalid; allowed: None, 'onnx', 'onnx-int8'")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out={str(out)!r} is a file; give a folder for the results")
     # 1. the cells to do, checked before anything is loaded or trained: missing weights files,
@@ -61,8 +63,15 @@ def run_grid(
     check_cells(config, cells)
     # 2. the processes, then which cells are finished and which this run computes
     init_processes(config)
-    export_dir = out / "onnx" if export == "onnx" else None
-    run = GridRun(config, out, cells, fail_fast=fail_fast or distributed(), export_dir=export_dir)
+    export_dir = out / "onnx" if export is not None else None
+    run = GridRun(
+        config,
+        out,
+        cells,
+        fail_fast=fail_fast or distributed(),
+        export_dir=export_dir,
+        export_int8=export == "onnx-int8",
+    )
     if is_main_process():
         write_run_config(out, config, run.content)
     # 3. a positive control (non-default variant) first checks, on FP32 alone, that the model
