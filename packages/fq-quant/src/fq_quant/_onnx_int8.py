@@ -179,7 +179,7 @@ def quantize(
             },
         )
         proto = onnx.load(out)
-        bad = _unnamed(proto, named)
+        bad = _unnamed(proto, named) | _quantized_constants(proto, meta)
         if not bad:
             return proto
         excluded += sorted(bad - set(excluded))
@@ -211,6 +211,32 @@ def _unnamed(proto: Any, named: set[str]) -> set[str]:
     return bad
 
 
+def _quantized_constants(proto: Any, meta: Mapping[str, tuple[np.ndarray, int]]) -> set[str]:
+    """Nodes that read a quantized initializer other than a layer's weight codes or an int32 bias.
+
+    ONNX Runtime also rounds a LayerNorm's scale to int8 and a constant addend (a ViT's position
+    embedding) to uint8; the torch reference keeps those float, so such nodes are left float. An
+    int32 bias (scale ``s_in * s_w``, the integer kernels' accumulator) is kept: its rounding is
+    below the accumulator's resolution.
+    """
+    onnx = require("onnx")
+    inits = {t.name: t for t in proto.graph.initializer}
+    weights = {f"{name}_quantized" for name in meta}
+    by_input = collections.defaultdict(list)
+    for n in proto.graph.node:
+        for i in n.input:
+            by_input[i].append(n)
+    bad: set[str] = set()
+    for dq in proto.graph.node:
+        if dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        t = inits[dq.input[0]]
+        if t.name in weights or t.data_type == onnx.TensorProto.INT32:
+            continue
+        bad.update(user.name for user in by_input[dq.output[0]])
+    return bad
+
+
 def activation_params(proto: Any) -> dict[str, tuple[float, int, int, int]]:
     """Per activation tensor quantized in an int8 file: ``(scale, zero_point, qmin, qmax)``."""
     onnx = require("onnx")
@@ -225,6 +251,24 @@ def activation_params(proto: Any) -> dict[str, tuple[float, int, int, int]]:
     return out
 
 
+def int32_biases(proto: Any) -> dict[str, torch.Tensor]:
+    """Per bias the int8 file holds as int32 codes (``name_quantized``): its dequantized float32 value."""
+    onnx = require("onnx")
+    nph = onnx.numpy_helper
+    inits = {t.name: t for t in proto.graph.initializer}
+    out = {}
+    for node in proto.graph.node:
+        t = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if t is None or t.data_type != onnx.TensorProto.INT32:
+            continue
+        codes = nph.to_array(t).astype(np.float64)
+        scale = nph.to_array(inits[node.input[1]]).astype(np.float64)
+        out[t.name.removesuffix("_quantized")] = torch.from_numpy(
+            (codes * scale).astype(np.float32)
+        )
+    return out
+
+
 def fake_quant(
     x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int
 ) -> torch.Tensor:
@@ -234,10 +278,25 @@ def fake_quant(
 
 
 def reference_module(
-    program: Any, params: Mapping[str, tuple[float, int, int, int]]
+    program: Any,
+    params: Mapping[str, tuple[float, int, int, int]],
+    biases: Mapping[str, torch.Tensor] | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Run the torch program with each named activation fake-quantized as the ONNX file does it."""
+    """Run the torch program with each named activation fake-quantized as the ONNX file does it.
+
+    ``biases``: ``{parameter name: value}`` replacing the program's biases (the file's int32
+    biases, dequantized); names the program does not have (a folded BatchNorm's) are ignored.
+    """
     gm = program.module()
+    for name, value in (biases or {}).items():
+        owner, _, leaf = name.rpartition(".")
+        try:
+            module = gm.get_submodule(owner)
+        except AttributeError:
+            continue
+        old = getattr(module, leaf, None)
+        if isinstance(old, torch.Tensor) and old.shape == value.shape:
+            setattr(module, leaf, torch.nn.Parameter(value.to(old.dtype), requires_grad=False))
     fx = require("torch.fx")
     inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     alias = {inputs[0]: INPUT_NAME} if inputs else {}
@@ -280,13 +339,16 @@ def int8_reference(
     ``model``: the quantized model that was exported (not modified); ``path``: its int8 ``.onnx``.
     The returned function maps ``[B, C, H, W]`` float32 to logits ``[B, K]``, running the
     ``torch.export`` program of the fake-quantized model in float32 with every activation the file
-    quantizes fake-quantized by the file's own scale and zero point (BatchNorm stays unfolded, so
-    the two differ by float rounding and by the runtime's integer accumulation, not by design).
+    quantizes fake-quantized by the file's own scale and zero point, and each bias the file holds
+    as int32 (a conv's or the classifier's) replaced by its dequantized value. BatchNorm stays
+    unfolded (a folded bias is not mirrored), so the two differ by float rounding, by the runtime's
+    integer accumulation and requantization, and by ties those move across a rounding boundary.
     """
     from ._onnx import export_program  # the one home of the traced program
 
     onnx = require("onnx")
-    params = activation_params(onnx.load(str(path)))
+    proto = onnx.load(str(path))
+    params = activation_params(proto)
     if not params:
         raise ValueError(f"{path} has no quantized activations (not an activations='int8' export)")
-    return reference_module(export_program(model, example_input), params)
+    return reference_module(export_program(model, example_input), params, int32_biases(proto))
