@@ -294,7 +294,7 @@ def test_evaluate_warns_about_small_test_groups() -> None:
 
 
 def test_the_small_group_thresholds_agree() -> None:
-    from fq_data._common import SMALL_GROUP_N
+    from fq_data._constants import SMALL_GROUP_N
     from fq_fairmetrics import MIN_GROUP_N
 
     assert SMALL_GROUP_N == MIN_GROUP_N
