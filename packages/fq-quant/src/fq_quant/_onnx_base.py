@@ -27,7 +27,7 @@ def require(module: str) -> ModuleType:
     except ImportError as exc:
         raise ImportError(
             f"fq_quant.export_onnx needs the optional extra 'onnx' (module {module!r} is missing): "
-            "pip install 'fq-quant[onnx]'"
+            "from a clone, pip install './packages/fq-quant[onnx]' (the uv workspace already has it)"
         ) from exc
 
 
