@@ -215,6 +215,9 @@ def test_rehearsal_measures_every_cell(tiny_rehearsal) -> None:
     assert {r["name"] for r in rows} == set(measured)
     text = (out / "rehearsal.md").read_text()
     assert "tiny_cnn" in text and "GPU-hours" in text and "cannot run" not in text
+    # 2 datasets x (4 Table 1 + 2 trained frontier) end to end, 2 x 2 allocation-only
+    assert "What ran: 12 cells end to end" in text and "4 frontier cells" in text
+    assert "8 cells ran a training step" in text  # per dataset guo, fq-baq, blind@3, fq-qat@4
 
 
 def test_the_paper_plan_trains_every_method_and_checks_every_budget() -> None:
