@@ -25,19 +25,27 @@ from fq_bench.grid._projection import (
     model_flops,
     project_grid,
 )
-from fq_bench.grid._rehearsal import RehearsalError, rehearsal_config, rehearse
+from fq_bench.grid._rehearsal import (
+    ALLOCATION_ONLY,
+    RehearsalError,
+    rehearsal_config,
+    rehearse,
+    training_plan,
+)
 from torch import nn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-#: A cut-down paper grid: both datasets, Table 1 rows of each kind, two frontier methods.
+#: A cut-down paper grid: both datasets, Table 1 rows of each kind, two frontier methods at two
+#: budgets (blind trains at 3 bits, FQ-QAT at 4; each checked at its other budget through its
+#: allocation and the evaluation forward).
 TINY = PAPER.replace(
     models=("tiny_cnn",),
     image_size=16,
     pretrained=False,
     methods=("fp32", "u4", "guo", "fq-baq"),
     frontier_methods=("blind", "fq-qat"),
-    budgets=(3.0,),
+    budgets=(3.0, 4.0),
 )
 ROWS = {"fitzpatrick17k": 16577, "isic2019": 25331}
 
@@ -48,6 +56,7 @@ def test_projection_matches_a_hand_computation() -> None:
         datasets=("fitzpatrick17k",),
         methods=("fp32", "u4", "fq-qat"),
         frontier_methods=("blind", "guo"),
+        budgets=(3.0,),
         seeds=(0, 1),
         batch_size=10,
         fp32_epochs=3,
@@ -191,15 +200,22 @@ def tiny_rehearsal(tmp_path_factory: pytest.TempPathFactory):
 def test_rehearsal_measures_every_cell(tiny_rehearsal) -> None:
     result, out = tiny_rehearsal
     cells = {c.id: c for c in grid_cells(result.config)}
-    assert len(cells) == 2 * (4 + 2)
+    assert len(cells) == 2 * (4 + 2 * 2)
     measured = {r.name: r for r in result.records}
     assert set(cells) <= set(measured)
+    trained = {
+        "blind": "3",
+        "fq-qat": "4",
+    }  # the j-th frontier method at the j-th budget
     for cid, key in cells.items():
         r = measured[cid]
         assert not r.error
         assert math.isfinite(r.peak_bytes) and r.peak_bytes > 0, cid
+        # every cell, trained or not, ran its evaluation forward
         assert math.isfinite(r.seconds) and math.isfinite(r.eval_s_per_image), cid
-        if key.method in TRAINING_METHODS:  # one epoch of one batch
+        if key.budget and key.budget != trained[key.method]:
+            assert r.stage == ALLOCATION_ONLY and r.steps == 0, cid
+        elif key.method in TRAINING_METHODS:  # one epoch of one batch
             assert r.steps == 1 and math.isfinite(r.step_s) and r.step_s > 0, cid
         else:
             assert r.steps == 0
@@ -214,6 +230,44 @@ def test_rehearsal_measures_every_cell(tiny_rehearsal) -> None:
     assert {r["name"] for r in rows} == set(measured)
     text = (out / "rehearsal.md").read_text()
     assert "tiny_cnn" in text and "GPU-hours" in text and "cannot run" not in text
+    # 2 datasets x (4 Table 1 + 2 trained frontier) end to end, 2 x 2 allocation-only
+    assert "What ran: 12 cells end to end" in text and "4 frontier cells" in text
+    assert "8 cells ran a training step" in text  # per dataset guo, fq-baq, blind@3, fq-qat@4
+
+
+def test_the_paper_plan_trains_every_method_and_checks_every_budget() -> None:
+    cells = grid_cells(rehearsal_config(PAPER, batch_size=2))
+    plan = training_plan(cells)
+    assert set(plan) == {c.id for c in cells}  # every cell of every budget is checked
+    frontier = [c for c in cells if c.budget]
+    assert all(plan[c.id] for c in cells if not c.budget)  # Table 1: every cell trains
+    for d in PAPER.datasets:
+        for m in PAPER.models:
+            mine = [c for c in frontier if (c.dataset, c.model) == (d, m)]
+            for method in PAPER.frontier_methods:  # each method trained at exactly one budget
+                assert sum(plan[c.id] for c in mine if c.method == method) == 1, (d, m, method)
+            # and every budget trained by some method
+            assert {c.budget for c in mine if plan[c.id]} == {c.budget for c in mine}
+    # 8 (dataset, model) x (7 Table 1 + 7 frontier) trained or kept, of 280
+    assert sum(plan.values()) == 8 * (7 + 7) and len(plan) == 280
+
+
+def test_an_untrained_budget_that_cannot_allocate_fails_under_its_own_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = grid_methods.method_allocation
+
+    def picky(ctx, method):  # type: ignore[no-untyped-def]
+        if method == "blind" and ctx.budget == 4.0:
+            raise RuntimeError("no bits at 4")
+        return real(ctx, method)
+
+    monkeypatch.setattr(grid_methods, "method_allocation", picky)
+    grid = TINY.replace(datasets=("isic2019",), methods=("fp32",))
+    with pytest.raises(RehearsalError) as info:
+        rehearse(grid, tmp_path, batch_size=4, dataset_rows=ROWS, progress=False)
+    assert [c for c, _ in info.value.failed] == ["isic2019__tiny_cnn__blind__s0__b4"]
+    assert "no bits at 4" in info.value.failed[0][1]
 
 
 def test_rehearsal_projects_the_full_grid_not_the_cut_one(tiny_rehearsal) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ from ._cells import CellKey, atomic_write_bytes, read_cell_fingerprints, stable_
 from ._checkpoints import CalibrationCache, fresh_model, weights_source, with_data, with_weights
 from ._config import GridConfig
 from ._evaluation import evaluate
-from ._methods import METHODS, CellContext
+from ._methods import METHODS, CellContext, MethodOutput
 from ._names import DATASET_LABELS, METHOD_LABELS, MODEL_LABELS
 from ._processes import is_main_process, seed_everything
 
@@ -88,8 +88,12 @@ def run_cell(
     progress: bool = False,
     export_dir: Path | None = None,
     export_int8: bool = False,
+    method: Callable[[CellContext], MethodOutput] | None = None,
 ) -> dict[str, Any]:
     """Run one cell from the FP32 state; returns the JSON-able result.
+
+    ``method`` replaces the cell's method runner (default ``METHODS[key.method]``): the
+    rehearsal's allocation-only check (:func:`fq_bench.grid._methods.allocation_only`).
 
     With ``export_dir``, a quantized cell's model is also written there as ONNX with integer
     weights (:func:`export_cell_onnx`), with its packed file and sizes; ``export_int8`` adds the
@@ -116,7 +120,7 @@ def run_cell(
         progress=progress,
         n_groups=len(data.loaders.group_names),
     )
-    out = METHODS[key.method](ctx)
+    out = (method or METHODS[key.method])(ctx)
     if not is_main_process():
         return {}
     result = evaluate(out, data, cfg, device)

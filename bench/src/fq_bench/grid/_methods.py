@@ -218,26 +218,67 @@ def run_fp32_ft(ctx: CellContext) -> MethodOutput:
     return MethodOutput(model=res.model, assignment=None, history=_history(res))
 
 
+#: The group reducer of each allocating method's importance map (``fq_importance.reduce``).
+_REDUCERS: dict[str, Reducer] = {
+    "blind": "mean",
+    "blind-fair": "mean",
+    "fq-alloc": "balanced",
+    "lin": "max",
+    "guo": "subtractive",
+    "fq-qat": "balanced",
+    "fq-baq": "balanced",
+}
+
+
+def method_allocation(ctx: CellContext, method: str) -> BitAssignment:
+    """The bits ``method`` (an allocating one, :data:`METHOD_GROUPINGS`) starts its training
+    from: its importance map (its grouping's calibration reduced by its reducer) allocated to
+    Table 1's palette or, on the frontier, to the cell's budget; FQ-BAQ's warm start.
+
+    The fine-tune that follows is the only other work of these methods; the rehearsal checks the
+    other budgets of a method through this allocation and a forward only."""
+    from fq_alloc import allocate_to_budget
+
+    if method not in _REDUCERS:
+        raise ValueError(f"method {method!r} does not allocate; allocating: {', '.join(_REDUCERS)}")
+    kw = {"privileged": ctx.privileged_binary} if method == "guo" else {}
+    imap = _reduced(ctx, method, _REDUCERS[method], **kw)
+    c = ctx.config
+    if method == "fq-baq" and ctx.budget is None:
+        return allocate_to_budget(imap, tuple(c.baq_bits), c.baq_warm_avg_bits, layout=ctx.model)
+    return _allocate(ctx, imap)
+
+
+def allocation_only(ctx: CellContext, method: str) -> MethodOutput:
+    """``method``'s bits (:func:`method_allocation`) on the FP32 model, fake-quantized, without
+    its fine-tune: the part of a cell that differs between budgets (``info["trained"]`` False)."""
+    assignment = method_allocation(ctx, method)
+    return MethodOutput(
+        model=quantize_model(ctx.model, assignment),
+        assignment=assignment,
+        info={"trained": False},
+    )
+
+
 def run_blind(ctx: CellContext) -> MethodOutput:
     """Group-blind mixed precision: the same ``grape`` importance on the pooled loss of all
     samples as one group (a standard sensitivity-based allocation), QAT without L_fair."""
-    return _qat(ctx, _allocate(ctx, _reduced(ctx, "blind", "mean")), lambda_fair=0.0)
+    return _qat(ctx, method_allocation(ctx, "blind"), lambda_fair=0.0)
 
 
 def run_blind_fair(ctx: CellContext) -> MethodOutput:
     """The group-blind allocation, QAT with L_fair: the fairness term alone."""
-    imap = _reduced(ctx, "blind-fair", "mean")
-    return _qat(ctx, _allocate(ctx, imap), lambda_fair=ctx.config.lambda_fair)
+    return _qat(ctx, method_allocation(ctx, "blind-fair"), lambda_fair=ctx.config.lambda_fair)
 
 
 def run_fq_alloc(ctx: CellContext) -> MethodOutput:
     """FairQuant's balanced allocation, QAT without L_fair: the allocation alone."""
-    return _qat(ctx, _allocate(ctx, _reduced(ctx, "fq-alloc", "balanced")), lambda_fair=0.0)
+    return _qat(ctx, method_allocation(ctx, "fq-alloc"), lambda_fair=0.0)
 
 
 def run_lin(ctx: CellContext) -> MethodOutput:
     """Lin et al. (FairGRAPE-style): grape + max over groups, fixed palette, QAT without L_fair."""
-    return _qat(ctx, _allocate(ctx, _reduced(ctx, "lin", "max")), lambda_fair=0.0)
+    return _qat(ctx, method_allocation(ctx, "lin"), lambda_fair=0.0)
 
 
 def run_guo(ctx: CellContext) -> MethodOutput:
@@ -247,14 +288,12 @@ def run_guo(ctx: CellContext) -> MethodOutput:
     (Fitzpatrick 1-3 vs 4-6; ISIC female vs male, unknown sex left out); the privileged group is
     the larger one in the training split.
     """
-    imap = _reduced(ctx, "guo", "subtractive", privileged=ctx.privileged_binary)
-    return _qat(ctx, _allocate(ctx, imap), lambda_fair=0.0)
+    return _qat(ctx, method_allocation(ctx, "guo"), lambda_fair=0.0)
 
 
 def run_fq_qat(ctx: CellContext) -> MethodOutput:
     """FQ-QAT: grape + balanced, fixed palette (or the budget), QAT with the fairness loss."""
-    imap = _reduced(ctx, "fq-qat", "balanced")
-    return _qat(ctx, _allocate(ctx, imap), lambda_fair=ctx.config.lambda_fair)
+    return _qat(ctx, method_allocation(ctx, "fq-qat"), lambda_fair=ctx.config.lambda_fair)
 
 
 def run_fq_baq(ctx: CellContext) -> MethodOutput:
@@ -264,15 +303,10 @@ def run_fq_baq(ctx: CellContext) -> MethodOutput:
     ``baq_warm_avg_bits``, and the bits are free to move. Frontier: the warm start is at the
     cell's budget over ``budget_bits``, and training ends at that budget (``target_avg_bits``).
     """
-    from fq_alloc import allocate_to_budget
     from fq_baq import BAQTrainer
 
     c = ctx.config
-    imap = _reduced(ctx, "fq-baq", "balanced")
-    if ctx.budget is None:
-        warm = allocate_to_budget(imap, tuple(c.baq_bits), c.baq_warm_avg_bits, layout=ctx.model)
-    else:
-        warm = _allocate(ctx, imap)
+    warm = method_allocation(ctx, "fq-baq")
     layout = ScopeLayout.from_model(ctx.model, Granularity.CHANNEL)
     warm_bits = warm.avg_bits(layout)
     cfg = dataclasses.replace(

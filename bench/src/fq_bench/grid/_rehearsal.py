@@ -1,9 +1,14 @@
 """A dress rehearsal of a grid: every cell at the grid's shapes, each stage cut to a batch or two.
 
 Before GPU hours are booked for a grid (the paper's: two datasets, four backbones at 224 px, every
-method and budget), :func:`rehearse` runs each of its cells end to end through the grid's own code
-(FP32 training, calibration per grouping, the method, evaluation), but with one seed, one epoch of
-``batches`` batches per stage, a small batch and random weights (unless ``--weights``). A cell
+method and budget), :func:`rehearse` runs each of its cells through the grid's own code (FP32
+training, calibration per grouping, the method, evaluation), but with one seed, one epoch of
+``batches`` batches per stage, a small batch and random weights (unless ``--weights``).
+:func:`training_plan` says which cells train: every Table 1 cell, and each frontier method of a
+(dataset, model) at one of its budgets (the budgets taken in turn over the methods, so every budget
+is trained by some method); at its other budgets a method is checked through its allocation, the
+quantized model and the evaluation forward (:func:`fq_bench.grid._methods.allocation_only`): the
+training loop is the same at every budget, the bits are what differ. A cell
 that cannot run (a shape, an op, memory) is named; the run ends with :class:`RehearsalError`
 listing every such cell. It measures per cell the peak memory and the median time per training
 step and per evaluated image (:mod:`._measure`), and projects the full grid's GPU-hours from
@@ -119,6 +124,37 @@ def rehearsal_config(
         pretrained=grid.pretrained and grid.weights_dir is not None,
         progress=False,
     )
+
+
+#: The stage of a cell checked through its allocation and evaluation forward, not trained.
+ALLOCATION_ONLY = "allocation + forward"
+
+
+def training_plan(cells: list[CellKey]) -> dict[str, bool]:
+    """Cell id -> whether the rehearsal trains it (``True``) or checks it through allocation,
+    quantized model and evaluation forward only (``False``).
+
+    Every cell trains except frontier cells of an allocating method
+    (:data:`~fq_bench.grid._names.METHOD_GROUPINGS`): of those, each (dataset, model, seed,
+    method, variant) trains at one budget, the ``j``-th allocating frontier method of its
+    (dataset, model, seed) at the ``j % n``-th of its ``n`` budgets (sorted), so that with at
+    least as many methods as budgets every budget is trained by some method."""
+    plan = {c.id: True for c in cells}
+    series: dict[tuple[str, str, int, str, str], list[CellKey]] = {}
+    for c in cells:
+        if c.budget and c.method in METHOD_GROUPINGS:
+            series.setdefault((c.dataset, c.model, c.seed, c.method, c.variant), []).append(c)
+    order: dict[tuple[str, str, int], list[str]] = {}
+    for dataset, model, seed, method, _ in series:
+        mine = order.setdefault((dataset, model, seed), [])
+        if method not in mine:
+            mine.append(method)
+    for (dataset, model, seed, method, _), keys in series.items():
+        keys = sorted(keys, key=lambda k: k.budget_bits or 0.0)
+        j = order[(dataset, model, seed)].index(method)
+        for i, key in enumerate(keys):
+            plan[key.id] = i == j % len(keys)
+    return plan
 
 
 def _kind(method: str) -> str:
@@ -333,23 +369,31 @@ def _rehearse_model(
         _say(f"{rec.name}: {_line(rec)}", progress)
         if rec.error:
             broken[grouping] = rec.error
+    plan = training_plan(cells)
     for i, key in enumerate(cells):
-        rec = StageRecord(
-            name=key.id, dataset=dataset, model=model, stage=_kind(key.method), batch_size=b
-        )
+        trained = plan[key.id]
+        stage = _kind(key.method) if trained else ALLOCATION_ONLY
+        rec = StageRecord(name=key.id, dataset=dataset, model=model, stage=stage, batch_size=b)
         needs = METHOD_GROUPINGS.get(key.method, "")
         if needs in broken:
             rec.error = f"calibration ({needs}) failed: {broken[needs]}"
         else:
+            method = None if trained else partial(_allocation_only, method=key.method)
             _measured(
                 rec,
                 device,
-                partial(run_cell, key, config, data, state, cache, device),
+                partial(run_cell, key, config, data, state, cache, device, method=method),
                 fail_fast,
             )
         out.append(rec)
         _say(f"[{done + i + 1}/{total}] {key.id}: {_line(rec)}", progress)
     return out
+
+
+def _allocation_only(ctx: Any, *, method: str) -> Any:
+    from ._methods import allocation_only
+
+    return allocation_only(ctx, method)
 
 
 def _line(rec: StageRecord) -> str:

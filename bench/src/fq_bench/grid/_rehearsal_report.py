@@ -120,6 +120,24 @@ def cells_csv(records: list[StageRecord]) -> str:
     return buf.getvalue()
 
 
+def plan_text(records: list[StageRecord]) -> str:
+    """Which cells trained and which were checked through allocation and forward only."""
+    from ._rehearsal import ALLOCATION_ONLY
+
+    cells = [r for r in records if ":" not in r.name]
+    alloc = [r for r in cells if r.stage == ALLOCATION_ONLY]
+    return (
+        f"What ran: {len(cells) - len(alloc)} cells end to end (FP32 as trained, post-training "
+        f"quantization, and every fine-tune: each Table 1 cell, each frontier method of a "
+        f"(dataset, model) at one budget, the budgets taken in turn over the methods); "
+        f"{len(alloc)} frontier cells (a method at its other budgets) checked through their "
+        f"allocation, the quantized model and the evaluation forward only, not trained "
+        f"(stage `{ALLOCATION_ONLY}`). Every budget of every (dataset, model, method) was "
+        f"allocated, quantized and evaluated; {sum(r.steps > 0 for r in cells)} cells ran a "
+        f"training step."
+    )
+
+
 def summary_text(result: Rehearsal) -> str:
     """The rehearsal in words and tables: what ran where, per model, the projection, failures."""
     c = result.config
@@ -137,6 +155,8 @@ def summary_text(result: Rehearsal) -> str:
         f"; wall {result.seconds:.0f} s, CPU {result.cpu_seconds:.0f} s (this process, all "
         f"threads); load average at the end {load} "
         f"({os.cpu_count()} CPUs). Memory: {mem} of the stage [MiB].",
+        "",
+        plan_text(result.records),
         "",
         models_markdown(result),
         "",
