@@ -306,9 +306,11 @@ def test_label_column_chooses_the_class_granularity(
     nine = DEFAULT.replace(label_columns=(("fitzpatrick17k", "nine_partition_label"),))
     assert nine.fingerprint(FP32_FIELDS) != DEFAULT.fingerprint(FP32_FIELDS)
     before = dataclasses.asdict(DEFAULT)  # the hash as computed before the fields existed
-    # (fields added later are left out at their defaults: issue 17's datasets, issue 19's objective)
+    # (fields added later are left out at their defaults: issue 17's datasets, issue 19's
+    # objective, issue 24's variant, issue 27's allocation cost)
     for k in ("label_columns", "custom_datasets", "image_columns", "group_columns", "fair_loss",
-              "fair_tau", "dro_eta", "fair_ema", *_NOT_FINGERPRINTED):  # fmt: skip
+              "fair_tau", "dro_eta", "fair_ema", "variant", "alloc_cost",
+              *_NOT_FINGERPRINTED):  # fmt: skip
         before.pop(k)
     digest = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode())
     assert DEFAULT.fingerprint() == digest.hexdigest()[:16]
