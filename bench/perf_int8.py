@@ -11,25 +11,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
 import platform
 import sys
 import tempfile
 import traceback
 from pathlib import Path
-from types import ModuleType
+
+from perf_table import bench_module
 
 HERE = Path(__file__).resolve().parent
-
-
-def _module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"fq_bench_scripts.{name}", HERE / f"{name}.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load bench/{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _fmt(r: dict[str, float]) -> str:
@@ -46,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "perf-cpu-onnx-int8.md")
     args = p.parse_args(argv)
-    b = _module("bench_int8")
+    b = bench_module("bench_int8")
     rounds = 3 if args.quick else 7
     lines = [
         "# ONNX Runtime on CPU: integer activations, exporters, sizes",
