@@ -222,7 +222,7 @@ def test_typos_are_errors_listing_valid_names(capsys: pytest.CaptureFixture[str]
     assert "resnt18" in err and "resnet18" in err and "tiny_vit_5m_224" in err
     with pytest.raises(
         ValueError,
-        match="valid names: fp32, u8, u4, u3, u2, fp32-ft, blind, blind-fair, fq-alloc, lin, guo",
+        match="valid names: fp32, u8, u7, u6, u5, u4, u3, u2, fp32-ft, blind, blind-fair, fq-alloc, lin, guo",
     ):
         GridConfig(methods=("fp32", "U4"))
     with pytest.raises(SystemExit):

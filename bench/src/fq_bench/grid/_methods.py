@@ -120,7 +120,7 @@ def check_method_config(c: GridConfig, method: str, budget: float | None) -> Non
 
     if method not in METHODS:
         raise ValueError(f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
-    if method in ("fp32", "u8", "u4", "u3", "u2"):
+    if method == "fp32" or method in UNIFORM_BITS:
         return
     cfg = train_config(c, seed=0, progress=False, lambda_fair=c.lambda_fair)
     if method == "fq-baq":

@@ -10,6 +10,9 @@ import math
 METHOD_LABELS: dict[str, str] = {
     "fp32": "FP32",
     "u8": "U8",
+    "u7": "U7 (extra)",
+    "u6": "U6 (extra)",
+    "u5": "U5 (extra)",
     "u4": "U4",
     "u3": "U3 (extra)",
     "u2": "U2 (extra)",
@@ -23,12 +26,12 @@ METHOD_LABELS: dict[str, str] = {
     "fq-baq": "FQ-BAQ",
 }
 METHOD_IDS: tuple[str, ...] = tuple(METHOD_LABELS)
-#: Table 1's seven rows (``u3``/``u2`` are extra, lower uniform points; ``fp32-ft`` an extra
+#: Table 1's seven rows (``u7``..``u5`` and ``u3``/``u2`` are extra uniform points; ``fp32-ft`` an extra
 #: control: FP32 trained as long again as the fine-tunes, unquantized, without L_fair; ``blind``,
 #: ``blind-fair`` and ``fq-alloc`` are the frontier's controls, see :data:`MIXED_METHODS`).
 TABLE1_METHODS: tuple[str, ...] = ("fp32", "u8", "u4", "lin", "guo", "fq-qat", "fq-baq")
 #: Uniform post-training rows and their bit-width (per channel, no training).
-UNIFORM_BITS: dict[str, int] = {"u8": 8, "u4": 4, "u3": 3, "u2": 2}
+UNIFORM_BITS: dict[str, int] = {"u8": 8, "u7": 7, "u6": 6, "u5": 5, "u4": 4, "u3": 3, "u2": 2}
 #: Mixed-precision methods: they take a budget (parameter-weighted average bits per weight) on
 #: the frontier, and Table 1's fixed palette otherwise. ``blind``: importance of the pooled loss
 #: (all samples one group), QAT without L_fair; ``blind-fair``: the same bits, QAT with L_fair;
