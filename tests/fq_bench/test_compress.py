@@ -334,3 +334,10 @@ def test_int8_activations_and_container_cost_end_to_end(run, monkeypatch, capsys
     assert "container" in card and "model.int8.onnx" in card
     size = (out / "model.int8.onnx").stat().st_size
     assert f"{size / 2**20:.2f} MiB" in card and "int8" in printed
+    # budget, packed size and both ONNX sizes side by side: printed, and one row of the card
+    mib = {k: (out / k).stat().st_size / 2**20 for k in ("model.packed.safetensors", "model.onnx")}
+    packed, onnx_mib, int8_mib = mib["model.packed.safetensors"], mib["model.onnx"], size / 2**20
+    assert "budget 4 (container)" in printed
+    assert f"packed {packed:.2f} MiB, onnx {onnx_mib:.2f} MiB, int8 {int8_mib:.2f} MiB" in printed
+    row = next(line for line in card.splitlines() if line.startswith("| 4 |"))
+    assert row.endswith(f"| {packed:.2f} MiB | {onnx_mib:.2f} MiB | {int8_mib:.2f} MiB |")

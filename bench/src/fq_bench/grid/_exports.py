@@ -3,10 +3,13 @@
 Beside ``<out>/onnx/<cell id>.onnx`` (weight-only, :func:`~._cell_run.export_cell_onnx`) each
 exported cell gets ``<cell id>.packed.safetensors`` and ``<cell id>.sizes.json`` (budget, reached
 bits, packed and ONNX bytes). ``onnx-int8`` adds ``<cell id>.int8.onnx`` (int8 activations, ranges
-from the cell's train split) and ``<cell id>.audit.json``/``.md``: ``fq_fairmetrics.compare`` of
+from the cell's train split), ``<cell id>.audit.json``/``.md``: ``fq_fairmetrics.compare`` of
 the int8 file against the FP32 reference and against the weight-only file, per group, on the test
-split (``fq_bench.compress.run_audit``). :func:`write_exports_table` gathers them into
-``exports.md``/``.csv``. A file already there is kept (atomic writes), so a re-run resumes.
+split (``fq_bench.compress.run_audit``), and the two files' test predictions
+(``<cell id>.onnx.predictions.csv``, ``<cell id>.int8.predictions.csv``; the frontier audits
+several seeds at once from them, :mod:`._frontier_exports`). :func:`write_exports_table` gathers
+the summaries into ``exports.md``/``.csv``. A file already there is kept (atomic writes), so a
+re-run resumes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,30 @@ logger = logging.getLogger("fq_bench.grid")
 
 #: ``--export`` values.
 EXPORTS: tuple[str, ...] = ("onnx", "onnx-int8")
+
+#: The grid's audits: non-inferiority margin (accuracy points) and level of every interval.
+AUDIT_MARGIN, AUDIT_CONFIDENCE = 1.0, 0.95
+
+
+def predictions_path(folder: Path, cell: str, which: str) -> Path:
+    """Where an exported cell's test predictions of ``which`` (``"onnx"``: the weight-only
+    file; ``"int8"``: the integer-activation file) are kept: ``fq_fairmetrics.Predictions``
+    CSV."""
+    if which not in ("onnx", "int8"):
+        raise ValueError(f"which={which!r} is invalid; allowed: 'onnx', 'int8'")
+    return folder / f"{cell}.{which}.predictions.csv"
+
+
+def read_summaries(root: Path) -> dict[str, dict[str, Any]]:
+    """Cell id -> the sizes summary of every exported cell under ``root/onnx``
+    (``<cell id>.sizes.json``, see :func:`export_cell_files`); empty without exports."""
+    folder = root / "onnx"
+    files = sorted(folder.glob("*.sizes.json")) if folder.is_dir() else []
+    out: dict[str, dict[str, Any]] = {}
+    for f in files:
+        s = json.loads(f.read_text())
+        out[str(s["cell"])] = s
+    return out
 
 
 def _predict(model: Any, data: DataBundle) -> Any:
@@ -124,10 +151,12 @@ def _int8_audit(
         "onnx": _predict(ort_session(onnx, threads=torch.get_num_threads()), data),
         "int8": _predict(ort_session(path, exact=False, threads=torch.get_num_threads()), data),
     }
+    for which in ("onnx", "int8"):
+        tables[which].save(predictions_path(folder, key.id, which))
     audit = run_audit(
         tables,
-        margin=1.0,
-        confidence=0.95,
+        margin=AUDIT_MARGIN,
+        confidence=AUDIT_CONFIDENCE,
         class_names=[str(c) for c in data.loaders.class_names],
         group_names=[str(g) for g in data.loaders.group_names],
     )
@@ -148,12 +177,11 @@ def write_exports_table(root: Path) -> list[str]:
     against each and its 95% interval. Nothing is written without exported cells."""
     import polars as pl
 
-    files = sorted((root / "onnx").glob("*.sizes.json")) if (root / "onnx").is_dir() else []
-    if not files:
+    summaries = read_summaries(root)
+    if not summaries:
         return []
     rows = []
-    for f in files:
-        s = json.loads(f.read_text())
+    for s in summaries.values():
         row: dict[str, Any] = {
             "cell": s["cell"],
             "method": s["method"],

@@ -81,6 +81,21 @@ def frontier_cells(cells: pl.DataFrame) -> pl.DataFrame:
     return cells.filter(((pl.col("budget") != "") | ref) & (pl.col("variant") == ""))
 
 
+def target_bits_of(method: str, budget: str) -> float | None:
+    """A frontier row's ``target_bits``: the budget (bits per weight), a uniform method's
+    bit-width, ``None`` for FP32."""
+    if budget:
+        return float(budget)
+    return float(UNIFORM_BITS[method]) if method in UNIFORM_BITS else None
+
+
+def budget_text(target_bits: float | None, method: str) -> str:
+    """A frontier row's budget as printed: ``"FP32"``, ``"4"``, ``"4 (uniform)"``."""
+    if target_bits is None:
+        return "FP32"
+    return f"{target_bits:g}" + (" (uniform)" if method in UNIFORM_BITS else "")
+
+
 def has_frontier(cells: pl.DataFrame) -> bool:
     """Whether ``cells`` hold any frontier (budget) cell."""
     return not cells.filter(pl.col("budget") != "").is_empty()
@@ -159,7 +174,7 @@ def frontier_frame(cells: pl.DataFrame) -> pl.DataFrame:
         row: dict[str, Any] = {
             "dataset": ds, "model": mo, "method": me, "budget": bu,
             "method_label": part["method_label"][0],
-            "target_bits": float(bu) if bu else (float(UNIFORM_BITS[me]) if me in UNIFORM_BITS else None),
+            "target_bits": target_bits_of(me, bu),
             "avg_bits": mean_of(part["avg_bits"]),
             "paper_gops": mean_of(part["paper_gops"]),
             "size_bytes": mean_of(part["size_bytes"]),
@@ -304,9 +319,7 @@ def frontier_markdown(frontier: pl.DataFrame) -> str:
     from ._names import DATASET_LABELS, MODEL_LABELS
 
     for r in frontier.iter_rows(named=True):
-        budget = "FP32" if r["target_bits"] is None else (
-            f"{r['target_bits']:g}" + (" (uniform)" if r["method"] in UNIFORM_BITS else "")
-        )  # fmt: skip
+        budget = budget_text(r["target_bits"], r["method"])
         cells = [
             DATASET_LABELS.get(r["dataset"], r["dataset"]), MODEL_LABELS.get(r["model"], r["model"]),
             budget, r["method_label"], f"{r['avg_bits']:.2f}", f"{r['size_bytes'] / 1024:.1f}",

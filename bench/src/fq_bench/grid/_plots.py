@@ -153,7 +153,9 @@ def baq_bits(layer_bits: pl.DataFrame, path: Path) -> Path | None:
 def frontier_plot(frontier: pl.DataFrame, cells: pl.DataFrame, path: Path) -> Path:
     """Worst-group accuracy against average bits: per mixed method one line over the budgets with
     its 95% t-interval band and every seed's value as a dot; the uniform rows as one dashed line
-    (with their own band); FP32 as a horizontal band. One panel per (dataset, model).
+    (with their own band); FP32 as a horizontal band. One panel per (dataset, model). With
+    ``--export onnx-int8`` columns (``int8_worst_acc``), the int8-activation file's mean WorstAcc
+    as a cross beside each point.
 
     ``frontier``: :func:`fq_bench.grid._frontier.frontier_frame`; ``cells``: the cell frame (for
     the per-seed dots).
@@ -195,9 +197,19 @@ def frontier_plot(frontier: pl.DataFrame, cells: pl.DataFrame, path: Path) -> Pa
                 seeds = per_seed.filter(pl.col("method") == meth)
                 ax.scatter(seeds["avg_bits"].to_numpy(), 100 * seeds["worst_acc"].to_numpy(),
                            s=9, color=color, alpha=0.6, lw=0)  # fmt: skip
+            if "int8_worst_acc" in pm.columns:  # --export onnx-int8: the int8-activation file
+                i8 = pm.filter(pl.col("int8_worst_acc").is_not_null())
+                if not i8.is_empty():
+                    ax.scatter(i8["avg_bits"].to_numpy(), 100 * i8["int8_worst_acc"].to_numpy(),
+                               marker="x", s=30, color=color, label=f"{label}, int8 act.")  # fmt: skip
         # a t-interval over few seeds can run past [0, 100]: frame the means and the seeds
         shown = np.concatenate(
             [100 * part["worst_acc_mean"].to_numpy(), 100 * per_seed["worst_acc"].to_numpy()]
+            + (
+                [100 * part["int8_worst_acc"].drop_nulls().to_numpy()]
+                if "int8_worst_acc" in part.columns
+                else []
+            )  # fmt: skip
         )
         pad = max(2.0, 0.1 * float(np.ptp(shown)))
         ax.set_ylim(max(0.0, float(shown.min()) - pad), min(100.0, float(shown.max()) + pad))

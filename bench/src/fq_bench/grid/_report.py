@@ -33,6 +33,7 @@ from ._frontier import (
     has_frontier,
     seeds_frame,
 )
+from ._frontier_exports import exports_markdown, frontier_exports, with_exports
 from ._group_notes import group_notes
 from ._names import DATASET_LABELS, DATASETS
 from ._tables import observations, to_csv, to_latex, to_markdown
@@ -180,7 +181,9 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
     on disk and are counted in ``Report.ignored``, never averaged in. Failed cells are listed.
 
     Writes ``table.md``/``.csv``/``.tex`` when there are Table 1 cells and ``ablation.md``/
-    ``.csv``/``.tex`` when there are ablation cells.
+    ``.csv``/``.tex`` when there are ablation cells. With exported cells (``--export``) the
+    frontier's files also show the shipped files' sizes and the integer-activation point beside
+    the weight-only one (:mod:`._frontier_exports`); without, they are unchanged.
     """
     root = Path(root)
     store = CellStore(root)
@@ -224,6 +227,10 @@ def build_report(root: str | Path, *, plots: bool = True) -> Report:
     if has_frontier(cells):
         fr, eff = frontier_frame(cells), effects_frame(cells)
         fr_md, eff_md = frontier_markdown(fr), effects_markdown(eff)
+        exported = frontier_exports(cells, root)  # None without --export: files as before
+        if exported is not None:
+            fr = with_exports(fr, exported)
+            fr_md += "\n" + exports_markdown(fr)
         fr_lines = tuple(best_lines(cells, fr))
         body = head + fr_md + "\n" + eff_md + "\n" + "".join(f"- {line}\n" for line in fr_lines)
         atomic_write_bytes(root / "frontier.md", body.encode())
