@@ -12,7 +12,7 @@ from fq_quant import BitAssignment, ImportanceMap, ScopeLayout
 from torch import nn
 
 from ._containers import allocate_containers
-from ._palette import Palette
+from ._palette import Palette, cumulative_levels
 from ._ranking import Ranking
 
 Weighting = Literal["scopes", "params"]
@@ -129,11 +129,12 @@ def allocate_to_budget(
     if cost == "container":
         return allocate_containers(imap, ranking, sizes, layout, pal.bits, target)
 
+    bits_arr = np.asarray(pal.bits)
+
     def realised(props: tuple[float, ...]) -> float:
-        return (
-            float(np.dot(ranking.tier_weights(Palette(pal.bits, props).levels), pal.bits))
-            / ranking.total
-        )
+        # the tilt's proportions are valid by construction: no Palette to build and check per try
+        levels = cumulative_levels(props)
+        return float(np.dot(ranking.tier_weights(levels), bits_arr)) / ranking.total
 
     if len(pal.bits) == 1 or target in (pal.bits[0], pal.bits[-1]):
         best = _degenerate(pal.bits, target).proportions
@@ -141,6 +142,7 @@ def allocate_to_budget(
         lo, hi = -1e3, 1e3
         best, best_err = _tilt(pal.bits, lo), math.inf
         for _ in range(100):
+            before = (lo, hi)
             mid = (lo + hi) / 2
             props = _tilt(pal.bits, mid)
             avg = realised(props)
@@ -150,7 +152,10 @@ def allocate_to_budget(
                 lo = mid
             else:
                 hi = mid
-            if best_err < 1e-9:
+            # (lo, hi) unchanged: lo and hi are adjacent floats and mid is one of them, so every
+            # further try repeats this one (same proportions, no strictly smaller error) and
+            # changes nothing; stopping here gives the result of all 100 tries (about 55 in use).
+            if best_err < 1e-9 or (lo, hi) == before:
                 break
     avg = realised(best)
     if abs(avg - target) > BUDGET_TOL:
