@@ -129,22 +129,20 @@ def allocate_to_budget(
     if cost == "container":
         return allocate_containers(imap, ranking, sizes, layout, pal.bits, target)
 
-    bits_arr = np.asarray(pal.bits)
-
     def realised(props: tuple[float, ...]) -> float:
         # the tilt's proportions are valid by construction: no Palette to build and check per try
-        levels = cumulative_levels(props)
-        return float(np.dot(ranking.tier_weights(levels), bits_arr)) / ranking.total
+        return ranking.tier_mean(cumulative_levels(props), pal.bits)
 
     if len(pal.bits) == 1 or target in (pal.bits[0], pal.bits[-1]):
         best = _degenerate(pal.bits, target).proportions
     else:
+        tilt = _Tilt(pal.bits)
         lo, hi = -1e3, 1e3
-        best, best_err = _tilt(pal.bits, lo), math.inf
+        best, best_err = tilt(lo), math.inf
         for _ in range(100):
             before = (lo, hi)
             mid = (lo + hi) / 2
-            props = _tilt(pal.bits, mid)
+            props = tilt(mid)
             avg = realised(props)
             if abs(avg - target) < best_err:
                 best, best_err = props, abs(avg - target)
@@ -238,11 +236,23 @@ def _check_budget(bits: Sequence[int], target_avg_bits: float) -> tuple[Palette,
     return pal, target
 
 
+class _Tilt:
+    """The exponential tilt of ``bits``: ``lam -> p_k ∝ exp(lam * z_k)``, ``z`` the bits scaled to
+    [0, 1], shifted by ``max z`` (``lam > 0``) or ``min z`` so the exponent never overflows. The
+    shifted ``z`` are computed once: a search calls this for many ``lam``."""
+
+    def __init__(self, bits: tuple[int, ...]) -> None:
+        z = np.asarray(bits, dtype=np.float64)
+        z = (z - z[0]) / (z[-1] - z[0])
+        self._above, self._below = z - z.max(), z - z.min()
+
+    def __call__(self, lam: float) -> tuple[float, ...]:
+        w = np.exp(lam * (self._above if lam > 0 else self._below))
+        return tuple((w / w.sum()).tolist())
+
+
 def _tilt(bits: tuple[int, ...], lam: float) -> tuple[float, ...]:
-    z = np.asarray(bits, dtype=np.float64)
-    z = (z - z[0]) / (z[-1] - z[0])
-    w = np.exp(lam * (z - (z.max() if lam > 0 else z.min())))
-    return tuple((w / w.sum()).tolist())
+    return _Tilt(bits)(lam)
 
 
 def _mean(bits: tuple[int, ...], props: Sequence[float]) -> float:

@@ -63,6 +63,21 @@ class Ranking:
             return np.diff(cuts) * self.size
         return np.diff(self._cum[cuts])
 
+    def tier_mean(self, levels: Sequence[float], values: Sequence[int]) -> float:
+        """``sum_k values[k] * tier_weights(levels)[k] / W``: the weight-averaged value when every
+        scope of tier ``k`` carries the integer ``values[k]`` (e.g. an allocation's average bits).
+
+        Exact integer sums (as ``np.dot`` of ``tier_weights``), in plain Python: a search calls it
+        once per try, where numpy's per-call overhead on a handful of tiers dominated.
+        """
+        cuts = self.cuts(levels)
+        upper = (cuts * self.size).tolist() if self.size is not None else self._cum[cuts].tolist()
+        acc, prev = 0, 0
+        for v, edge in zip(values, [*upper, self.total], strict=True):
+            acc += int(v) * (edge - prev)
+            prev = edge
+        return float(acc) / self.total
+
     def quantiles(self) -> np.ndarray:
         """Each scope's midpoint ``m_r / W`` in the weighted ranking, float64 ``[N]`` in (0, 1).
 
