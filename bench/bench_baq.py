@@ -53,14 +53,15 @@ def _batch(image_size: int, batch: int, device: str) -> Batch:
     return x.to(device), y.to(device), grp.to(device)
 
 
-def _timed_step(session: TrainingSession, batch: Batch, device: str) -> float:
+def _timed_step(session: TrainingSession, batch: Batch, device: str) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one step."""
     if device != "cpu":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     session.step(batch)
     if device != "cpu":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def bench_baq_step(
@@ -71,20 +72,26 @@ def bench_baq_step(
     Returns ``ratio_median`` (median over pairs of BAQ time / FP32 time),
     ``ratio_of_medians``, ``ratio_of_mins`` (the least noise-sensitive on a shared machine),
     ``ratio_min``/``ratio_max`` (spread of the pairs), ``fp32_median_s``/``baq_median_s`` and the
-    raw per-step times.
+    raw per-step times; ``cpu_ratio_median``/``cpu_ratio_min``/``cpu_ratio_max``: the same pairs
+    timed by the process's CPU time (``time.process_time``, all threads), which leaves out the time
+    other processes hold the cores (a diagnostic on a shared machine; meaningful on ``cpu`` only).
     """
     fp32, baq = _session("fp32", device), _session("baq", device)
     data = _batch(image_size, batch, device)
     t_fp32: list[float] = []
     t_baq: list[float] = []
+    c_fp32: list[float] = []
+    c_baq: list[float] = []
     for i in range(warmup + steps):
         # alternate which goes first so neither always follows the other's cache state
-        order = ((fp32, t_fp32), (baq, t_baq)) if i % 2 == 0 else ((baq, t_baq), (fp32, t_fp32))
-        for session, times in order:
-            t = _timed_step(session, data, device)
+        first, second = ((fp32, t_fp32, c_fp32), (baq, t_baq, c_baq))
+        for session, times, cpu in (first, second) if i % 2 == 0 else (second, first):
+            t, c = _timed_step(session, data, device)
             if i >= warmup:
                 times.append(t)
+                cpu.append(c)
     ratios = [b / f for b, f in zip(t_baq, t_fp32, strict=True)]
+    cpu_ratios = [b / f for b, f in zip(c_baq, c_fp32, strict=True)]
     return {
         "image_size": image_size,
         "batch": batch,
@@ -100,6 +107,9 @@ def bench_baq_step(
         "ratio_max": max(ratios),
         "fp32_times_s": t_fp32,
         "baq_times_s": t_baq,
+        "cpu_ratio_median": statistics.median(cpu_ratios),
+        "cpu_ratio_min": min(cpu_ratios),
+        "cpu_ratio_max": max(cpu_ratios),
     }
 
 

@@ -52,7 +52,10 @@ def bench_qat_step(
 
     Returns a dict: ``ratio`` (median of per-pair QAT/FP32 step-time ratios), ``ratio_p25``,
     ``ratio_p75``, ``ratio_min``, ``ratio_max``, ``fp32_ms`` / ``qat_ms`` (median step, ms),
-    ``fp32_ms_iqr`` / ``qat_ms_iqr``, ``avg_bits`` of the assignment, and the settings.
+    ``fp32_ms_iqr`` / ``qat_ms_iqr``, ``avg_bits`` of the assignment, and the settings;
+    ``cpu_ratio`` (``_min``, ``_max``): the same pairs timed by the process's CPU time
+    (``time.process_time``), which leaves out the time other processes hold the cores (a
+    diagnostic on a shared machine; meaningful on ``cpu`` only).
     """
     fp32, qat, avg_bits = _models(seed, device)
     opts = {
@@ -68,26 +71,28 @@ def bench_qat_step(
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    def step(kind: str) -> float:
+    def step(kind: str) -> tuple[float, float]:
+        """(wall seconds, process CPU seconds)"""
         model, opt = models[kind], opts[kind]
         sync()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         sync()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     times: dict[str, list[float]] = {"fp32": [], "qat": []}
-    ratios = []
+    ratios, cpu_ratios = [], []
     for i in range(warmup + steps):
         order = ("fp32", "qat") if i % 2 == 0 else ("qat", "fp32")
         pair = {kind: step(kind) for kind in order}
         if i >= warmup:
-            for kind, t in pair.items():
+            for kind, (t, _) in pair.items():
                 times[kind].append(t)
-            ratios.append(pair["qat"] / pair["fp32"])
+            ratios.append(pair["qat"][0] / pair["fp32"][0])
+            cpu_ratios.append(pair["qat"][1] / pair["fp32"][1])
 
     def quartiles(v: list[float]) -> tuple[float, float, float]:
         if len(v) < 2:
@@ -105,6 +110,9 @@ def bench_qat_step(
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
         "ratio_of_medians": q2 / f2,
+        "cpu_ratio": statistics.median(cpu_ratios),
+        "cpu_ratio_min": min(cpu_ratios),
+        "cpu_ratio_max": max(cpu_ratios),
         "fp32_ms": 1e3 * f2,
         "qat_ms": 1e3 * q2,
         "fp32_ms_iqr": 1e3 * (f3 - f1),

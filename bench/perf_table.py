@@ -116,7 +116,9 @@ def to_markdown(rows: Sequence[Figure], s: Settings, *, torch_info: str = "") ->
         "Gate: `ratio` rows are met at their target (both sides timed interleaved in one "
         "process); `absolute xH` rows are wall times on a shared machine, met when the best "
         f"repeat is within H times the target, H = max({ABSOLUTE_HEADROOM:g}, 1-minute load "
-        "average per core); `exact` rows are byte counts; `-` rows are reported only.",
+        "average per core); `exact` rows are byte counts; `-` rows are reported only. On CPU the "
+        "QAT and BAQ step rows also quote the same step pairs' ratio by process CPU time (the time "
+        "other processes hold the cores left out): reported, not gated.",
         "",
         "| figure | setting | measured | target | gate | met |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from fq_alloc import Palette, allocate, allocate_to_budget, budget_palette
@@ -223,6 +224,66 @@ def test_budget_on_resnet_like_model() -> None:
     for target in (2.0, 3.1, 4.3, 6.5, 8.0):
         a = allocate_to_budget(imap, target_avg_bits=target, layout=model)
         assert abs(a.avg_bits(layout) - target) <= 0.05
+
+
+def _budget_reference(
+    imap: ImportanceMap, layout: ScopeLayout, bits: tuple[int, ...], target: float
+) -> BitAssignment:
+    """allocate_to_budget's documented rule, the slow way: bisection on the tilt ``lam`` in
+    [-1e3, 1e3], all 100 tries, each a validated Palette tiered by the public ``allocate`` and
+    measured by ``BitAssignment.avg_bits``; the first try closest to the target wins."""
+    z = (np.asarray(bits, dtype=np.float64) - bits[0]) / (bits[-1] - bits[0])
+
+    def tried(lam: float) -> BitAssignment:
+        w = np.exp(lam * (z - (z.max() if lam > 0 else z.min())))
+        pal = Palette(bits, tuple((w / w.sum()).tolist()))
+        return allocate(imap, pal, weighting="params", layout=layout)
+
+    lo, hi = -1e3, 1e3
+    best, best_err = tried(lo), math.inf
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        a = tried(mid)
+        avg = a.avg_bits(layout)
+        if abs(avg - target) < best_err:
+            best, best_err = a, abs(avg - target)
+        if avg < target:
+            lo = mid
+        else:
+            hi = mid
+        if best_err < 1e-9:
+            break
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_budget_equals_the_full_bisection_reference(seed: int) -> None:
+    """The budget search stops early and skips per-try palettes; the bits are the reference's."""
+    g = torch.Generator().manual_seed(seed)
+    n_layers = int(torch.randint(1, 8, (1,), generator=g))
+    widths = [
+        (
+            int(torch.randint(1, 80, (1,), generator=g)),
+            int(torch.randint(1, 600, (1,), generator=g)),
+        )
+        for _ in range(n_layers)
+    ]
+    if seed == 5:  # every scope the same size: Ranking's arithmetic path instead of its sort
+        widths = [(o, 7) for o, _ in widths]
+    layout = _layout(widths)
+    scores = (torch.rand(layout.num_scopes, generator=g) ** 3).tolist()  # skewed, some near ties
+    imap = _map(layout, scores)
+    bits = ((2, 3, 4, 5, 6, 7, 8), (2, 4, 8), (1, 2, 16), (3, 5))[seed % 4]
+    for _ in range(4):
+        target = bits[0] + (bits[-1] - bits[0]) * float(torch.rand((), generator=g))
+        try:
+            got = allocate_to_budget(imap, bits, target, layout=layout)
+        except ValueError:
+            # unreachable within 0.05 bits: the reference's closest average says so too
+            ref = _budget_reference(imap, layout, bits, target)
+            assert abs(ref.avg_bits(layout) - target) > 0.05
+            continue
+        assert got == _budget_reference(imap, layout, bits, target)
 
 
 @given(st.floats(2.0, 8.0))

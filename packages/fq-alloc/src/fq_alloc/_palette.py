@@ -66,12 +66,21 @@ class Palette:
     @property
     def levels(self) -> tuple[float, ...]:
         """Cumulative levels ``c_k = (p_1 + ... + p_k) / sum p`` for ``k < K`` (the quantile levels)."""
-        total = math.fsum(self.proportions)
-        out, acc = [], 0.0
-        for p in self.proportions[:-1]:
-            acc += p
-            out.append(min(acc / total, 1.0))
-        return tuple(out)
+        return cumulative_levels(self.proportions)
+
+
+def cumulative_levels(proportions: Sequence[float]) -> tuple[float, ...]:
+    """:attr:`Palette.levels` of already valid ``proportions`` (``K`` floats >= 0, sum 1), unchecked.
+
+    The one formula of the levels: hot loops that try many proportions (the budget search of
+    :func:`fq_alloc.allocate_to_budget`) call it without building and validating a palette each time.
+    """
+    total = math.fsum(proportions)
+    out, acc = [], 0.0
+    for p in proportions[:-1]:
+        acc += p
+        out.append(min(acc / total, 1.0))
+    return tuple(out)
 
 
 def _int_tuple(values: Sequence[int] | int) -> tuple[int, ...]:

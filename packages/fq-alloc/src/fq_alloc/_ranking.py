@@ -56,12 +56,21 @@ class Ranking:
             return np.clip(np.ceil(y), 0, self.n).astype(np.int64)
         return np.searchsorted(self._mid2, target2, side="left").astype(np.int64)
 
-    def tier_weights(self, levels: Sequence[float]) -> np.ndarray:
-        """Total weight (scopes or parameters) in each of the ``len(levels) + 1`` tiers."""
-        cuts = np.concatenate([[0], self.cuts(levels), [self.n]])
-        if self.size is not None:
-            return np.diff(cuts) * self.size
-        return np.diff(self._cum[cuts])
+    def tier_mean(self, levels: Sequence[float], values: Sequence[int]) -> float:
+        """``sum_k values[k] * W_k / W``, ``W_k`` the weight (scopes or parameters) of tier ``k``
+        at ``levels``: the weight-averaged value when every scope of tier ``k`` carries the integer
+        ``values[k]`` (e.g. an allocation's average bits), without building the tiers.
+
+        Exact integer sums in plain Python: a search calls it once per try, and numpy's per-call
+        overhead on a handful of tiers cost more than the arithmetic.
+        """
+        cuts = self.cuts(levels)
+        upper = (cuts * self.size).tolist() if self.size is not None else self._cum[cuts].tolist()
+        acc, prev = 0, 0
+        for v, edge in zip(values, [*upper, self.total], strict=True):
+            acc += int(v) * (edge - prev)
+            prev = edge
+        return float(acc) / self.total
 
     def quantiles(self) -> np.ndarray:
         """Each scope's midpoint ``m_r / W`` in the weighted ranking, float64 ``[N]`` in (0, 1).
