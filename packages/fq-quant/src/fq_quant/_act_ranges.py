@@ -93,6 +93,21 @@ def _split(batches: Iterable[Any], by_group: bool) -> dict[int, list[np.ndarray]
     return out
 
 
+def _equal_chunks(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The same images in the same order, cut into batches that all have one size.
+
+    ``arrays``: input batches ``[B_i, C, H, W]`` (sizes may differ: a short last batch, or one
+    group's share of each batch). The size is the largest divisor of ``N = sum B_i`` not above
+    ``max B_i`` (1 where ``N`` is prime). ONNX Runtime's histogram calibrators stack every batch of
+    one ``collect_data`` call into one array, which needs equal sizes; stacked, each tensor's
+    histogram is that of all ``N`` images, so the ranges do not depend on how the caller batched.
+    """
+    x = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    n, top = len(x), max(len(a) for a in arrays)
+    size = max(d for d in range(1, min(n, top) + 1) if n % d == 0)
+    return [x[i : i + size] for i in range(0, n, size)]
+
+
 class _Reader:
     """An ``onnxruntime.quantization.CalibrationDataReader`` over a list of input arrays."""
 
@@ -127,7 +142,7 @@ def _ort_ranges(
         extra_options=options,
     )
     try:
-        reader = _Reader(arrays)
+        reader = _Reader(_equal_chunks(arrays))
         calibrator.collect_data(reader)
         data = calibrator.compute_data()
     finally:
@@ -153,7 +168,10 @@ def calibrate_activations(
         model: an ONNX file whose input is ``"input"`` ``[batch, C, H, W]`` (a float or
             weight-only file of :func:`export_onnx`).
         batches: ``(image, label, group)`` batches (tuples or mappings, e.g. a DataLoader) or bare
-            image tensors ``[B, C, H, W]`` (pooled only). A few hundred images suffice.
+            image tensors ``[B, C, H, W]`` (pooled only). A few hundred images suffice. Batch
+            sizes may differ (a short last batch; each group's share in group-balanced mode):
+            the images are re-cut into equal batches, and every estimator sees the values of all
+            of them at once, so the ranges depend on the images, not on how they were batched.
         estimator: ``"minmax"`` (observed extremes), ``"percentile"`` (the central
             ``percentile`` % of a histogram of ``|x|``), ``"entropy"`` (KL-optimal threshold).
         group_balanced: run the estimator on each group's images alone and keep, per tensor,

@@ -30,8 +30,24 @@ import torch
 from ._act_ranges import ActivationRanges, calibration_method
 from ._onnx_base import INPUT_NAME, require
 
-#: Smallest scale written for an all-zero (pruned) channel: its codes are 0 whatever the scale.
-_MIN_SCALE = 1e-12
+
+def zero_channel_scales(w: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
+    """``scales`` ``[O]`` with each all-zero channel's scale replaced by the layer's largest one.
+
+    ``w``: the float weight, channels along ``axis``. A pruned channel (0 bits: scale 0), or one
+    whose BatchNorm factor is 0, has codes 0 under any scale, but its scale also sets the int32
+    bias's step (``s_in * s_w``): a 0 or tiny scale would overflow the bias (ONNX Runtime clips it
+    to the int32 range, so the channel's constant output would be wrong). The largest scale of the
+    layer's other channels gives the bias the coarsest step the layer already accepts; 1.0 when
+    every channel is zero.
+    """
+    dims = tuple(d for d in range(w.ndim) if d != axis)
+    zero = ~np.any(w != 0, axis=dims)
+    if not zero.any():
+        return scales
+    live = scales[~zero]
+    fill = float(live.max()) if live.size and float(live.max()) > 0 else 1.0
+    return np.where(zero, np.float32(fill), scales).astype(np.float32)
 
 
 def prepare(proto: Any, weight_scales: Mapping[str, np.ndarray], tmp: str) -> tuple[Path, dict]:
@@ -106,13 +122,13 @@ def prepare(proto: Any, weight_scales: Mapping[str, np.ndarray], tmp: str) -> tu
     options.optimized_model_filepath = str(out)
     ort.InferenceSession(raw, options, providers=["CPUExecutionProvider"])
     folded = {t.name: t for t in onnx.load(str(out)).graph.initializer}
-    for name, (scales, axis) in meta.items():
+    for name, (scales, axis) in list(meta.items()):
         if name not in folded:
             raise RuntimeError(f"weight {name!r} was changed by ONNX Runtime's graph optimizations")
         w = nph.to_array(folded[name])
-        ratio = w / np.maximum(scales, _MIN_SCALE).reshape(
-            [-1 if d == axis else 1 for d in range(w.ndim)]
-        )
+        scales = zero_channel_scales(w, scales, axis)
+        meta[name] = (scales, axis)
+        ratio = w / scales.reshape([-1 if d == axis else 1 for d in range(w.ndim)])
         if np.abs(ratio - np.round(ratio)).max() > 1e-3 or np.abs(ratio).max() > 127.5:
             raise RuntimeError(f"weight {name!r} is not int8 codes x its per-channel scale")
     return out, meta
@@ -123,7 +139,7 @@ def _overrides(meta: Mapping[str, tuple[np.ndarray, int]]) -> dict[str, list[dic
         name: [
             {
                 "axis": axis,
-                "scale": np.array(max(float(s), _MIN_SCALE), np.float32),
+                "scale": np.array(s, np.float32),
                 "zero_point": np.array(0, np.int8),
             }
             for s in scales
