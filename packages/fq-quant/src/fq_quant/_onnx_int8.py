@@ -30,6 +30,9 @@ import torch
 from ._act_ranges import ActivationRanges, calibration_method
 from ._onnx_base import INPUT_NAME, require
 
+#: Op types whose own output stays float (their consumers quantize it where they need to).
+_FLOAT_OUTPUT = ("MatMul", "Gemm")
+
 
 def zero_channel_scales(w: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
     """``scales`` ``[O]`` with each all-zero channel's scale replaced by the layer's largest one.
@@ -189,9 +192,11 @@ def quantize(
                 "TensorQuantOverrides": _overrides(meta),
                 "WeightSymmetric": True,
                 "ActivationSymmetric": False,
-                # a MatMul's own output is left float; its consumers quantize it where they can
-                # (ORT then runs MatMulIntegerToFloat, or QLinearMatMul where a Q follows)
-                "OpTypesToExcludeOutputQuantization": ["MatMul"],
+                # a MatMul's or Gemm's own output is left float; its consumers quantize it where
+                # they can (ORT then runs MatMulIntegerToFloat / QGemm with float output, or
+                # QLinearMatMul where a Q follows). A classifier's Gemm writes the graph output,
+                # which the torch program does not name: quantizing it would exclude the Gemm
+                "OpTypesToExcludeOutputQuantization": list(_FLOAT_OUTPUT),
             },
         )
         proto = onnx.load(out)
@@ -218,8 +223,8 @@ def _unnamed(proto: Any, named: set[str]) -> set[str]:
         if t is None or t in inits or t in named:
             continue
         src = producer.get(t)
-        # a MatMul never quantizes its own output here (OpTypesToExcludeOutputQuantization)
-        if src is not None and src.op_type != "MatMul":
+        # a MatMul or Gemm never quantizes its own output here (OpTypesToExcludeOutputQuantization)
+        if src is not None and src.op_type not in _FLOAT_OUTPUT:
             bad.add(src.name)
         for dq in by_input[q.output[0]]:
             for user in by_input[dq.output[0]]:
