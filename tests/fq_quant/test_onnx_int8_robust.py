@@ -82,8 +82,9 @@ def test_histogram_estimators_take_ragged_group_batches(tmp_path: Path, estimato
 
 
 def test_percentile_from_ragged_batches_matches_numpy_quantiles(tmp_path: Path) -> None:
-    """At percentile 90 the range is the 5% and 95% quantiles of the values, to a histogram bin
-    (ONNX Runtime: 2048 bins over [-max|x|, max|x|]), per group, widest over groups."""
+    """At percentile 90 a group's range is [-t, t] with t the 90% quantile of |x| (ONNX Runtime's
+    symmetric percentile: a 2048-bin histogram of |x|, so to a bin), cut to the observed
+    [min, max]; the group-balanced range is the widest over groups."""
     path = _identity(tmp_path)
     batches, per = _ragged(seed=3)
     got = calibrate_activations(
@@ -92,13 +93,15 @@ def test_percentile_from_ragged_batches_matches_numpy_quantiles(tmp_path: Path) 
     lows, highs = [], []
     for x in per.values():
         v = x.numpy().astype(np.float64).ravel()
-        width = 2 * np.abs(v).max() / 2048
-        lows.append((np.quantile(v, 0.05), width))
-        highs.append((np.quantile(v, 0.95), width))
+        a = np.abs(v)
+        t, width = np.quantile(a, 0.90), (a.max() - a.min()) / 2048
+        lows.append((max(-t, v.min()), width))
+        highs.append((min(t, v.max()), width))
     lo, hi = got.ranges["y"]
     want_lo, w_lo = min(lows)
     want_hi, w_hi = max(highs)
     assert abs(lo - want_lo) <= 1.01 * w_lo and abs(hi - want_hi) <= 1.01 * w_hi
+    assert hi > 3 * max(h for h, _ in highs[1:])  # the bright group sets it, not the dim one
 
 
 def _pruned_cnn() -> tuple[nn.Module, BitAssignment]:
@@ -152,7 +155,11 @@ def test_pruned_channels_keep_a_sane_scale_and_bias(tmp_path: Path) -> None:
     with torch.no_grad():
         fp = model(x).numpy()  # the weight-only model: float activations
     scale = np.abs(want).max()
-    assert np.abs(got - want).max() <= 1e-3 * scale
+    # equal to float rounding but where an activation code lands one step apart (the reference
+    # keeps BatchNorm unfolded, the file's folded bias is int32-rounded; about 1 row in 10 with
+    # or without pruning here): most rows exactly, all within 1% of the logit range
+    err = np.abs(got - want).max(1)
+    assert np.median(err) <= 1e-5 * scale and err.max() <= 0.01 * scale
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.995
     # the pruned row of the linear outputs its bias alone, in both
     np.testing.assert_allclose(got[:, 2], model[8].bias[2].item(), atol=0.02 * scale)
