@@ -61,7 +61,7 @@ def _ragged(seed: int = 0) -> tuple[list[tuple[torch.Tensor, ...]], dict[int, to
     return batches, per
 
 
-@pytest.mark.parametrize("estimator", ["percentile", "entropy"])
+@pytest.mark.parametrize("estimator", ["minmax", "percentile", "entropy"])
 def test_histogram_estimators_take_ragged_group_batches(tmp_path: Path, estimator: str) -> None:
     """Group-balanced calibration splits each batch by group (shares of 6/1, 2/3, 6/0 and 1/2
     images) and the last batch is short: ONNX Runtime's histogram calibrators used to fail on

@@ -129,9 +129,17 @@ def calibration_method(estimator: str) -> Any:
 
 
 def _ort_ranges(
-    model: Path, arrays: list[np.ndarray], estimator: str, percentile: float, tmp: str
-) -> dict[str, tuple[float, float]]:
-    """ONNX Runtime's calibrator for ``estimator`` over ``arrays``; ``{tensor: (low, high)}``."""
+    model: Path,
+    arrays: Mapping[int, list[np.ndarray]],
+    estimator: str,
+    percentile: float,
+    tmp: str,
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """ONNX Runtime's calibrator for ``estimator`` over each key's arrays (a group, or -1 pooled).
+
+    One calibrator (one augmented model and session) serves every key: its collected data are
+    dropped between keys (:func:`_forget`). Returns ``{key: {tensor: (low, high)}}``.
+    """
     cal = require("onnxruntime.quantization.calibrate")
     options: dict[str, Any] = {"percentile": percentile} if estimator == "percentile" else {}
     calibrator = cal.create_calibrator(
@@ -141,17 +149,30 @@ def _ort_ranges(
         calibrate_method=calibration_method(estimator),
         extra_options=options,
     )
+    out = {}
     try:
-        reader = _Reader(_equal_chunks(arrays))
-        calibrator.collect_data(reader)
-        data = calibrator.compute_data()
+        for key, xs in arrays.items():
+            _forget(calibrator)
+            calibrator.collect_data(_Reader(_equal_chunks(xs)))
+            data = calibrator.compute_data()
+            out[key] = {
+                name: (
+                    float(np.asarray(td.range_value[0]).min()),
+                    float(np.asarray(td.range_value[1]).max()),
+                )
+                for name, td in data.data.items()
+            }
     finally:
         del calibrator
-    out = {}
-    for name, td in data.data.items():
-        lo, hi = td.range_value
-        out[name] = (float(np.asarray(lo).min()), float(np.asarray(hi).max()))
     return out
+
+
+def _forget(calibrator: Any) -> None:
+    """Drop what an ONNX Runtime calibrator has collected (its histograms or running min/max)."""
+    calibrator.clear_collected_data()
+    for state in ("collector", "calibrate_tensors_range"):  # histogram / min-max calibrators
+        if hasattr(calibrator, state):
+            setattr(calibrator, state, None)
 
 
 def calibrate_activations(
@@ -187,13 +208,15 @@ def calibrate_activations(
     if not path.is_file():
         raise ValueError(f"model must be an existing .onnx file; got {model!r}")
     arrays = _split(batches, group_balanced)
+    if group_balanced and estimator == "minmax":
+        # the widest of the groups' extremes is the pooled extreme: one pass over all images
+        groups = tuple(sorted(arrays))
+        arrays = {-1: [x for xs in arrays.values() for x in xs]}
     with tempfile.TemporaryDirectory(prefix="fq_calib.") as tmp:
-        per = {
-            code: ActivationRanges(
-                _ort_ranges(path, xs, estimator, percentile, tmp), estimator=estimator
-            )
-            for code, xs in arrays.items()
-        }
+        found = _ort_ranges(path, arrays, estimator, percentile, tmp)
+    per = {code: ActivationRanges(r, estimator=estimator) for code, r in found.items()}
+    if group_balanced and estimator == "minmax":
+        return ActivationRanges(found[-1], estimator=estimator, group_balanced=True, groups=groups)
     if group_balanced:
         return widest_ranges(per)
     return per[-1]
