@@ -155,11 +155,10 @@ def test_pruned_channels_keep_a_sane_scale_and_bias(tmp_path: Path) -> None:
     with torch.no_grad():
         fp = model(x).numpy()  # the weight-only model: float activations
     scale = np.abs(want).max()
-    # equal to float rounding but where an activation code lands one step apart (the reference
-    # keeps BatchNorm unfolded, the file's folded bias is int32-rounded; about 1 row in 10 with
-    # or without pruning here): most rows exactly, all within 1% of the logit range
+    # equal to float rounding (the reference's BatchNorm carries the file's int32-rounded folded
+    # bias; without that, about 1 row in 10 here had a code one step apart, 3e-3 of the range)
     err = np.abs(got - want).max(1)
-    assert np.median(err) <= 1e-5 * scale and err.max() <= 0.01 * scale
+    assert np.median(err) <= 1e-5 * scale and err.max() <= 1e-3 * scale
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.995
     # the pruned row of the linear outputs its bias alone, in both
     np.testing.assert_allclose(got[:, 2], model[8].bias[2].item(), atol=0.02 * scale)

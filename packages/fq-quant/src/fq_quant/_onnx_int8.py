@@ -306,19 +306,14 @@ def reference_module(
     """Run the torch program with each named activation fake-quantized as the ONNX file does it.
 
     ``biases``: ``{parameter name: value}`` replacing the program's biases (the file's int32
-    biases, dequantized); names the program does not have (a folded BatchNorm's) are ignored.
+    biases, dequantized); a conv's folded bias ``L.bias_folded`` shifts the bias of the
+    BatchNorm after it by the file's rounding (:func:`_mirror_folded`); other names are ignored.
     """
     gm = program.module()
     for name, value in (biases or {}).items():
-        owner, _, leaf = name.rpartition(".")
-        try:
-            module = gm.get_submodule(owner)
-        except AttributeError:
-            continue
-        old = getattr(module, leaf, None)
-        if isinstance(old, torch.Tensor) and old.shape == value.shape:
-            setattr(module, leaf, torch.nn.Parameter(value.to(old.dtype), requires_grad=False))
+        _set_tensor(gm, name, value)
     fx = require("torch.fx")
+    _mirror_folded(gm, biases or {}, fx)
     inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     alias = {inputs[0]: INPUT_NAME} if inputs else {}
 
@@ -335,6 +330,55 @@ def reference_module(
             return _Interp(gm).run(x)
 
     return run
+
+
+def _set_tensor(gm: Any, name: str, value: torch.Tensor) -> None:
+    """Replace the parameter ``name`` of ``gm`` by ``value`` where it exists with that shape."""
+    owner, _, leaf = name.rpartition(".")
+    try:
+        module = gm.get_submodule(owner)
+    except AttributeError:
+        return
+    old = getattr(module, leaf, None)
+    if isinstance(old, torch.Tensor) and old.shape == value.shape:
+        setattr(module, leaf, torch.nn.Parameter(value.to(old.dtype), requires_grad=False))
+
+
+def _mirror_folded(gm: Any, biases: Mapping[str, torch.Tensor], fx: Any) -> None:
+    """Give each ``BN(conv(x))`` the bias the file holds for the folded conv.
+
+    The file stores ``conv_folded(x) + b`` with ``b`` (``L.bias_folded``) the folded bias
+    ``(c - mean) k + beta`` (``c``: the conv's bias, ``k = gamma / sqrt(var + eps)``) rounded to
+    int32 codes. Adding that rounding, ``b - ((c - mean) k + beta)`` in float64, to the
+    BatchNorm's ``beta`` makes the reference compute the same function, BatchNorm still unfolded.
+    """
+
+    def attr(node: Any) -> str | None:
+        ok = isinstance(node, fx.Node) and node.op == "get_attr"
+        return str(node.target) if ok else None
+
+    def fetch(target: str) -> torch.Tensor:
+        out = gm
+        for part in target.split("."):
+            out = getattr(out, part)
+        return out.detach().double()
+
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or "batch_norm" not in str(node.target):
+            continue
+        conv = node.args[0]
+        if not (isinstance(conv, fx.Node) and "conv" in str(conv.target)):
+            continue
+        weight = attr(conv.args[1]) if len(conv.args) > 1 else None
+        key = weight.removesuffix("weight") + "bias_folded" if weight else None
+        names = [attr(a) for a in node.args[1:5]]
+        if key is None or key not in biases or None in names or len(node.args) < 7:
+            continue
+        gamma, beta, mean, var = (fetch(n) for n in names)  # type: ignore[arg-type]
+        c_name = attr(conv.args[2]) if len(conv.args) > 2 else None
+        c = fetch(c_name) if c_name else torch.zeros_like(mean)
+        folded = (c - mean) * gamma / torch.sqrt(var + float(node.args[6])) + beta
+        _set_tensor(gm, str(names[1]), beta + biases[key].double() - folded)
 
 
 def program_names(program: Any) -> set[str]:
@@ -362,8 +406,9 @@ def int8_reference(
     ``torch.export`` program of the fake-quantized model in float32 with every activation the file
     quantizes fake-quantized by the file's own scale and zero point, and each bias the file holds
     as int32 (a conv's or the classifier's) replaced by its dequantized value. BatchNorm stays
-    unfolded (a folded bias is not mirrored), so the two differ by float rounding, by the runtime's
-    integer accumulation and requantization, and by ties those move across a rounding boundary.
+    unfolded, its bias shifted by the rounding of the file's int32 folded bias, so the two differ
+    by float rounding, by the runtime's integer accumulation and requantization, and by ties
+    those move across a rounding boundary.
     """
     from ._onnx import export_program  # the one home of the traced program
 
