@@ -47,13 +47,14 @@ def _identity(tmp: Path) -> Path:
 
 
 def _ragged(seed: int = 0) -> tuple[list[tuple[torch.Tensor, ...]], dict[int, torch.Tensor]]:
-    """Batches of 7, 5, 6 and a short 3 whose groups split them unevenly (group 1 is dim and
-    rare: 1, 3, 0 and 2 images); also each group's images in order."""
+    """Batches of 7, 5, 6 and a short 3 whose groups split them unevenly (group 1 is rare: 1, 3,
+    0 and 2 images; group 0 is dim, so a calibrator that kept group 0's data while estimating
+    group 1 would narrow group 1's range); also each group's images in order."""
     g = torch.Generator().manual_seed(seed)
     groups = [torch.tensor(c) for c in ([0, 0, 1, 0, 0, 0, 0], [1, 0, 1, 0, 1], [0] * 6, [1, 0, 1])]
     batches = []
     for gs in groups:
-        x = torch.randn(len(gs), 3, S, S, generator=g) * torch.where(gs == 1, 0.2, 1.0).reshape(
+        x = torch.randn(len(gs), 3, S, S, generator=g) * torch.where(gs == 0, 0.2, 1.0).reshape(
             -1, 1, 1, 1
         )
         batches.append((x, torch.zeros(len(gs), dtype=torch.long), gs))
@@ -78,7 +79,7 @@ def test_histogram_estimators_take_ragged_group_batches(tmp_path: Path, estimato
     one = calibrate_activations(path, [torch.cat([b[0] for b in batches])], estimator=estimator)
     assert dict(pooled.ranges) == dict(one.ranges)
     # the dim group's own range is far narrower than the bright group's: the test has teeth
-    assert alone[1].ranges["y"][1] < 0.5 * alone[0].ranges["y"][1]
+    assert alone[0].ranges["y"][1] < 0.5 * alone[1].ranges["y"][1]
 
 
 def test_percentile_from_ragged_batches_matches_numpy_quantiles(tmp_path: Path) -> None:
@@ -101,7 +102,7 @@ def test_percentile_from_ragged_batches_matches_numpy_quantiles(tmp_path: Path) 
     want_lo, w_lo = min(lows)
     want_hi, w_hi = max(highs)
     assert abs(lo - want_lo) <= 1.01 * w_lo and abs(hi - want_hi) <= 1.01 * w_hi
-    assert hi > 3 * max(h for h, _ in highs[1:])  # the bright group sets it, not the dim one
+    assert hi > 3 * highs[0][0]  # the bright group 1 sets it, not the dim group 0
 
 
 def _pruned_cnn() -> tuple[nn.Module, BitAssignment]:

@@ -142,17 +142,22 @@ def _ort_ranges(
     """
     cal = require("onnxruntime.quantization.calibrate")
     options: dict[str, Any] = {"percentile": percentile} if estimator == "percentile" else {}
-    calibrator = cal.create_calibrator(
-        model,
-        None,
-        augmented_model_path=os.path.join(tmp, "augmented.onnx"),
-        calibrate_method=calibration_method(estimator),
-        extra_options=options,
-    )
+
+    def new_calibrator() -> Any:
+        return cal.create_calibrator(
+            model,
+            None,
+            augmented_model_path=os.path.join(tmp, "augmented.onnx"),
+            calibrate_method=calibration_method(estimator),
+            extra_options=options,
+        )
+
+    calibrator = new_calibrator()
     out = {}
     try:
-        for key, xs in arrays.items():
-            _forget(calibrator)
+        for i, (key, xs) in enumerate(arrays.items()):
+            if i and not _forget(calibrator):
+                calibrator = new_calibrator()
             calibrator.collect_data(_Reader(_equal_chunks(xs)))
             data = calibrator.compute_data()
             out[key] = {
@@ -167,12 +172,17 @@ def _ort_ranges(
     return out
 
 
-def _forget(calibrator: Any) -> None:
-    """Drop what an ONNX Runtime calibrator has collected (its histograms or running min/max)."""
+def _forget(calibrator: Any) -> bool:
+    """Drop what an ONNX Runtime calibrator has collected (its histograms or running min/max);
+    ``False`` where this runtime's calibrator keeps them elsewhere (then a new one is made)."""
+    # a new calibrator holds None in both (min-max has only the second)
+    states = [s for s in ("collector", "calibrate_tensors_range") if hasattr(calibrator, s)]
+    if not states:
+        return False
     calibrator.clear_collected_data()
-    for state in ("collector", "calibrate_tensors_range"):  # histogram / min-max calibrators
-        if hasattr(calibrator, state):
-            setattr(calibrator, state, None)
+    for state in states:
+        setattr(calibrator, state, None)
+    return True
 
 
 def calibrate_activations(
