@@ -224,7 +224,8 @@ def test_cli_int8_export_matches_the_api(tmp_path: Path, capsys: pytest.CaptureF
         np.save(tmp_path / "good.npy", images.numpy())  # images alone: no groups
         for extra, message in (
             (["--activations", "int8"], "--activations int8 needs --calibration"),
-            (["--calibration", str(npz)], "--calibration only apply with --activations int8"),
+            (["--calibration", str(npz)], "--calibration: only with --activations int8"),
+            (["--estimator", "entropy"], "--estimator: only with --activations int8"),
             (["--activations", "int8", "--calibration", str(tmp_path / "bad.npy")],
              f"images must be [N, 3, {S}, {S}]"),
             (["--activations", "int8", "--calibration", str(tmp_path / "good.npy"),

@@ -129,7 +129,7 @@ def _calibration(
         ]
         if given or args.estimator != "minmax":
             raise ValueError(
-                f"{', '.join(given) or '--estimator'} only apply with --activations int8"
+                f"{', '.join(given) or '--estimator'}: only with --activations int8 (calibration options)"
             )
         return None
     if args.calibration is None:
