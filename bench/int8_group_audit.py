@@ -52,7 +52,7 @@ def main() -> int:
         "--act-images",
         type=int,
         default=192,
-        help="training images the int8 variants calibrate on (one per batch)",
+        help="training images the int8 variants calibrate on",
     )
     p.add_argument("--no-clipped", action="store_true", help="skip the clipped-share columns")
     p.add_argument("--reuse", action="store_true", help="keep int8 files already in --out")
@@ -97,13 +97,13 @@ def main() -> int:
     t_compress = time.perf_counter() - t0
 
     loaders = make_loaders(dd, image_size=32, batch_size=64, train=False, seed=0)
-    # one image per batch: ONNX Runtime's histogram calibrators fail on batches of different
-    # sizes, which the per-group split of group_balanced makes (see compress's calibration)
-    calib = [
-        (x[j : j + 1], y[j : j + 1], g[j : j + 1])
-        for x, y, g in _batches(loaders.train, args.calib_batches)
-        for j in range(len(x))
-    ][: args.act_images]
+    # the first --act-images training images, in batches (calibrate_activations re-cuts ragged
+    # batches, such as the short last one here or each group's share, into equal ones)
+    calib, left = [], args.act_images
+    for x, y, g in _batches(loaders.train, args.calib_batches):
+        if left > 0:
+            calib.append((x[:left], y[:left], g[:left]))
+            left -= len(x[:left])
     test = list(loaders.test)
     state, assignment = load_packed(res.packed)  # type: ignore[misc]
     plain = build_model("resnet18", num_classes=len(class_names), image_size=32, pretrained=False)

@@ -290,7 +290,7 @@ def _recount(pred: list[dict[str, str]], g: str) -> float:
 
 
 def test_int8_activations_and_container_cost_end_to_end(run, monkeypatch, capsys) -> None:
-    """``--activations int8 --group-balanced --estimator minmax --cost container``: the
+    """``--activations int8 --group-balanced --estimator percentile --cost container``: the
     integer-activation file is audited per group against FP32 and against the weight-only file
     (rows equal a recount of the prediction files), and the budget holds in container bits
     (each layer's widest channel sets its INT4/INT8 container, recounted here from the packed
@@ -302,7 +302,7 @@ def test_int8_activations_and_container_cost_end_to_end(run, monkeypatch, capsys
     monkeypatch.setenv("FQ_CACHE_DIR", str(run["root"] / "cache"))
     out = run["root"] / "int8"
     argv = [a if a != str(run["out"]) else str(out) for a in run["argv"]]
-    argv += ["--activations", "int8", "--estimator", "minmax", "--group-balanced",
+    argv += ["--activations", "int8", "--estimator", "percentile", "--group-balanced",
              "--cost", "container", "--calib-batches", "1"]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # too few test images for a 1-point margin

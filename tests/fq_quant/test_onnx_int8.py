@@ -114,7 +114,16 @@ def test_deit_int8_matches_torch_reference(tmp_path: Path) -> None:
     # embedding stay float, as in the reference
     assert not {q for q in quantized if "norm" in q or "pos_embed" in q}
     int8_weights = [q for q in quantized if inits[q].data_type == onnx.TensorProto.INT8]
-    assert len(int8_weights) == 49  # patch embedding + 4 linears x 12 blocks (the head is a Gemm)
+    assert len(int8_weights) == 50  # patch embedding + 4 linears x 12 blocks + the head
+    float_in = _float_input_products(proto)
+    # the one exception: the two attention products of each block (q k^T and softmax v) read
+    # values computed inside the exporter's scaled_dot_product_attention function (q and k
+    # scaled by sqrt(scale), the softmax), which the torch program cannot name, so the
+    # reference could not round them; every product with a weight gets integer inputs
+    assert len(float_in) == 2 * 12
+    for node, sources in float_in:
+        assert node.op_type == "MatMul" and "Initializer" not in sources
+        assert {"Softmax", "Mul"} & set(sources), sources
     ref = int8_reference(model, torch.randn(1, 3, S, S), path)
     x = torch.cat([b[0] for b in _batches(4, 50, seed=7)])
     got = ort_session(path, exact=False).run(None, {"input": x.numpy()})[0]
@@ -128,6 +137,31 @@ def test_deit_int8_matches_torch_reference(tmp_path: Path) -> None:
     assert float(np.abs(fp - want).max()) > err  # closer to the reference than to float
 
 
+def _float_input_products(proto: onnx.ModelProto) -> list[tuple[onnx.NodeProto, list[str]]]:
+    """The Conv/Gemm/MatMul nodes of a QDQ graph with an input (bias aside) that is not the
+    output of a DequantizeLinear, with the op types that produce their inputs."""
+    producer = {o: n.op_type for n in proto.graph.node for o in n.output}
+    producer.update({t.name: "Initializer" for t in proto.graph.initializer})
+    out = []
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            sources = [producer.get(i, "GraphInput") for i in node.input[:2]]
+            if any(s != "DequantizeLinear" for s in sources):
+                out.append((node, sources))
+    return out
+
+
+def test_resnet18_every_product_has_integer_inputs(
+    resnet_int8: tuple[nn.Module, Path, Path],
+) -> None:
+    """Every Conv and the classifier's Gemm (whose input is the Reshape of the pooled features)
+    read quantized activations and int8 weights in the file; none is left float."""
+    proto = onnx.load(str(resnet_int8[1]))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Conv") == 20 and ops.count("Gemm") == 1
+    assert _float_input_products(proto) == []
+
+
 def test_resnet18_int8_runs_integer_kernels(
     resnet_int8: tuple[nn.Module, Path, Path], tmp_path: Path
 ) -> None:
@@ -138,13 +172,14 @@ def test_resnet18_int8_runs_integer_kernels(
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert ops.count("QLinearConv") == 20 and "Conv" not in ops
+    assert ops.count("QGemm") == 1 and "Gemm" not in ops  # the classifier too
     weights = {
         t.name: onnx.numpy_helper.to_array(t)
         for t in onnx.load(str(path)).graph.initializer
         if t.name.endswith("weight_quantized")
     }
-    assert {f"{n}.weight_quantized" for n in ("conv1", "layer4.1.conv2")} <= set(weights)
-    assert len(weights) >= 20  # every conv (the classifier's Gemm may stay float)
+    assert {f"{n}.weight_quantized" for n in ("conv1", "layer4.1.conv2", "fc")} <= set(weights)
+    assert len(weights) == 21  # 20 convs and the classifier
     for w in weights.values():  # U4 codes held in int8 containers
         assert w.dtype == np.int8 and np.abs(w).max() <= 7
 

@@ -159,12 +159,8 @@ def _calibration_batches(
     dataset_dict: Any, config: CompressConfig
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Up to ``config.calib_batches`` ``(image, label, group)`` batches of the train split with
-    the eval transforms (no augmentation), for the integer activations' ranges.
-
-    For the histogram estimators the images go one per batch: ONNX Runtime's percentile and
-    entropy calibrators stack every batch's values into one array and fail on batches of
-    different sizes, which a short last batch or a per-group split (``group_balanced``) makes.
-    """
+    the eval transforms (no augmentation), for the integer activations' ranges (batches of any
+    size: ``fq_quant.calibrate_activations`` re-cuts them for ONNX Runtime's calibrators)."""
     from fq_data import make_loaders
 
     loader = make_loaders(
@@ -178,10 +174,7 @@ def _calibration_batches(
     for i, (x, y, g) in enumerate(loader):
         if i >= config.calib_batches:
             break
-        if config.estimator == "minmax":
-            out.append((x, y, g))
-        else:
-            out.extend((x[j : j + 1], y[j : j + 1], g[j : j + 1]) for j in range(len(x)))
+        out.append((x, y, g))
     return out
 
 

@@ -1,6 +1,8 @@
 """``python -m fq_quant export-onnx``: a packed file (:func:`fq_quant.export_packed`) to an ONNX file.
 
-``main(argv)`` runs it in-process (importing this module runs nothing).
+``--activations int8`` also quantizes the activations (static ranges calibrated on images read
+from an ``.npz``/``.npy`` file). ``main(argv)`` runs it in-process (importing this module runs
+nothing).
 """
 
 from __future__ import annotations
@@ -8,13 +10,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pickle
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from fq_quant._act_ranges import ESTIMATORS
 from fq_quant._granularity import Granularity
 from fq_quant._onnx import DEFAULT_OPSET, MIN_OPSET, export_onnx
 from fq_quant._packed import load_packed
@@ -75,7 +80,109 @@ def _parser() -> argparse.ArgumentParser:
         "timm.create_model; e.g. fq_bench.grid:build_model for the grid's models (custom "
         "models, ViTs built at --image-size)",
     )
+    a = e.add_argument_group("integer activations (--activations int8)")
+    a.add_argument(
+        "--activations",
+        choices=("float", "int8"),
+        default="float",
+        help="float: weight-only (default); int8: activations quantized too, with ranges "
+        "calibrated on --calibration (ONNX Runtime runs QLinearConv / QLinearMatMul / QGemm)",
+    )
+    a.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="images to calibrate on: a .npz with 'image' [N, C, S, S] float32 (preprocessed as "
+        "the model expects) and, for --group-balanced, 'group' [N] integer codes; or a .npy of "
+        "the images alone",
+    )
+    a.add_argument(
+        "--estimator", choices=ESTIMATORS, default="minmax", help="range estimator (default minmax)"
+    )
+    a.add_argument(
+        "--group-balanced",
+        action="store_true",
+        help="estimate each group's ranges alone and keep the widest (needs 'group')",
+    )
+    a.add_argument("--calib-batch-size", type=int, default=32, help="images per batch (default 32)")
+    a.add_argument(
+        "--calib-batches",
+        type=int,
+        default=None,
+        help="use only the first N batches of --calibration (default: all of it)",
+    )
     return p
+
+
+def _calibration(
+    args: argparse.Namespace,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+    """The ``(image, label, group)`` batches of ``--calibration`` (labels unused: zeros), checked."""
+    calib_only = ("--calibration", "--group-balanced", "--calib-batches")
+    if args.activations == "float":
+        given = [
+            n
+            for n, v in zip(
+                calib_only, (args.calibration, args.group_balanced, args.calib_batches), strict=True
+            )
+            if v not in (None, False)
+        ]
+        if given or args.estimator != "minmax":
+            raise ValueError(
+                f"{', '.join(given) or '--estimator'}: only with --activations int8 (calibration options)"
+            )
+        return None
+    if args.calibration is None:
+        raise ValueError(
+            "--activations int8 needs --calibration FILE (.npz with 'image' [N, C, S, S] float32 "
+            "and optionally 'group' [N]; or .npy images)"
+        )
+    if args.calib_batch_size < 1:
+        raise ValueError(f"--calib-batch-size must be >= 1; got {args.calib_batch_size}")
+    if args.calib_batches is not None and args.calib_batches < 1:
+        raise ValueError(f"--calib-batches must be >= 1; got {args.calib_batches}")
+    path = args.calibration
+    if not path.is_file() or path.suffix not in (".npz", ".npy"):
+        raise ValueError(f"--calibration {path} must be an existing .npz or .npy file")
+    groups = None
+    try:
+        if path.suffix == ".npy":
+            images = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as data:
+                if "image" not in data:
+                    raise ValueError(
+                        f"--calibration {path}: a .npz needs an array 'image'; has {data.files}"
+                    )
+                images = data["image"]
+                groups = data.get("group")
+    except (OSError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"--calibration {path}: not a readable numpy file ({exc})") from None
+    shape = (3, args.image_size, args.image_size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != shape or len(images) == 0:
+        raise ValueError(
+            f"--calibration {path}: images must be [N, 3, {args.image_size}, {args.image_size}] "
+            f"(--image-size), N >= 1; got {list(images.shape)}"
+        )
+    if not np.issubdtype(images.dtype, np.floating) or not np.isfinite(images).all():
+        raise ValueError(f"--calibration {path}: images must be finite floats; got {images.dtype}")
+    if args.group_balanced and groups is None:
+        raise ValueError(f"--group-balanced needs an integer array 'group' [N] in {path}")
+    if groups is not None and (
+        groups.shape != (len(images),) or not np.issubdtype(groups.dtype, np.integer)
+    ):
+        raise ValueError(
+            f"--calibration {path}: 'group' must be integers of shape [{len(images)}]; "
+            f"got {groups.dtype} {list(groups.shape)}"
+        )
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    g = torch.zeros(len(x), dtype=torch.int64) if groups is None else torch.from_numpy(groups)
+    b = args.calib_batch_size
+    batches = [
+        (x[i : i + b], torch.zeros(len(x[i : i + b]), dtype=torch.int64), g[i : i + b].long())
+        for i in range(0, len(x), b)
+    ]
+    return batches[: args.calib_batches]
 
 
 def _check_out(out: Path) -> None:
@@ -108,6 +215,7 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError(f"packed file {args.packed} does not exist")
     _check_opset(args.opset)
     _check_out(args.out)
+    calibration = _calibration(args)
     loaded = load_packed(args.packed)
     if not isinstance(loaded, tuple):  # load_packed without a model returns (state, bits)
         raise TypeError(f"load_packed returned {type(loaded).__name__}, not (state, assignment)")
@@ -127,7 +235,17 @@ def _export(args: argparse.Namespace) -> int:
             f"(wrong --model, --num-classes or --builder?): {exc}"
         ) from None
     x = torch.zeros(1, 3, args.image_size, args.image_size)
-    out = export_onnx(model.eval(), x, args.out, opset=args.opset, assignment=assignment)
+    out = export_onnx(
+        model.eval(),
+        x,
+        args.out,
+        opset=args.opset,
+        assignment=assignment,
+        activations=args.activations,
+        calibration=calibration,
+        estimator=args.estimator,
+        group_balanced=args.group_balanced,
+    )
     print(f"wrote {out}")
     return 0
 

@@ -93,6 +93,21 @@ def _split(batches: Iterable[Any], by_group: bool) -> dict[int, list[np.ndarray]
     return out
 
 
+def _equal_chunks(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The same images in the same order, cut into batches that all have one size.
+
+    ``arrays``: input batches ``[B_i, C, H, W]`` (sizes may differ: a short last batch, or one
+    group's share of each batch). The size is the largest divisor of ``N = sum B_i`` not above
+    ``max B_i`` (1 where ``N`` is prime). ONNX Runtime's histogram calibrators stack every batch of
+    one ``collect_data`` call into one array, which needs equal sizes; stacked, each tensor's
+    histogram is that of all ``N`` images, so the ranges do not depend on how the caller batched.
+    """
+    x = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    n, top = len(x), max(len(a) for a in arrays)
+    size = max(d for d in range(1, min(n, top) + 1) if n % d == 0)
+    return [x[i : i + size] for i in range(0, n, size)]
+
+
 class _Reader:
     """An ``onnxruntime.quantization.CalibrationDataReader`` over a list of input arrays."""
 
@@ -114,29 +129,60 @@ def calibration_method(estimator: str) -> Any:
 
 
 def _ort_ranges(
-    model: Path, arrays: list[np.ndarray], estimator: str, percentile: float, tmp: str
-) -> dict[str, tuple[float, float]]:
-    """ONNX Runtime's calibrator for ``estimator`` over ``arrays``; ``{tensor: (low, high)}``."""
+    model: Path,
+    arrays: Mapping[int, list[np.ndarray]],
+    estimator: str,
+    percentile: float,
+    tmp: str,
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """ONNX Runtime's calibrator for ``estimator`` over each key's arrays (a group, or -1 pooled).
+
+    One calibrator (one augmented model and session) serves every key: its collected data are
+    dropped between keys (:func:`_forget`). Returns ``{key: {tensor: (low, high)}}``.
+    """
     cal = require("onnxruntime.quantization.calibrate")
     options: dict[str, Any] = {"percentile": percentile} if estimator == "percentile" else {}
-    calibrator = cal.create_calibrator(
-        model,
-        None,
-        augmented_model_path=os.path.join(tmp, "augmented.onnx"),
-        calibrate_method=calibration_method(estimator),
-        extra_options=options,
-    )
+
+    def new_calibrator() -> Any:
+        return cal.create_calibrator(
+            model,
+            None,
+            augmented_model_path=os.path.join(tmp, "augmented.onnx"),
+            calibrate_method=calibration_method(estimator),
+            extra_options=options,
+        )
+
+    calibrator = new_calibrator()
+    out = {}
     try:
-        reader = _Reader(arrays)
-        calibrator.collect_data(reader)
-        data = calibrator.compute_data()
+        for i, (key, xs) in enumerate(arrays.items()):
+            if i and not _forget(calibrator):
+                calibrator = new_calibrator()
+            calibrator.collect_data(_Reader(_equal_chunks(xs)))
+            data = calibrator.compute_data()
+            out[key] = {
+                name: (
+                    float(np.asarray(td.range_value[0]).min()),
+                    float(np.asarray(td.range_value[1]).max()),
+                )
+                for name, td in data.data.items()
+            }
     finally:
         del calibrator
-    out = {}
-    for name, td in data.data.items():
-        lo, hi = td.range_value
-        out[name] = (float(np.asarray(lo).min()), float(np.asarray(hi).max()))
     return out
+
+
+def _forget(calibrator: Any) -> bool:
+    """Drop what an ONNX Runtime calibrator has collected (its histograms or running min/max);
+    ``False`` where this runtime's calibrator keeps them elsewhere (then a new one is made)."""
+    # a new calibrator holds None in both (min-max has only the second)
+    states = [s for s in ("collector", "calibrate_tensors_range") if hasattr(calibrator, s)]
+    if not states:
+        return False
+    calibrator.clear_collected_data()
+    for state in states:
+        setattr(calibrator, state, None)
+    return True
 
 
 def calibrate_activations(
@@ -153,7 +199,10 @@ def calibrate_activations(
         model: an ONNX file whose input is ``"input"`` ``[batch, C, H, W]`` (a float or
             weight-only file of :func:`export_onnx`).
         batches: ``(image, label, group)`` batches (tuples or mappings, e.g. a DataLoader) or bare
-            image tensors ``[B, C, H, W]`` (pooled only). A few hundred images suffice.
+            image tensors ``[B, C, H, W]`` (pooled only). A few hundred images suffice. Batch
+            sizes may differ (a short last batch; each group's share in group-balanced mode):
+            the images are re-cut into equal batches, and every estimator sees the values of all
+            of them at once, so the ranges depend on the images, not on how they were batched.
         estimator: ``"minmax"`` (observed extremes), ``"percentile"`` (the central
             ``percentile`` % of a histogram of ``|x|``), ``"entropy"`` (KL-optimal threshold).
         group_balanced: run the estimator on each group's images alone and keep, per tensor,
@@ -169,13 +218,15 @@ def calibrate_activations(
     if not path.is_file():
         raise ValueError(f"model must be an existing .onnx file; got {model!r}")
     arrays = _split(batches, group_balanced)
+    if group_balanced and estimator == "minmax":
+        # the widest of the groups' extremes is the pooled extreme: one pass over all images
+        groups = tuple(sorted(arrays))
+        arrays = {-1: [x for xs in arrays.values() for x in xs]}
     with tempfile.TemporaryDirectory(prefix="fq_calib.") as tmp:
-        per = {
-            code: ActivationRanges(
-                _ort_ranges(path, xs, estimator, percentile, tmp), estimator=estimator
-            )
-            for code, xs in arrays.items()
-        }
+        found = _ort_ranges(path, arrays, estimator, percentile, tmp)
+    per = {code: ActivationRanges(r, estimator=estimator) for code, r in found.items()}
+    if group_balanced and estimator == "minmax":
+        return ActivationRanges(found[-1], estimator=estimator, group_balanced=True, groups=groups)
     if group_balanced:
         return widest_ranges(per)
     return per[-1]

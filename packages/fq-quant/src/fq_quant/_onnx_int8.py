@@ -30,8 +30,27 @@ import torch
 from ._act_ranges import ActivationRanges, calibration_method
 from ._onnx_base import INPUT_NAME, require
 
-#: Smallest scale written for an all-zero (pruned) channel: its codes are 0 whatever the scale.
-_MIN_SCALE = 1e-12
+#: Op types whose own output stays float (their consumers quantize it where they need to).
+_FLOAT_OUTPUT = ("MatMul", "Gemm")
+
+
+def zero_channel_scales(w: np.ndarray, scales: np.ndarray, axis: int) -> np.ndarray:
+    """``scales`` ``[O]`` with each all-zero channel's scale replaced by the layer's largest one.
+
+    ``w``: the float weight, channels along ``axis``. A pruned channel (0 bits: scale 0), or one
+    whose BatchNorm factor is 0, has codes 0 under any scale, but its scale also sets the int32
+    bias's step (``s_in * s_w``): a 0 or tiny scale would overflow the bias (ONNX Runtime clips it
+    to the int32 range, so the channel's constant output would be wrong). The largest scale of the
+    layer's other channels gives the bias the coarsest step the layer already accepts; 1.0 when
+    every channel is zero.
+    """
+    dims = tuple(d for d in range(w.ndim) if d != axis)
+    zero = ~np.any(w != 0, axis=dims)
+    if not zero.any():
+        return scales
+    live = scales[~zero]
+    fill = float(live.max()) if live.size and float(live.max()) > 0 else 1.0
+    return np.where(zero, np.float32(fill), scales).astype(np.float32)
 
 
 def prepare(proto: Any, weight_scales: Mapping[str, np.ndarray], tmp: str) -> tuple[Path, dict]:
@@ -106,13 +125,13 @@ def prepare(proto: Any, weight_scales: Mapping[str, np.ndarray], tmp: str) -> tu
     options.optimized_model_filepath = str(out)
     ort.InferenceSession(raw, options, providers=["CPUExecutionProvider"])
     folded = {t.name: t for t in onnx.load(str(out)).graph.initializer}
-    for name, (scales, axis) in meta.items():
+    for name, (scales, axis) in list(meta.items()):
         if name not in folded:
             raise RuntimeError(f"weight {name!r} was changed by ONNX Runtime's graph optimizations")
         w = nph.to_array(folded[name])
-        ratio = w / np.maximum(scales, _MIN_SCALE).reshape(
-            [-1 if d == axis else 1 for d in range(w.ndim)]
-        )
+        scales = zero_channel_scales(w, scales, axis)
+        meta[name] = (scales, axis)
+        ratio = w / scales.reshape([-1 if d == axis else 1 for d in range(w.ndim)])
         if np.abs(ratio - np.round(ratio)).max() > 1e-3 or np.abs(ratio).max() > 127.5:
             raise RuntimeError(f"weight {name!r} is not int8 codes x its per-channel scale")
     return out, meta
@@ -123,7 +142,7 @@ def _overrides(meta: Mapping[str, tuple[np.ndarray, int]]) -> dict[str, list[dic
         name: [
             {
                 "axis": axis,
-                "scale": np.array(max(float(s), _MIN_SCALE), np.float32),
+                "scale": np.array(s, np.float32),
                 "zero_point": np.array(0, np.int8),
             }
             for s in scales
@@ -173,9 +192,11 @@ def quantize(
                 "TensorQuantOverrides": _overrides(meta),
                 "WeightSymmetric": True,
                 "ActivationSymmetric": False,
-                # a MatMul's own output is left float; its consumers quantize it where they can
-                # (ORT then runs MatMulIntegerToFloat, or QLinearMatMul where a Q follows)
-                "OpTypesToExcludeOutputQuantization": ["MatMul"],
+                # a MatMul's or Gemm's own output is left float; its consumers quantize it where
+                # they can (ORT then runs MatMulIntegerToFloat / QGemm with float output, or
+                # QLinearMatMul where a Q follows). A classifier's Gemm writes the graph output,
+                # which the torch program does not name: quantizing it would exclude the Gemm
+                "OpTypesToExcludeOutputQuantization": list(_FLOAT_OUTPUT),
             },
         )
         proto = onnx.load(out)
@@ -202,8 +223,8 @@ def _unnamed(proto: Any, named: set[str]) -> set[str]:
         if t is None or t in inits or t in named:
             continue
         src = producer.get(t)
-        # a MatMul never quantizes its own output here (OpTypesToExcludeOutputQuantization)
-        if src is not None and src.op_type != "MatMul":
+        # a MatMul or Gemm never quantizes its own output here (OpTypesToExcludeOutputQuantization)
+        if src is not None and src.op_type not in _FLOAT_OUTPUT:
             bad.add(src.name)
         for dq in by_input[q.output[0]]:
             for user in by_input[dq.output[0]]:
@@ -285,19 +306,14 @@ def reference_module(
     """Run the torch program with each named activation fake-quantized as the ONNX file does it.
 
     ``biases``: ``{parameter name: value}`` replacing the program's biases (the file's int32
-    biases, dequantized); names the program does not have (a folded BatchNorm's) are ignored.
+    biases, dequantized); a conv's folded bias ``L.bias_folded`` shifts the bias of the
+    BatchNorm after it by the file's rounding (:func:`_mirror_folded`); other names are ignored.
     """
     gm = program.module()
     for name, value in (biases or {}).items():
-        owner, _, leaf = name.rpartition(".")
-        try:
-            module = gm.get_submodule(owner)
-        except AttributeError:
-            continue
-        old = getattr(module, leaf, None)
-        if isinstance(old, torch.Tensor) and old.shape == value.shape:
-            setattr(module, leaf, torch.nn.Parameter(value.to(old.dtype), requires_grad=False))
+        _set_tensor(gm, name, value)
     fx = require("torch.fx")
+    _mirror_folded(gm, biases or {}, fx)
     inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     alias = {inputs[0]: INPUT_NAME} if inputs else {}
 
@@ -314,6 +330,55 @@ def reference_module(
             return _Interp(gm).run(x)
 
     return run
+
+
+def _set_tensor(gm: Any, name: str, value: torch.Tensor) -> None:
+    """Replace the parameter ``name`` of ``gm`` by ``value`` where it exists with that shape."""
+    owner, _, leaf = name.rpartition(".")
+    try:
+        module = gm.get_submodule(owner)
+    except AttributeError:
+        return
+    old = getattr(module, leaf, None)
+    if isinstance(old, torch.Tensor) and old.shape == value.shape:
+        setattr(module, leaf, torch.nn.Parameter(value.to(old.dtype), requires_grad=False))
+
+
+def _mirror_folded(gm: Any, biases: Mapping[str, torch.Tensor], fx: Any) -> None:
+    """Give each ``BN(conv(x))`` the bias the file holds for the folded conv.
+
+    The file stores ``conv_folded(x) + b`` with ``b`` (``L.bias_folded``) the folded bias
+    ``(c - mean) k + beta`` (``c``: the conv's bias, ``k = gamma / sqrt(var + eps)``) rounded to
+    int32 codes. Adding that rounding, ``b - ((c - mean) k + beta)`` in float64, to the
+    BatchNorm's ``beta`` makes the reference compute the same function, BatchNorm still unfolded.
+    """
+
+    def attr(node: Any) -> str | None:
+        ok = isinstance(node, fx.Node) and node.op == "get_attr"
+        return str(node.target) if ok else None
+
+    def fetch(target: str) -> torch.Tensor:
+        out = gm
+        for part in target.split("."):
+            out = getattr(out, part)
+        return out.detach().double()
+
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or "batch_norm" not in str(node.target):
+            continue
+        conv = node.args[0]
+        if not (isinstance(conv, fx.Node) and "conv" in str(conv.target)):
+            continue
+        weight = attr(conv.args[1]) if len(conv.args) > 1 else None
+        key = weight.removesuffix("weight") + "bias_folded" if weight else None
+        names = [attr(a) for a in node.args[1:5]]
+        if key is None or key not in biases or None in names or len(node.args) < 7:
+            continue
+        gamma, beta, mean, var = (fetch(n) for n in names)  # type: ignore[arg-type]
+        c_name = attr(conv.args[2]) if len(conv.args) > 2 else None
+        c = fetch(c_name) if c_name else torch.zeros_like(mean)
+        folded = (c - mean) * gamma / torch.sqrt(var + float(node.args[6])) + beta
+        _set_tensor(gm, str(names[1]), beta + biases[key].double() - folded)
 
 
 def program_names(program: Any) -> set[str]:
@@ -341,8 +406,9 @@ def int8_reference(
     ``torch.export`` program of the fake-quantized model in float32 with every activation the file
     quantizes fake-quantized by the file's own scale and zero point, and each bias the file holds
     as int32 (a conv's or the classifier's) replaced by its dequantized value. BatchNorm stays
-    unfolded (a folded bias is not mirrored), so the two differ by float rounding, by the runtime's
-    integer accumulation and requantization, and by ties those move across a rounding boundary.
+    unfolded, its bias shifted by the rounding of the file's int32 folded bias, so the two differ
+    by float rounding, by the runtime's integer accumulation and requantization, and by ties
+    those move across a rounding boundary.
     """
     from ._onnx import export_program  # the one home of the traced program
 
