@@ -8,6 +8,7 @@ against values computed in numpy.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -210,27 +211,10 @@ def test_widest_ranges_hand_worked() -> None:
         ActivationRanges({"t": (1.0, 0.0)})
 
 
-def _scaled_identity(tmp: Path) -> Path:
-    """A one-node ONNX model y = 1 * x, input 'input' [batch, 3, S, S]."""
-    h = onnx.helper
-    one = onnx.numpy_helper.from_array(np.ones((1,), np.float32), "one")
-    node = h.make_node("Mul", ["input", "one"], ["y"])
-    graph = h.make_graph(
-        [node],
-        "g",
-        [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 3, S, S])],
-        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 3, S, S])],
-        initializer=[one],
-    )
-    path = tmp / "mul.onnx"
-    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(path))
-    return path
-
-
-def test_range_fitted_to_one_group_clips_the_other(tmp_path: Path) -> None:
+def test_range_fitted_to_one_group_clips_the_other(identity_onnx: Callable[[int], Path]) -> None:
     """Group 1 is dim (x in [0, 0.1)), group 0 bright (x in [0, 1)). A range fitted to group 1
     clips most of group 0; the group-balanced percentile range clips neither group much."""
-    path = _scaled_identity(tmp_path)
+    path = identity_onnx(S)
     g = torch.Generator().manual_seed(0)
     bright = torch.rand(8, 3, S, S, generator=g)
     dim = 0.1 * torch.rand(8, 3, S, S, generator=g)
@@ -254,7 +238,11 @@ def test_range_fitted_to_one_group_clips_the_other(tmp_path: Path) -> None:
     assert balanced.ranges["y"][1] >= only_dim.ranges["y"][1]
 
 
-def test_bad_arguments(resnet_int8: tuple[nn.Module, Path, Path], tmp_path: Path) -> None:
+def test_bad_arguments(
+    resnet_int8: tuple[nn.Module, Path, Path],
+    tmp_path: Path,
+    identity_onnx: Callable[[int], Path],
+) -> None:
     model, _, _ = resnet_int8
     x = torch.randn(1, 3, S, S)
     with pytest.raises(ValueError, match="activations must be"):
@@ -266,5 +254,5 @@ def test_bad_arguments(resnet_int8: tuple[nn.Module, Path, Path], tmp_path: Path
     with pytest.raises(ValueError, match="packed"):
         export_onnx(model, x, tmp_path / "a.onnx", packed="not-a-file")
     with pytest.raises(ValueError, match="estimator"):
-        calibrate_activations(_scaled_identity(tmp_path), [x], estimator="mse")  # type: ignore[arg-type]
+        calibrate_activations(identity_onnx(S), [x], estimator="mse")  # type: ignore[arg-type]
     assert not (tmp_path / "a.onnx").exists()

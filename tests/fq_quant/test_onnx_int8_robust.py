@@ -7,6 +7,7 @@ against numpy quantiles of the values; a pruned model's ONNX Runtime output agai
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,22 +31,6 @@ from torch import nn
 S = 8
 
 
-def _identity(tmp: Path) -> Path:
-    """A one-node ONNX model y = 1 * x, input 'input' [batch, 3, S, S]."""
-    h = onnx.helper
-    one = onnx.numpy_helper.from_array(np.ones((1,), np.float32), "one")
-    graph = h.make_graph(
-        [h.make_node("Mul", ["input", "one"], ["y"])],
-        "g",
-        [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 3, S, S])],
-        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 3, S, S])],
-        initializer=[one],
-    )
-    path = tmp / "mul.onnx"
-    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(path))
-    return path
-
-
 def _ragged(seed: int = 0) -> tuple[list[tuple[torch.Tensor, ...]], dict[int, torch.Tensor]]:
     """Batches of 7, 5, 6 and a short 3 whose groups split them unevenly (group 1 is rare: 1, 3,
     0 and 2 images; group 0 is dim, so a calibrator that kept group 0's data while estimating
@@ -63,11 +48,13 @@ def _ragged(seed: int = 0) -> tuple[list[tuple[torch.Tensor, ...]], dict[int, to
 
 
 @pytest.mark.parametrize("estimator", ["minmax", "percentile", "entropy"])
-def test_histogram_estimators_take_ragged_group_batches(tmp_path: Path, estimator: str) -> None:
+def test_histogram_estimators_take_ragged_group_batches(
+    identity_onnx: Callable[[int], Path], estimator: str
+) -> None:
     """Group-balanced calibration splits each batch by group (shares of 6/1, 2/3, 6/0 and 1/2
     images) and the last batch is short: ONNX Runtime's histogram calibrators used to fail on
     that. The ranges equal those of each group's images given as one batch, widest over groups."""
-    path = _identity(tmp_path)
+    path = identity_onnx(S)
     batches, per = _ragged()
     got = calibrate_activations(path, batches, estimator=estimator, group_balanced=True)
     alone = {code: calibrate_activations(path, [x], estimator=estimator) for code, x in per.items()}
@@ -82,11 +69,13 @@ def test_histogram_estimators_take_ragged_group_batches(tmp_path: Path, estimato
     assert alone[0].ranges["y"][1] < 0.5 * alone[1].ranges["y"][1]
 
 
-def test_percentile_from_ragged_batches_matches_numpy_quantiles(tmp_path: Path) -> None:
+def test_percentile_from_ragged_batches_matches_numpy_quantiles(
+    identity_onnx: Callable[[int], Path],
+) -> None:
     """At percentile 90 a group's range is [-t, t] with t the 90% quantile of |x| (ONNX Runtime's
     symmetric percentile: a 2048-bin histogram of |x|, so to a bin), cut to the observed
     [min, max]; the group-balanced range is the widest over groups."""
-    path = _identity(tmp_path)
+    path = identity_onnx(S)
     batches, per = _ragged(seed=3)
     got = calibrate_activations(
         path, batches, estimator="percentile", group_balanced=True, percentile=90.0
