@@ -15,6 +15,7 @@ activation values outside each calibration's ranges (test images).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -24,15 +25,6 @@ import numpy as np
 import torch
 
 GROUP_NAMES_NOTE = "Fitzpatrick skin types 1 (lightest) to 6 (darkest)"
-
-
-def _batches(loader: Any, n: int) -> list[Any]:
-    out = []
-    for i, b in enumerate(loader):
-        if i >= n:
-            break
-        out.append(b)
-    return out
 
 
 def _fmt(r: dict[str, Any]) -> str:
@@ -100,7 +92,7 @@ def main() -> int:
     # the first --act-images training images, in batches (calibrate_activations re-cuts ragged
     # batches, such as the short last one here or each group's share, into equal ones)
     calib, left = [], args.act_images
-    for x, y, g in _batches(loaders.train, args.calib_batches):
+    for x, y, g in itertools.islice(loaders.train, args.calib_batches):
         if left > 0:
             calib.append((x[:left], y[:left], g[:left]))
             left -= len(x[:left])

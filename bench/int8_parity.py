@@ -15,6 +15,7 @@ transforms) per estimator, pooled and group-balanced; every file is run on the w
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,7 @@ def _test_and_calibration(config: Any) -> tuple[Any, list[Any], torch.Tensor, to
     loaders = make_loaders(
         dd, image_size=config.image_size, batch_size=config.batch_size, train=False, seed=0
     )
-    calib = []
-    for i, batch in enumerate(loaders.train):
-        if i >= config.calib_batches:
-            break
-        calib.append(batch)
+    calib = list(itertools.islice(loaders.train, config.calib_batches))
     xs, ys = zip(*[(x, y) for x, y, _ in loaders.test], strict=True)
     return dataset_info(dd), calib, torch.cat(xs), torch.cat(ys)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -170,12 +171,7 @@ def _calibration_batches(
         train=False,
         seed=config.seed,
     ).train
-    out = []
-    for i, (x, y, g) in enumerate(loader):
-        if i >= config.calib_batches:
-            break
-        out.append((x, y, g))
-    return out
+    return list(itertools.islice(loader, config.calib_batches))
 
 
 def _device(config: CompressConfig) -> torch.device:

@@ -14,6 +14,7 @@ re-run resumes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -69,12 +70,7 @@ def _predict(model: Any, data: DataBundle) -> Any:
 def _calibration(data: DataBundle, config: GridConfig) -> list[Any]:
     """Up to ``calib_batches`` batches of the train loader (as the cells train on it, augmented;
     every cell reseeds it, so this changes no other cell)."""
-    batches = []
-    for i, b in enumerate(data.loaders.train):
-        if i >= config.calib_batches:
-            break
-        batches.append(b)
-    return batches
+    return list(itertools.islice(data.loaders.train, config.calib_batches))
 
 
 def export_cell_files(
