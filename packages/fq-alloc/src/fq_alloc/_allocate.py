@@ -76,14 +76,15 @@ def budget_palette(bits: Sequence[int], target_avg_bits: float) -> Palette:
     pal, target = _check_budget(bits, target_avg_bits)
     if len(pal.bits) == 1 or target in (pal.bits[0], pal.bits[-1]):
         return _degenerate(pal.bits, target)
+    tilt = _Tilt(pal.bits)
     lo, hi = -1e3, 1e3
     for _ in range(200):
         mid = (lo + hi) / 2
-        if _mean(pal.bits, _tilt(pal.bits, mid)) < target:
+        if _mean(pal.bits, tilt(mid)) < target:
             lo = mid
         else:
             hi = mid
-    return Palette(pal.bits, _tilt(pal.bits, (lo + hi) / 2))
+    return Palette(pal.bits, tilt((lo + hi) / 2))
 
 
 def allocate_to_budget(
@@ -249,10 +250,6 @@ class _Tilt:
     def __call__(self, lam: float) -> tuple[float, ...]:
         w = np.exp(lam * (self._above if lam > 0 else self._below))
         return tuple((w / w.sum()).tolist())
-
-
-def _tilt(bits: tuple[int, ...], lam: float) -> tuple[float, ...]:
-    return _Tilt(bits)(lam)
 
 
 def _mean(bits: tuple[int, ...], props: Sequence[float]) -> float:
